@@ -1,0 +1,1 @@
+"""Voice agent services: worker, offline speech server, round-trip client."""

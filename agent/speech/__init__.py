@@ -1,0 +1,1 @@
+"""Offline speech backends (STT, TTS, a deterministic responder) behind one HTTP server."""

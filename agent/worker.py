@@ -1,0 +1,150 @@
+"""LiveKit voice-agent worker: silero VAD -> OpenAI-compatible STT -> LLM -> TTS.
+
+    python -m agent.worker            # same as `python -m agent.worker start`
+
+Every setting comes from the environment (a systemd EnvironmentFile), see WorkerConfig.
+Nothing here talks to LiveKit Cloud: turns and interruptions are decided by the local
+silero VAD, session recording/telemetry is off, and the speech backends are plugin
+instances pointed at our own base URLs (a model *string* would route to LiveKit Inference).
+SIGTERM drains: the worker stops taking jobs and waits up to AGENT_DRAIN_TIMEOUT seconds
+for running conversations to end (livekit-agents' `start` mode).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+# Set before livekit imports: no hub downloads, and no 244 MB end-of-turn model preload
+# (turn detection is VAD-based, the EOT model is never used).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
+
+from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobProcess, cli  # noqa: E402
+from livekit.plugins import openai, silero  # noqa: E402
+
+from agent.speech.responder import GREETING  # noqa: E402
+
+INSTRUCTIONS = (
+    "You are a terse voice assistant for a home: you switch lights, set the thermostat and "
+    "tell the time. Answer in one short spoken sentence."
+)
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """The worker's settings; LIVEKIT_URL/API_KEY/API_SECRET are read by livekit-agents."""
+
+    stt_base_url: str = DEFAULT_BASE_URL
+    llm_base_url: str = DEFAULT_BASE_URL
+    tts_base_url: str = DEFAULT_BASE_URL
+    stt_model: str = "whisper-1"
+    llm_model: str = "voice-responder"
+    tts_model: str = "tts-1"
+    tts_voice: str = "alloy"
+    # "dummy" is fine for the local speech server, which ignores keys.
+    stt_api_key: str = field(default="dummy", repr=False)
+    llm_api_key: str = field(default="dummy", repr=False)
+    tts_api_key: str = field(default="dummy", repr=False)
+    language: str = "en"
+    agent_name: str = ""  # "" = automatic dispatch to every room
+    health_host: str = "127.0.0.1"
+    health_port: int = 8081
+    num_idle_processes: int = 2
+    drain_timeout: int = 60
+    greeting: str = GREETING
+
+    @classmethod
+    def from_env(cls) -> "WorkerConfig":
+        d = cls()
+        try:
+            return cls(
+                stt_base_url=_env("STT_BASE_URL", d.stt_base_url),
+                llm_base_url=_env("LLM_BASE_URL", d.llm_base_url),
+                tts_base_url=_env("TTS_BASE_URL", d.tts_base_url),
+                stt_model=_env("STT_MODEL", d.stt_model),
+                llm_model=_env("LLM_MODEL", d.llm_model),
+                tts_model=_env("TTS_MODEL", d.tts_model),
+                tts_voice=_env("TTS_VOICE", d.tts_voice),
+                stt_api_key=_env("STT_API_KEY", d.stt_api_key),
+                llm_api_key=_env("LLM_API_KEY", d.llm_api_key),
+                tts_api_key=_env("TTS_API_KEY", d.tts_api_key),
+                language=_env("STT_LANGUAGE", d.language),
+                agent_name=os.environ.get("AGENT_NAME", "").strip(),
+                health_host=_env("AGENT_HEALTH_HOST", d.health_host),
+                health_port=int(_env("AGENT_HEALTH_PORT", str(d.health_port))),
+                num_idle_processes=int(_env("AGENT_NUM_IDLE_PROCESSES", str(d.num_idle_processes))),
+                drain_timeout=int(_env("AGENT_DRAIN_TIMEOUT", str(d.drain_timeout))),
+                greeting=_env("AGENT_GREETING", d.greeting),
+            )
+        except ValueError as exc:
+            raise SystemExit(
+                f"failed to read the agent worker configuration: {exc} — AGENT_HEALTH_PORT, "
+                "AGENT_NUM_IDLE_PROCESSES and AGENT_DRAIN_TIMEOUT must be whole numbers"
+            ) from exc
+
+
+def build_session(config: WorkerConfig, vad: object) -> AgentSession:
+    """The voice pipeline; plugin instances keep every request on our own base URLs."""
+    return AgentSession(
+        vad=vad,
+        stt=openai.STT(model=config.stt_model, base_url=config.stt_base_url,
+                       api_key=config.stt_api_key, language=config.language,
+                       use_realtime=False),
+        llm=openai.LLM(model=config.llm_model, base_url=config.llm_base_url,
+                       api_key=config.llm_api_key),
+        # pcm: raw 24 kHz s16le, no decoder in the path, lowest latency to first frame.
+        tts=openai.TTS(model=config.tts_model, voice=config.tts_voice,
+                       base_url=config.tts_base_url, api_key=config.tts_api_key,
+                       response_format="pcm"),
+        # Explicit: the default turn detector may resolve to LiveKit Cloud in dev mode, and
+        # adaptive interruption calls its gateway; the local VAD decides both here.
+        turn_handling={"turn_detection": "vad", "interruption": {"mode": "vad"}},
+    )
+
+
+def prewarm(proc: JobProcess) -> None:
+    # silero_vad.onnx ships inside livekit-plugins-silero: loading it needs no network.
+    proc.userdata["vad"] = silero.VAD.load()
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    """One conversation. Module level because job processes receive it pickled; the
+    configuration is re-read from the environment they inherit."""
+    config = WorkerConfig.from_env()
+    session = build_session(config, ctx.proc.userdata["vad"])
+    # record=False: no traces/audio/transcript upload (it only ever goes to *.livekit.cloud).
+    await session.start(agent=Agent(instructions=INSTRUCTIONS), room=ctx.room, record=False)
+    await ctx.wait_for_participant()
+    session.say(config.greeting)
+
+
+def build_server(config: WorkerConfig) -> AgentServer:
+    server = AgentServer(
+        setup_fnc=prewarm,
+        host=config.health_host,
+        port=config.health_port,
+        num_idle_processes=config.num_idle_processes,
+        drain_timeout=config.drain_timeout,
+    )
+    server.rtc_session(entrypoint, agent_name=config.agent_name)
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv if argv is None else argv)
+    if len(args) == 1:
+        args.append("start")  # production mode: local turn detection defaults, drain on SIGTERM
+    sys.argv = args
+    cli.run_app(build_server(WorkerConfig.from_env()))
+
+
+if __name__ == "__main__":
+    main()

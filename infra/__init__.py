@@ -1,0 +1,1 @@
+"""Infrastructure: stack config, the environment spec, provider programs and local machines."""

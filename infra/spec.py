@@ -1,0 +1,282 @@
+"""The environment spec: everything derived from one StackConfig, computed once.
+
+Ports are the single source of truth. Service configs (LiveKit, coturn, Caddy, Redis), the
+cloud firewall, the host firewall and the verification expectations are all read from
+``EnvSpec.ports``; nothing downstream writes a port number of its own.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from enum import Enum
+
+from infra.config import StackConfig
+
+WORLD = ("0.0.0.0/0", "::/0")
+
+
+class Scope(str, Enum):
+    PUBLIC = "public"    # anyone on the internet: cloud + host firewall open it
+    ADMIN = "admin"      # only the admin CIDRs (SSH)
+    PRIVATE = "private"  # the private network between nodes only
+    LOOPBACK = "loopback"  # the node itself
+
+
+class Role(str, Enum):
+    LIVEKIT = "livekit"
+    TURN = "turn"
+    REDIS = "redis"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str          # stable id, e.g. "livekit-ice-udp"
+    service: str       # owning service: livekit, coturn, caddy, edge, redis, agent, sshd
+    protocol: str      # "tcp" | "udp"
+    start: int
+    end: int
+    scope: Scope
+    purpose: str
+    role: Role | None = None  # nodes with this role listen on it (None: every node)
+
+    @property
+    def label(self) -> str:
+        return f"{self.start}/{self.protocol}" if self.start == self.end else f"{self.start}-{self.end}/{self.protocol}"
+
+    def overlaps(self, other: "Port") -> bool:
+        return self.protocol == other.protocol and self.start <= other.end and other.start <= self.end
+
+
+@dataclass(frozen=True)
+class FirewallRule:
+    """One inbound allow rule. Providers translate these one-to-one; nothing else is opened."""
+
+    protocol: str
+    start: int
+    end: int
+    sources: tuple[str, ...]
+    description: str
+
+    @property
+    def port_range(self) -> str:
+        return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    index: int
+    roles: frozenset[Role]
+    private_ip: str | None
+
+    def has(self, role: Role) -> bool:
+        return role in self.roles
+
+
+@dataclass(frozen=True)
+class DnsRecord:
+    name: str                 # fully qualified
+    type: str                 # "A"
+    nodes: tuple[str, ...]    # node names whose public IPv4 the record points at
+
+    def relative_to(self, zone: str) -> str:
+        return "@" if self.name == zone else self.name.removesuffix("." + zone)
+
+
+@dataclass(frozen=True)
+class TurnServer:
+    """One entry of LiveKit's rtc.turn_servers (REST credentials via secret_file)."""
+
+    host: str
+    port: int
+    protocol: str
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    config: StackConfig
+    nodes: tuple[Node, ...]
+    ports: tuple[Port, ...]
+    cloud_firewall: tuple[FirewallRule, ...]
+    host_firewall: tuple[FirewallRule, ...]
+    dns_records: tuple[DnsRecord, ...]
+    turn_servers: tuple[TurnServer, ...]
+
+    # ---- convenience views --------------------------------------------------------------
+    @property
+    def env(self) -> str:
+        return self.config.env
+
+    @property
+    def multi_node(self) -> bool:
+        return len(self.nodes) > 1
+
+    def port(self, name: str) -> Port:
+        for p in self.ports:
+            if p.name == name:
+                return p
+        raise KeyError(f"no port named {name!r}; known: {', '.join(p.name for p in self.ports)}")
+
+    def has_port(self, name: str) -> bool:
+        return any(p.name == name for p in self.ports)
+
+    def ports_for(self, node: Node) -> tuple[Port, ...]:
+        return tuple(p for p in self.ports if p.role is None or node.has(p.role))
+
+    def public_ports(self) -> tuple[Port, ...]:
+        return tuple(p for p in self.ports if p.scope is Scope.PUBLIC)
+
+    def closed_ports(self) -> tuple[Port, ...]:
+        """Ports that listen somewhere but must be unreachable from the internet."""
+        return tuple(p for p in self.ports if p.scope in (Scope.PRIVATE, Scope.LOOPBACK))
+
+    def nodes_with(self, role: Role) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.has(role))
+
+    @property
+    def redis_node(self) -> Node | None:
+        found = self.nodes_with(Role.REDIS)
+        return found[0] if found else None
+
+    @property
+    def sni_split(self) -> bool:
+        """TURN/TLS shares 443 with HTTPS: an SNI router on 443 sends the TURN name to coturn."""
+        return self.config.turn_tls_port == 443
+
+
+def _nodes(cfg: StackConfig) -> tuple[Node, ...]:
+    names = [h.name for h in cfg.hosts] if cfg.hosts else [f"node-{i + 1}" for i in range(cfg.node_count)]
+    net = ipaddress.ip_network(cfg.private_network) if cfg.private_network else None
+    nodes = []
+    for i, name in enumerate(names):
+        roles = {Role.LIVEKIT, Role.TURN, Role.AGENT}
+        if cfg.node_count > 1 and i == 0:
+            roles.add(Role.REDIS)  # one Redis for the cluster, on the first node
+        private_ip = None
+        if cfg.hosts and cfg.hosts[i].private_ip:
+            private_ip = cfg.hosts[i].private_ip
+        elif net is not None and cfg.node_count > 1:
+            private_ip = str(net.network_address + 10 + i)  # .1 is the cloud gateway on Hetzner
+        nodes.append(Node(name=name, index=i, roles=frozenset(roles), private_ip=private_ip))
+    return tuple(nodes)
+
+
+def _ports(cfg: StackConfig, multi: bool) -> tuple[Port, ...]:
+    P, S, R = Port, Scope, Role
+    internal = S.PRIVATE if multi else S.LOOPBACK
+    ports = [
+        P("ssh", "sshd", "tcp", 22, 22, S.ADMIN, "SSH for deploys, admin CIDRs only"),
+        P("http", "caddy", "tcp", 80, 80, S.PUBLIC, "ACME HTTP-01 and redirect to HTTPS", R.LIVEKIT),
+        P("https", "edge" if cfg.turn_tls_port == 443 else "caddy", "tcp", 443, 443, S.PUBLIC,
+          "HTTPS: LiveKit signalling, token endpoint" + (", TURN/TLS by SNI" if cfg.turn_tls_port == 443 else ""),
+          R.LIVEKIT),
+        P("livekit-http", "livekit", "tcp", cfg.livekit_http_port, cfg.livekit_http_port, internal,
+          "LiveKit API/WebSocket behind Caddy", R.LIVEKIT),
+        P("livekit-ice-tcp", "livekit", "tcp", cfg.livekit_tcp_port, cfg.livekit_tcp_port, S.PUBLIC,
+          "WebRTC ICE over TCP", R.LIVEKIT),
+        P("livekit-prometheus", "livekit", "tcp", cfg.livekit_prometheus_port, cfg.livekit_prometheus_port,
+          internal, "Prometheus metrics", R.LIVEKIT),
+        P("turn-udp", "coturn", "udp", cfg.turn_udp_port, cfg.turn_udp_port, S.PUBLIC, "TURN/STUN over UDP", R.TURN),
+        P("turn-tcp", "coturn", "tcp", cfg.turn_udp_port, cfg.turn_udp_port, S.PUBLIC, "TURN over TCP", R.TURN),
+        P("turn-relay", "coturn", "udp", cfg.turn_relay_start, cfg.turn_relay_end, internal,
+          "TURN relay addresses (LiveKit reaches them on the node/private network)", R.TURN),
+        P("agent-health", "agent", "tcp", 8081, 8081, S.LOOPBACK, "agent worker health", R.AGENT),
+        P("speech", "agent", "tcp", 8000, 8000, S.LOOPBACK, "offline speech backends (OpenAI-compatible)", R.AGENT),
+        P("token", "agent", "tcp", 8090, 8090, S.LOOPBACK, "token endpoint behind Caddy", R.AGENT),
+    ]
+    if cfg.ice_mode == "range":
+        ports.append(P("livekit-ice-udp", "livekit", "udp", cfg.ice_port_start, cfg.ice_port_end, S.PUBLIC,
+                       "WebRTC media over UDP", R.LIVEKIT))
+    else:
+        ports.append(P("livekit-ice-udp", "livekit", "udp", cfg.ice_udp_port, cfg.ice_udp_port, S.PUBLIC,
+                       "WebRTC media over UDP (mux)", R.LIVEKIT))
+    if cfg.turn_tls_port == 443:
+        # Behind the SNI router; bound on a non-loopback address (see deploy/tasks/edge.py for why).
+        ports += [
+            P("turn-tls", "coturn", "tcp", 5349, 5349, S.LOOPBACK, "TURN/TLS upstream of the SNI router", R.TURN),
+            P("caddy-https", "caddy", "tcp", 8443, 8443, S.LOOPBACK, "HTTPS upstream of the SNI router", R.LIVEKIT),
+        ]
+    else:
+        ports.append(P("turn-tls", "coturn", "tcp", cfg.turn_tls_port, cfg.turn_tls_port, S.PUBLIC,
+                       "TURN over TLS", R.TURN))
+    if multi:
+        ports.append(P("redis", "redis", "tcp", cfg.redis_port, cfg.redis_port, S.PRIVATE, "Redis for LiveKit nodes",
+                       R.REDIS))
+    return tuple(ports)
+
+
+def _check_ports(ports: tuple[Port, ...]) -> list[tuple[str, str]]:
+    problems = []
+    for i, a in enumerate(ports):
+        for b in ports[i + 1:]:
+            if a.overlaps(b):
+                problems.append((_config_key(a), f"{a.name} ({a.label}) overlaps {b.name} ({b.label}); "
+                                 f"move one of them so every port is used once"))
+    return problems
+
+
+_KEY_OF_PORT = {
+    "livekit-ice-udp": "icePortStart/icePortEnd (or iceUdpPort)", "turn-relay": "turnRelayStart/turnRelayEnd",
+    "livekit-http": "livekitHttpPort", "livekit-ice-tcp": "livekitTcpPort", "livekit-prometheus": "livekitPrometheusPort",
+    "turn-udp": "turnUdpPort", "turn-tcp": "turnUdpPort", "turn-tls": "turnTlsPort", "redis": "redisPort",
+}
+
+
+def port_problems(cfg: StackConfig) -> list[tuple[str, str]]:
+    """Every port collision of a config (used by validation, before anything is created)."""
+    return _check_ports(_ports(cfg, cfg.node_count > 1))
+
+
+def _config_key(port: Port) -> str:
+    return _KEY_OF_PORT.get(port.name, f"port {port.name} (fixed)")
+
+
+def _firewalls(cfg: StackConfig, ports: tuple[Port, ...]) -> tuple[tuple[FirewallRule, ...], tuple[FirewallRule, ...]]:
+    admin = cfg.admin_cidrs or (WORLD if cfg.allow_world_ssh else ())
+    cloud: list[FirewallRule] = []
+    host: list[FirewallRule] = []
+    for p in ports:
+        if p.scope is Scope.PUBLIC:
+            rule = FirewallRule(p.protocol, p.start, p.end, WORLD, f"{p.name}: {p.purpose}")
+            cloud.append(rule)
+            host.append(rule)
+        elif p.scope is Scope.ADMIN and admin:
+            rule = FirewallRule(p.protocol, p.start, p.end, tuple(admin), f"{p.name}: {p.purpose}")
+            cloud.append(rule)
+            host.append(rule)
+        elif p.scope is Scope.PRIVATE and cfg.private_network:
+            # Private networks bypass the cloud firewall; only the host firewall needs them.
+            host.append(FirewallRule(p.protocol, p.start, p.end, (cfg.private_network,), f"{p.name}: {p.purpose}"))
+    return tuple(cloud), tuple(host)
+
+
+def _dns(cfg: StackConfig, nodes: tuple[Node, ...]) -> tuple[DnsRecord, ...]:
+    livekit_nodes = tuple(n.name for n in nodes if n.has(Role.LIVEKIT))
+    turn_nodes = tuple(n.name for n in nodes if n.has(Role.TURN))
+    records = [
+        DnsRecord(cfg.livekit_host, "A", livekit_nodes),
+        # One TURN name, one certificate: the first TURN node answers for it.
+        DnsRecord(cfg.turn_host, "A", turn_nodes[:1]),
+    ]
+    if len(nodes) > 1:
+        records += [DnsRecord(f"{n.name}.{cfg.domain}", "A", (n.name,)) for n in nodes]
+    return tuple(records)
+
+
+def derive(cfg: StackConfig) -> EnvSpec:
+    """Compute the spec of a validated config (parse() has already refused port collisions)."""
+    nodes = _nodes(cfg)
+    ports = _ports(cfg, len(nodes) > 1)
+    cloud, host = _firewalls(cfg, ports)
+    turn_servers = [TurnServer(cfg.turn_host, cfg.turn_tls_port, "tls"),
+                    TurnServer(cfg.turn_host, cfg.turn_udp_port, "udp")]
+    return EnvSpec(
+        config=cfg,
+        nodes=nodes,
+        ports=ports,
+        cloud_firewall=cloud,
+        host_firewall=host,
+        dns_records=_dns(cfg, nodes),
+        turn_servers=tuple(turn_servers),
+    )
