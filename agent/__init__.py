@@ -1,1 +1,1 @@
-"""Voice agent services: worker, offline speech server, round-trip client."""
+"""Voice-agent services: tokens, speech backends, the agent worker, webhooks, admin tools."""

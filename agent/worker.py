@@ -59,6 +59,9 @@ class WorkerConfig:
     health_port: int = 8081
     num_idle_processes: int = 2
     drain_timeout: int = 60
+    # livekit's default of 0.7 marks a busy 2-core node (speech models on the same CPU)
+    # unavailable, and new rooms then get no agent at all.
+    load_threshold: float = 0.95
     greeting: str = GREETING
 
     @classmethod
@@ -82,12 +85,14 @@ class WorkerConfig:
                 health_port=int(_env("AGENT_HEALTH_PORT", str(d.health_port))),
                 num_idle_processes=int(_env("AGENT_NUM_IDLE_PROCESSES", str(d.num_idle_processes))),
                 drain_timeout=int(_env("AGENT_DRAIN_TIMEOUT", str(d.drain_timeout))),
+                load_threshold=float(_env("AGENT_LOAD_THRESHOLD", str(d.load_threshold))),
                 greeting=_env("AGENT_GREETING", d.greeting),
             )
         except ValueError as exc:
             raise SystemExit(
                 f"failed to read the agent worker configuration: {exc} — AGENT_HEALTH_PORT, "
-                "AGENT_NUM_IDLE_PROCESSES and AGENT_DRAIN_TIMEOUT must be whole numbers"
+                "AGENT_NUM_IDLE_PROCESSES and AGENT_DRAIN_TIMEOUT must be whole numbers, "
+                "AGENT_LOAD_THRESHOLD a number between 0 and 1"
             ) from exc
 
 
@@ -133,6 +138,7 @@ def build_server(config: WorkerConfig) -> AgentServer:
         port=config.health_port,
         num_idle_processes=config.num_idle_processes,
         drain_timeout=config.drain_timeout,
+        load_threshold=config.load_threshold,
     )
     server.rtc_session(entrypoint, agent_name=config.agent_name)
     return server

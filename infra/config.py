@@ -271,7 +271,7 @@ def parse(raw: Mapping[str, Any], env: str = "local") -> StackConfig:
         if net.prefixlen == 0 and not allow_world_ssh:
             c.add("adminCidrs", f"{cidr} opens SSH to the whole internet; list your admin networks, "
                   "or set allowWorldSsh: true to accept that risk")
-    if provider.kind in ("hetzner", "digitalocean") and not admin_cidrs:
+    if provider.kind in ("hetzner", "digitalocean") and not admin_cidrs and not allow_world_ssh:
         c.add("adminCidrs", "is empty, so nobody could SSH in to deploy; add your admin address, e.g. 198.51.100.7/32")
 
     private_network = raw.get("privateNetwork", DEFAULTS["privateNetwork"]) or None

@@ -1,0 +1,59 @@
+# The front door. `make up` / `make test` on a fresh machine; ENV picks the environment
+# (default: local machines, no cloud account needed).
+SHELL := /bin/bash
+ENV ?= local
+CONFIG ?=
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+# The agent services pin protobuf 7 (livekit rtc), pulumi needs protobuf 5: two venvs.
+APY := .venv-agent/bin/python
+AGENT_STAMP := .venv-agent/.installed
+
+.PHONY: help up down deploy verify validate preflight test test-unit test-e2e bench token deps venv
+
+help:
+	@echo "make up [ENV=local|<stack>]   provision, deploy and verify an environment"
+	@echo "make down [ENV=...]           remove it"
+	@echo "make deploy|verify|preflight  one step on its own, against .stack/\$$ENV/outputs.json"
+	@echo "make validate CONFIG=Pulumi.<stack>.yaml   check a stack file, create nothing"
+	@echo "make token [ROOM=.. USER=..]  mint a LiveKit token"
+	@echo "make test                     everything CI runs"
+	@echo "make bench                    benchmarks (print figures)"
+
+venv: $(VENV_STAMP) $(AGENT_STAMP)
+$(VENV_STAMP): requirements.txt
+	@test -x $(PY) || python3 -m venv .venv
+	@echo "==> installing operator requirements into .venv"
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@touch $@
+$(AGENT_STAMP): agent/requirements.txt
+	@test -x $(APY) || python3 -m venv .venv-agent
+	@echo "==> installing agent requirements into .venv-agent"
+	@$(APY) -m pip install -q --disable-pip-version-check -r agent/requirements.txt pytest==9.2.0
+	@touch $@
+
+# Host packages the local environment and the tests use (Debian names).
+deps:
+	@scripts/install_host_deps.sh
+
+validate: $(VENV_STAMP)
+	@test -n "$(CONFIG)" || { echo "usage: make validate CONFIG=Pulumi.<stack>.yaml" >&2; exit 2; }
+	@$(PY) -m infra.validate "$(CONFIG)"
+
+token: $(VENV_STAMP)
+	@ENV=$(ENV) scripts/generate_livekit_token.sh $(ROOM) $(USER_ID)
+
+up: $(VENV_STAMP) deps
+	@$(PY) -m infra.up --env $(ENV)
+
+down: $(VENV_STAMP)
+	@$(PY) -m infra.down --env $(ENV)
+
+test-unit: $(VENV_STAMP) $(AGENT_STAMP)
+	@$(PY) -m pytest tests/unit --ignore-glob='tests/unit/test_agent_*'
+	@$(APY) -m pytest tests/unit/test_agent_*.py
+
+test: test-unit
+
+bench: $(VENV_STAMP)
+	@for b in bench/bench_*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done

@@ -1,0 +1,60 @@
+"""The deterministic responder: what the local voice agent answers."""
+
+from datetime import datetime
+
+import pytest
+
+from agent.speech.responder import FALLBACK, GREETING, last_user_text, parse_number, respond
+
+FIXED_NOW = datetime(2026, 1, 2, 14, 5)
+
+
+@pytest.mark.parametrize(
+    ("said", "answer"),
+    [
+        ("turn on the lights", "Okay, I turned on the lights."),
+        ("Turn on the lights.", "Okay, I turned on the lights."),
+        ("please switch off the light", "Okay, I turned off the lights."),
+        ("turn the lights off", "Okay, I turned off the lights."),
+        ("lights on in the kitchen", "Okay, I turned on the lights in the kitchen."),
+        ("the lights", "Do you want the lights on or off?"),
+        ("set the thermostat to 21 degrees", "Okay, I set the thermostat to 21 degrees."),
+        ("Set the thermostat to twenty-one degrees.", "Okay, I set the thermostat to 21 degrees."),
+        ("set the temperature to 19.5", "Okay, I set the thermostat to 19.5 degrees."),
+        ("change the thermostat", "To what temperature should I set the thermostat?"),
+        ("What time is it?", "It is 2:05 PM."),
+        ("Hello there", "Hello! How can I help you?"),
+        ("Good morning", "Hello! How can I help you?"),
+        ("order a pizza", FALLBACK),
+        ("", GREETING),
+    ],
+    ids=[
+        "lights-on", "lights-on-punctuated", "lights-off-switch", "lights-off-trailing",
+        "lights-room", "lights-ambiguous", "thermostat-digits", "thermostat-words",
+        "thermostat-decimal", "thermostat-no-number", "time", "greeting-hello",
+        "greeting-morning", "fallback", "nothing-said-greets",
+    ],
+)
+def test_agent_responder_answers_intent(said: str, answer: str) -> None:
+    assert respond(said, now=lambda: FIXED_NOW) == answer
+
+
+def test_agent_responder_time_uses_the_clock_at_answer_time() -> None:
+    assert respond("what time is it", now=lambda: datetime(2026, 1, 2, 0, 7)) == "It is 12:07 AM."
+
+
+@pytest.mark.parametrize(("text", "value"), [("21", 21.0), ("twenty one", 21.0),
+                                             ("ninety nine", 99.0), ("no number", None)])
+def test_agent_responder_parses_numbers(text: str, value: float | None) -> None:
+    assert parse_number(text) == value
+
+
+def test_agent_responder_reads_only_the_last_user_message() -> None:
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "turn on the lights"},
+        {"role": "assistant", "content": "Okay, I turned on the lights."},
+        {"role": "user", "content": [{"type": "text", "text": "what time is it"}]},
+    ]
+    assert last_user_text(messages) == "what time is it"
+    assert last_user_text([{"role": "system", "content": "x"}]) is None

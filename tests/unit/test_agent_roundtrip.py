@@ -1,0 +1,154 @@
+"""A spoken round trip on loopback: livekit-server + speech server + worker + rtc client.
+
+Real processes, no mocks. Needs the livekit-server binary the local environment builds
+(LIVEKIT_SERVER_BIN, default /var/cache/voicestack/go/bin/server); skipped without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+from livekit import api
+
+from agent.roundtrip import HttpSpeech, RoundTripResult, round_trip
+
+REPO = Path(__file__).resolve().parents[2]
+SERVER_BIN = os.environ.get("LIVEKIT_SERVER_BIN", "/var/cache/voicestack/go/bin/server")
+API_KEY, API_SECRET = "devkey", "roundtrip-secret-roundtrip-secret-0123456789"
+
+pytestmark = pytest.mark.skipif(
+    not (Path(SERVER_BIN).is_file() or shutil.which(SERVER_BIN)),
+    reason=f"livekit-server not found at {SERVER_BIN} (set LIVEKIT_SERVER_BIN)",
+)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str,
+               proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+class Stack:
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.lk_port, self.speech_port, self.health_port = free_port(), free_port(), free_port()
+        self.url = f"ws://127.0.0.1:{self.lk_port}"
+        self.speech_url = f"http://127.0.0.1:{self.speech_port}/v1"
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.logdir / f"{name}.log", "wb")
+        proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, **env},
+                                stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def start(self, agent_env: dict[str, str] | None = None) -> None:
+        config = (
+            f"port: {self.lk_port}\nbind_addresses: [127.0.0.1]\n"
+            f"rtc: {{tcp_port: {free_port()}, udp_port: {free_port(socket.SOCK_DGRAM)}, "
+            "node_ip: 127.0.0.1, use_external_ip: false}\n"
+            f"keys: {{{API_KEY}: {API_SECRET}}}\nlogging: {{level: info}}\n"
+        )
+        lk = self.spawn("livekit", [SERVER_BIN, "--config-body", config], {})
+        speech = self.spawn("speech", [sys.executable, "-m", "agent.speech_server"],
+                            {"SPEECH_PORT": str(self.speech_port)})
+        self.worker = self.spawn("worker", [sys.executable, "-m", "agent.worker"], {
+            "LIVEKIT_URL": self.url, "LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": API_SECRET,
+            "STT_BASE_URL": self.speech_url, "LLM_BASE_URL": self.speech_url,
+            "TTS_BASE_URL": self.speech_url, "AGENT_HEALTH_PORT": str(self.health_port),
+            "AGENT_NUM_IDLE_PROCESSES": "1", "AGENT_DRAIN_TIMEOUT": "10", **(agent_env or {}),
+        })
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{self.lk_port}/"), 30, "livekit-server", lk)
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{self.speech_port}/health"), 60,
+                   "the speech server", speech)
+        wait_until(lambda: b"registered worker" in (self.logdir / "worker.log").read_bytes(),
+                   60, "the worker to register with livekit-server", self.worker)
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with tempfile.TemporaryDirectory(prefix="agent-roundtrip-") as logdir:
+        running = Stack(Path(logdir))
+        try:
+            running.start()
+            yield running
+        except Exception:
+            for log in Path(logdir).glob("*.log"):
+                sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}\n")
+            raise
+        finally:
+            running.stop()
+
+
+def token(room: str, identity: str = "roundtrip-client") -> str:
+    return (api.AccessToken(API_KEY, API_SECRET).with_identity(identity)
+            .with_grants(api.VideoGrants(room_join=True, room=room, can_publish=True,
+                                         can_subscribe=True))
+            .with_ttl(timedelta(minutes=5)).to_jwt())
+
+
+def speak(stack: Stack, room: str, phrase: str) -> RoundTripResult:
+    return asyncio.run(round_trip(stack.url, token(room), speech=HttpSpeech(stack.speech_url),
+                                  phrase=phrase, timeout=90))
+
+
+def test_agent_roundtrip_greets_and_turns_on_the_lights(stack: Stack) -> None:
+    result = speak(stack, "roundtrip-lights", "turn on the lights")
+    assert "voice assistant" in result.greeting.lower()
+    assert "turned on the lights" in result.answer.lower()
+    assert result.latency_s > 0
+
+
+def test_agent_roundtrip_sets_the_thermostat(stack: Stack) -> None:
+    result = speak(stack, "roundtrip-thermostat", "set the thermostat to 21 degrees")
+    assert "thermostat to 21" in result.answer.lower()
+
+
+def test_agent_roundtrip_worker_drains_and_exits_on_sigterm(stack: Stack) -> None:
+    stack.worker.send_signal(signal.SIGTERM)
+    assert stack.worker.wait(timeout=30) == 0
+    assert b"draining worker" in (stack.logdir / "worker.log").read_bytes()

@@ -1,0 +1,119 @@
+"""Every invalid configuration is refused before anything is created, naming its key and the fix."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.config import ConfigError, parse
+from infra.validate import main as validate_main
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = {
+    "provider": "hetzner",
+    "region": "nbg1",
+    "serverType": "cx23",
+    "domain": "example.com",
+    "adminCidrs": ["198.51.100.7/32"],
+    "apiSecret": "a" * 40,
+    "turnSecret": "b" * 40,
+}
+
+
+def problems(**changes: object) -> dict[str, str]:
+    raw = {**GOOD, **changes}
+    raw = {k: v for k, v in raw.items() if v is not None}
+    with pytest.raises(ConfigError) as exc:
+        parse(raw, env="t")
+    return dict(exc.value.problems)
+
+
+def test_good_config_is_accepted() -> None:
+    cfg = parse(GOOD, env="t")
+    assert cfg.livekit_host == "livekit.example.com"
+    assert cfg.turn_host == "turn.example.com"
+
+
+CASES = [
+    ("bad-fqdn", {"livekitHost": "live kit.example.com"}, "livekitHost", "fully qualified"),
+    ("bare-label", {"turnHost": "turn"}, "turnHost", "fully qualified"),
+    ("bad-domain", {"domain": "-bad-.com"}, "domain", "not a valid domain"),
+    ("same-hosts", {"livekitHost": "lk.example.com", "turnHost": "lk.example.com"}, "turnHost", "own name"),
+    ("short-api-secret", {"apiSecret": "x" * 31}, "apiSecret", "at least 32"),
+    ("short-turn-secret", {"turnSecret": "short"}, "turnSecret", "at least 32"),
+    ("relay-overlaps-ice", {"turnRelayStart": 55000, "turnRelayEnd": 56000}, "turnRelayStart/turnRelayEnd",
+     "overlaps livekit-ice-udp"),
+    ("port-used-twice", {"livekitTcpPort": 7880}, "livekitHttpPort", "overlaps livekit-ice-tcp"),
+    ("turn-udp-in-ice", {"iceMode": "mux", "iceUdpPort": 3478}, "turnUdpPort", "overlaps livekit-ice-udp"),
+    ("zero-nodes", {"nodeCount": 0}, "nodeCount", "out of range"),
+    ("cluster-no-private-net", {"nodeCount": 3, "privateNetwork": ""}, "privateNetwork", "need one"),
+    ("world-ssh-v4", {"adminCidrs": ["0.0.0.0/0"]}, "adminCidrs", "allowWorldSsh"),
+    ("world-ssh-v6", {"adminCidrs": ["::/0"]}, "adminCidrs", "allowWorldSsh"),
+    ("unknown-provider", {"provider": "linode"}, "provider", "unknown provider"),
+    ("unknown-region", {"region": "mars1"}, "region", "not a hetzner region"),
+    ("unknown-server-type", {"serverType": "t2.micro"}, "serverType", "not a hetzner server type"),
+    ("do-region-on-hetzner", {"region": "fra1"}, "region", "not a hetzner region"),
+    ("ovh-blocks-udp", {"provider": "ovh", "region": None, "serverType": None,
+                        "hosts": [{"name": "n1", "publicIp": "203.0.113.5"}]}, "provider", "blocks"),
+    ("unknown-key", {"livekitPrt": 1}, "livekitPrt", "unknown setting"),
+    ("bad-cidr", {"adminCidrs": ["10.0.0.300/32"]}, "adminCidrs", "not a CIDR"),
+    ("privileged-ice", {"icePortStart": 80, "icePortEnd": 90}, "icePortStart", "privileged"),
+]
+
+
+@pytest.mark.parametrize("changes,key,fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_invalid_config_names_key_and_fix(changes: dict, key: str, fragment: str) -> None:
+    found = problems(**changes)
+    assert key in found, f"expected a problem for {key}, got {found}"
+    assert fragment in found[key]
+
+
+def test_world_ssh_accepted_with_explicit_opt_in() -> None:
+    cfg = parse({**GOOD, "adminCidrs": ["0.0.0.0/0", "::/0"], "allowWorldSsh": True}, env="t")
+    assert cfg.admin_cidrs == ("0.0.0.0/0", "::/0")
+
+
+@pytest.mark.parametrize("provider", ["scaleway", "aws", "gcp"])
+def test_nat_and_firewall_providers_are_accepted_with_a_warning(provider: str) -> None:
+    cfg = parse({"provider": provider, "domain": "example.com", "adminCidrs": ["198.51.100.7/32"],
+                 "hosts": [{"name": "node-1", "publicIp": "203.0.113.5"}]}, env="t")
+    assert cfg.warnings and provider in cfg.warnings[0]
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    found = problems(domain="bad domain", apiSecret="x", nodeCount=0, region="mars1")
+    assert {"domain", "apiSecret", "nodeCount", "region"} <= set(found)
+
+
+def test_encrypted_secret_is_not_length_checked() -> None:
+    cfg = parse({**GOOD, "apiSecret": {"secure": "v1:abc"}}, env="t")
+    assert cfg.api_secret.encrypted and cfg.api_secret.plain is None
+    assert "abc" not in repr(cfg)
+
+
+def _stack_file(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "Pulumi.staging.yaml"
+    path.write_text(yaml.safe_dump({"config": {f"voicestack:{k}": v for k, v in raw.items()}}))
+    return path
+
+
+def test_make_validate_prints_every_error_and_fails(tmp_path: Path) -> None:
+    path = _stack_file(tmp_path, {**GOOD, "domain": "bad domain", "apiSecret": "short", "nodeCount": 0})
+    proc = subprocess.run(["make", "-s", "validate", f"CONFIG={path}"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0
+    for key in ("domain", "apiSecret", "nodeCount"):
+        assert f"- {key}:" in proc.stderr
+    assert "nothing was created" in proc.stderr
+
+
+def test_validate_accepts_good_stack_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert validate_main([str(_stack_file(tmp_path, GOOD))]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+def test_validate_missing_file_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert validate_main([str(tmp_path / "Pulumi.nope.yaml")]) == 1
+    assert "does not exist" in capsys.readouterr().err

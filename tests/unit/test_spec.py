@@ -1,0 +1,113 @@
+"""The spec derives ports, both firewalls and DNS from one config; a port change flows everywhere."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from infra.config import parse
+from infra.spec import WORLD, Role, Scope, derive
+
+BASE = {"provider": "hetzner", "domain": "example.com", "adminCidrs": ["198.51.100.7/32"]}
+
+
+def spec_of(**changes: object):
+    return derive(parse({**BASE, **changes}, env="t"))
+
+
+def rule_set(rules) -> set[tuple]:
+    return {(r.protocol, r.start, r.end, r.sources) for r in rules}
+
+
+def test_single_node_roles_and_no_redis() -> None:
+    spec = spec_of()
+    assert [n.name for n in spec.nodes] == ["node-1"]
+    assert spec.nodes[0].roles == {Role.LIVEKIT, Role.TURN, Role.AGENT}
+    assert not spec.has_port("redis")
+    assert spec.nodes[0].private_ip is None
+
+
+def test_cluster_has_one_redis_on_private_network() -> None:
+    spec = spec_of(nodeCount=3, privateNetwork="10.9.0.0/24")
+    assert [n.private_ip for n in spec.nodes] == ["10.9.0.10", "10.9.0.11", "10.9.0.12"]
+    assert [n.name for n in spec.nodes_with(Role.REDIS)] == ["node-1"]
+    redis = spec.port("redis")
+    assert redis.scope is Scope.PRIVATE
+    assert ("tcp", 6379, 6379, ("10.9.0.0/24",)) in rule_set(spec.host_firewall)
+    assert all(r.start != 6379 for r in spec.cloud_firewall)
+
+
+def test_cloud_firewall_is_exactly_public_ports_plus_admin_ssh() -> None:
+    spec = spec_of()
+    expected = {(p.protocol, p.start, p.end, WORLD) for p in spec.public_ports()}
+    expected.add(("tcp", 22, 22, ("198.51.100.7/32",)))
+    assert rule_set(spec.cloud_firewall) == expected
+    # The defaults expose what a browser/agent needs and nothing internal.
+    labels = {p.label for p in spec.public_ports()}
+    assert labels == {"80/tcp", "443/tcp", "7881/tcp", "3478/udp", "3478/tcp", "50000-60000/udp"}
+    for closed in ("livekit-http", "livekit-prometheus", "agent-health", "turn-relay"):
+        assert spec.port(closed).scope in (Scope.LOOPBACK, Scope.PRIVATE)
+
+
+def test_no_ssh_rule_without_admin_cidrs_and_world_only_by_opt_in() -> None:
+    spec = derive(parse({"provider": "local", "domain": "x.test"}, env="x"))
+    assert all(r.start != 22 for r in spec.cloud_firewall)
+    spec = spec_of(adminCidrs=[], allowWorldSsh=True)
+    assert ("tcp", 22, 22, WORLD) in rule_set(spec.cloud_firewall)
+
+
+@pytest.mark.parametrize(
+    "key,value,port_name",
+    [("livekitTcpPort", 7991, "livekit-ice-tcp"), ("turnUdpPort", 3479, "turn-udp"),
+     ("icePortStart", 51000, "livekit-ice-udp"), ("livekitHttpPort", 7990, "livekit-http")],
+    ids=["ice-tcp", "turn-udp", "ice-range", "http"],
+)
+def test_changing_a_port_changes_every_consumer(key: str, value: int, port_name: str) -> None:
+    before, after = spec_of(), spec_of(**{key: value})
+    assert after.port(port_name).start == value
+    old = before.port(port_name)
+    if old.scope is Scope.PUBLIC:
+        assert (old.protocol, old.start) in {(r.protocol, r.start) for r in before.cloud_firewall}
+        assert (old.protocol, old.start) not in {(r.protocol, r.start) for r in after.cloud_firewall}
+        assert (old.protocol, value) in {(r.protocol, r.start) for r in after.cloud_firewall}
+        assert (old.protocol, value) in {(r.protocol, r.start) for r in after.host_firewall}
+        assert after.port(port_name) in after.public_ports()  # verification expectations
+    else:
+        assert after.port(port_name) in after.closed_ports()
+
+
+def test_mux_mode_opens_one_udp_port() -> None:
+    spec = spec_of(iceMode="mux", iceUdpPort=7882)
+    ice = spec.port("livekit-ice-udp")
+    assert (ice.start, ice.end) == (7882, 7882)
+    assert ("udp", 7882, 7882, WORLD) in rule_set(spec.cloud_firewall)
+    assert all(r.start != 50000 for r in spec.cloud_firewall)
+
+
+def test_turn_tls_on_443_uses_sni_split_else_own_public_port() -> None:
+    spec = spec_of()
+    assert spec.sni_split and spec.port("turn-tls").scope is Scope.LOOPBACK
+    assert spec.port("https").service == "edge"
+    spec = spec_of(turnTlsPort=5349)
+    assert not spec.sni_split
+    assert spec.port("turn-tls").scope is Scope.PUBLIC and spec.port("https").service == "caddy"
+    assert ("tcp", 5349, 5349, WORLD) in rule_set(spec.cloud_firewall)
+    assert {(t.protocol, t.port) for t in spec.turn_servers} == {("tls", 5349), ("udp", 3478)}
+
+
+def test_dns_records_cover_names_and_nodes() -> None:
+    one = spec_of()
+    assert {(r.name, r.nodes) for r in one.dns_records} == {
+        ("livekit.example.com", ("node-1",)), ("turn.example.com", ("node-1",))}
+    three = spec_of(nodeCount=3)
+    names = {r.name: r.nodes for r in three.dns_records}
+    assert names["livekit.example.com"] == ("node-1", "node-2", "node-3")
+    assert names["turn.example.com"] == ("node-1",)
+    assert names["node-2.example.com"] == ("node-2",)
+    assert three.dns_records[0].relative_to("example.com") == "livekit"
+
+
+def test_spec_is_immutable() -> None:
+    spec = spec_of()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.nodes = ()  # type: ignore[misc]
