@@ -25,6 +25,7 @@ MIN_TOKEN_KEY = 24
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _API_KEY = re.compile(r"^[A-Za-z0-9_-]{3,64}$")
 _NODE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_SSH_PUBLIC_KEY = re.compile(r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/]+=*( .*)?$")
 
 
 class ConfigError(Exception):
@@ -256,12 +257,25 @@ def parse(raw: Mapping[str, Any], env: str = "local") -> StackConfig:
     for key, host in (("livekitHost", livekit_host), ("turnHost", turn_host)):
         if not is_fqdn(host):
             c.add(key, f"{host!r} is not a valid fully qualified domain name; use e.g. {key[:-4].lower()}.example.com")
+    if provider.kind in ("hetzner", "digitalocean"):
+        # The Pulumi program manages the zone `domain`; names outside it would never resolve.
+        for key, host in (("livekitHost", livekit_host), ("turnHost", turn_host)):
+            if is_fqdn(host) and is_fqdn(domain) and not host.endswith("." + domain):
+                c.add(key, f"{host!r} is outside the DNS zone {domain!r} that {provider.name} manages; "
+                      f"use a name under it, e.g. {key[:-4].lower()}.{domain}")
+    ssh_key = str(raw.get("sshPublicKey", "") or "")
+    if ssh_key and not _SSH_PUBLIC_KEY.match(ssh_key):
+        c.add("sshPublicKey", f"{ssh_key[:20]!r} is not an OpenSSH public key; the servers are created with it — "
+              "paste the contents of ~/.ssh/id_ed25519.pub (pulumi config set sshPublicKey \"$(cat ~/.ssh/id_ed25519.pub)\")")
     if livekit_host == turn_host:
         c.add("turnHost", f"equals livekitHost ({turn_host}); TURN needs its own name for its TLS certificate "
               "and the SNI split on 443, e.g. turn." + domain)
 
     admin_cidrs = c.str_list(raw, "adminCidrs")
-    allow_world_ssh = bool(raw.get("allowWorldSsh", False))
+    allow_world_ssh = raw.get("allowWorldSsh", False)
+    if not isinstance(allow_world_ssh, bool):
+        c.add("allowWorldSsh", f"{allow_world_ssh!r} is not true or false")
+        allow_world_ssh = False
     for cidr in admin_cidrs:
         try:
             net = ipaddress.ip_network(cidr, strict=False)

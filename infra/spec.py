@@ -13,6 +13,8 @@ from enum import Enum
 from infra.config import StackConfig
 
 WORLD = ("0.0.0.0/0", "::/0")
+#: Where Caddy serves the token endpoint (behind HTTPS on the LiveKit name).
+TOKEN_PATH = "/api/token"
 
 
 class Scope(str, Enum):
@@ -61,6 +63,11 @@ class FirewallRule:
     @property
     def port_range(self) -> str:
         return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
+
+    @property
+    def key(self) -> tuple[str, str, tuple[str, ...]]:
+        """Provider-neutral (protocol, port range, sources): what a cloud rule must equal, nothing else."""
+        return (self.protocol, self.port_range, tuple(self.sources))
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,18 @@ class EnvSpec:
     def redis_node(self) -> Node | None:
         found = self.nodes_with(Role.REDIS)
         return found[0] if found else None
+
+    @property
+    def livekit_url(self) -> str:
+        return f"wss://{self.config.livekit_host}"
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"https://{self.config.livekit_host}{TOKEN_PATH}"
+
+    def dns_zone_records(self) -> tuple[tuple[str, DnsRecord], ...]:
+        """(name relative to the zone `domain`, record) for every record a cloud DNS zone holds."""
+        return tuple((r.relative_to(self.config.domain), r) for r in self.dns_records)
 
     @property
     def sni_split(self) -> bool:

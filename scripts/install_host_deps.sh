@@ -2,7 +2,7 @@
 # Install the Debian packages the operator machine needs for the local environment and tests.
 # Idempotent: only missing packages are installed.
 set -euo pipefail
-pkgs=(make git openssl)
+pkgs=(make git openssl coturn)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if ((${#missing[@]})); then

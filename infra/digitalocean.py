@@ -1,0 +1,93 @@
+"""DigitalOcean: droplets, cloud firewall, VPC, reserved IPs, DNS and a project for one spec."""
+from __future__ import annotations
+
+import pulumi
+import pulumi_digitalocean as do
+
+from infra.cloudinit import render_user_data
+from infra.program import NodeAddresses, ProgramArgs, ProviderComponent, cloud_name, dns_slug, dns_targets
+from infra.spec import WORLD
+
+IMAGE = "debian-12-x64"
+DNS_TTL = 300
+#: DigitalOcean firewalls deny egress that no rule allows (apt, ACME, STUN, speech APIs): allow all.
+EGRESS = (("tcp", "1-65535"), ("udp", "1-65535"), ("icmp", None))
+NAMESERVERS = ["ns1.digitalocean.com", "ns2.digitalocean.com", "ns3.digitalocean.com"]
+
+
+class DigitalOceanStack(ProviderComponent):
+    """Every DigitalOcean resource of one environment, children of one component."""
+
+    def __init__(self, name: str, args: ProgramArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("DigitalOcean", name, args, opts)
+        spec = args.spec
+        cfg = spec.config
+
+        key = do.SshKey(f"{name}-ssh-key", name=cloud_name(spec), public_key=cfg.ssh_public_key, opts=self._child())
+        # The firewall applies by tag, so a droplet is covered from the moment it exists.
+        self.tag = do.Tag(f"{name}-tag", name=cloud_name(spec), opts=self._child())
+        self.firewall = do.Firewall(
+            f"{name}-firewall", name=cloud_name(spec), tags=[self.tag.name], opts=self._child(),
+            inbound_rules=[do.FirewallInboundRuleArgs(protocol=r.protocol, port_range=r.port_range,
+                                                      source_addresses=list(r.sources))
+                           for r in spec.cloud_firewall],
+            outbound_rules=[do.FirewallOutboundRuleArgs(protocol=proto, port_range=ports,
+                                                        destination_addresses=list(WORLD))
+                            for proto, ports in EGRESS])
+
+        self.vpc = None
+        if spec.multi_node:
+            self.vpc = do.Vpc(f"{name}-vpc", name=cloud_name(spec), region=cfg.region, ip_range=cfg.private_network,
+                              description=f"voicestack {spec.env}: node-to-node traffic (Redis)", opts=self._child())
+
+        self.droplets: dict[str, do.Droplet] = {}
+        self.reserved_ips: dict[str, do.ReservedIp] = {}
+        for node in spec.nodes:
+            droplet = do.Droplet(
+                f"{name}-{node.name}",
+                name=cloud_name(spec, node),
+                image=IMAGE,
+                size=cfg.server_type,
+                region=cfg.region,
+                ssh_keys=[key.fingerprint],
+                vpc_uuid=self.vpc.id if self.vpc else None,
+                ipv6=False,
+                monitoring=True,
+                tags=[self.tag.name],
+                user_data=render_user_data(spec, node, cfg.ssh_public_key),
+                # user_data only runs at first boot; a changed template must not replace live droplets.
+                opts=self._child(depends_on=[self.firewall], ignore_changes=["userData"]),
+            )
+            # The reserved IP outlives a droplet rebuild, so DNS and clients keep the address.
+            rip = do.ReservedIp(f"{name}-{node.name}-ip", region=cfg.region, opts=self._child())
+            do.ReservedIpAssignment(f"{name}-{node.name}-ip-assignment", ip_address=rip.ip_address,
+                                    droplet_id=droplet.id.apply(int), opts=self._child())
+            self.droplets[node.name] = droplet
+            self.reserved_ips[node.name] = rip
+            self.nodes.append(NodeAddresses(
+                node=node, public_ip=rip.ip_address,
+                # DigitalOcean hands out VPC addresses itself; the deploy reads them from the outputs.
+                private_ip=droplet.ipv4_address_private if self.vpc else None,
+                server_id=droplet.id))
+
+        self.domain = do.Domain(f"{name}-domain", name=cfg.domain, opts=self._child())
+        self.records = [
+            do.DnsRecord(f"{name}-dns-{dns_slug(rel)}-{i}", domain=self.domain.id, type=rec.type, name=rel,
+                         value=ip, ttl=DNS_TTL, opts=self._child())
+            for rel, rec, ips in dns_targets(spec, self.nodes) for i, ip in enumerate(ips)]
+
+        self.project = do.Project(
+            f"{name}-project", name=cloud_name(spec), purpose="Service or API", environment="Production",
+            description=f"voicestack environment {spec.env}", opts=self._child(),
+            resources=[*(d.droplet_urn for d in self.droplets.values()),
+                       *(r.reserved_ip_urn for r in self.reserved_ips.values()), self.domain.domain_urn])
+
+        self.extra.update({
+            "region": cfg.region,
+            "cloud_firewall_managed": True,
+            "server_ids": {n: d.id for n, d in self.droplets.items()},
+            # Outbound traffic leaves from the droplet's own address, not the reserved IP.
+            "egress_ips": {n: d.ipv4_address for n, d in self.droplets.items()},
+            "dns_nameservers": NAMESERVERS,
+        })
+        self._finish()

@@ -1,0 +1,214 @@
+"""What every Pulumi provider program shares: its Args, secrets, stack outputs and the chained deploy.
+
+The provider modules (hetzner, digitalocean, existing) only translate the spec into their
+cloud's resources and report, per node, where it can be reached (`NodeAddresses`). Everything
+else is computed once here, the same for every provider.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import pulumi
+import pulumi_command as command
+import pulumi_random as random
+
+from infra.config import ConfigError, StackConfig
+from infra.outputs import ROOT, Outputs
+from infra.spec import DnsRecord, EnvSpec, Node
+
+#: Length of generated secrets (letters and digits only: they go into YAML, URLs and env files).
+SECRET_LENGTH = 48
+#: The deploy helper's entry point, run once the servers exist.
+DEPLOY_MODULE = "deploy"
+#: Environment variable that hands the resolved stack outputs to `python -m infra.stack_outputs --from-env`.
+OUTPUTS_ENV = "VOICESTACK_OUTPUTS"
+
+
+@dataclass(frozen=True)
+class ProgramArgs:
+    """Inputs of every provider component (HetznerStack, DigitalOceanStack, ExistingHosts)."""
+
+    spec: EnvSpec
+    """The validated environment spec (infra.spec.derive): nodes, cloud firewall, DNS records."""
+
+
+@dataclass(frozen=True)
+class NodeAddresses:
+    """Where one node of the spec can be reached, as a provider built it."""
+
+    node: Node
+    public_ip: pulumi.Input[str]
+    private_ip: pulumi.Input[str] | None
+    server_id: pulumi.Output[str] | None = None  # None: the operator's own host (no cloud server)
+
+
+class ProviderComponent(pulumi.ComponentResource):
+    """Base of the provider components: the same attributes whatever the cloud."""
+
+    nodes: list[NodeAddresses]
+    extra: dict[str, Any]
+
+    def __init__(self, kind: str, name: str, args: ProgramArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(f"voicestack:cloud:{kind}", name, None, opts)
+        self.nodes = []
+        self.extra = {"provider": args.spec.config.provider}
+
+    def _child(self, **kwargs: Any) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self, **kwargs)
+
+    def _finish(self) -> None:
+        self.register_outputs({"nodes": [{"name": n.node.name, "public_ip": n.public_ip} for n in self.nodes]})
+
+
+@dataclass(frozen=True)
+class StackSecrets:
+    api_secret: pulumi.Output[str]
+    turn_secret: pulumi.Output[str]
+    token_key: pulumi.Output[str]
+
+    def __repr__(self) -> str:
+        return "StackSecrets(<hidden>)"
+
+
+def check_provisionable(cfg: StackConfig) -> None:
+    """What a Pulumi stack needs beyond a valid config; raises before any resource is declared."""
+    problems = []
+    if cfg.provider_info.kind == "local":
+        problems.append(("provider", "local is not a Pulumi stack; run \"make up ENV=local\", or set provider "
+                         "to hetzner, digitalocean or existing for this stack"))
+    if cfg.provider_info.kind in ("hetzner", "digitalocean") and not cfg.ssh_public_key:
+        problems.append(("sshPublicKey", "is empty; the servers are created with this key — "
+                         "pulumi config set sshPublicKey \"$(cat ~/.ssh/id_ed25519.pub)\""))
+    if problems:
+        raise ConfigError(problems)
+
+
+def stack_secrets(name: str, given: Mapping[str, pulumi.Output[str]]) -> StackSecrets:
+    """The config's secrets, or ones generated once: RandomPassword results live in state, so a
+    rebuild of the same stack (even `pulumi up --replace` of every server) keeps them."""
+
+    def one(key: str, suffix: str) -> pulumi.Output[str]:
+        if key in given:
+            return pulumi.Output.secret(given[key])
+        generated = random.RandomPassword(f"{name}-{suffix}", length=SECRET_LENGTH, special=False)
+        return pulumi.Output.secret(generated.result)
+
+    return StackSecrets(api_secret=one("apiSecret", "api-secret"), turn_secret=one("turnSecret", "turn-secret"),
+                        token_key=one("tokenKey", "token-key"))
+
+
+def cloud_name(spec: EnvSpec, node: Node | None = None) -> str:
+    """A name valid as hostname, Hetzner label value and DigitalOcean tag: `<env>-<node>`."""
+    base = f"{spec.env}-{node.name}" if node else f"voicestack-{spec.env}"
+    return re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-")[:63]
+
+
+def dns_slug(relative_name: str) -> str:
+    return "apex" if relative_name == "@" else re.sub(r"[^a-z0-9-]+", "-", relative_name.lower())
+
+
+def dns_targets(spec: EnvSpec, nodes: list[NodeAddresses]) -> list[tuple[str, DnsRecord, list[pulumi.Input[str]]]]:
+    """(name relative to the zone, record, public IPs it points at) for each spec.dns_records entry."""
+    by_name = {n.node.name: n for n in nodes}
+    return [(rel, rec, [by_name[name].public_ip for name in rec.nodes]) for rel, rec in spec.dns_zone_records()]
+
+
+def stack_outputs(spec: EnvSpec, nodes: list[NodeAddresses], secrets: StackSecrets,
+                  extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The stack outputs: exactly the fields of infra.outputs.Outputs (ssh_key is the operator's
+    private key path, filled in by infra.stack_outputs on the machine that deploys)."""
+    cfg = spec.config
+    out: dict[str, Any] = {
+        "env": spec.env,
+        "livekit_url": spec.livekit_url,
+        "api_key": cfg.api_key,
+        "api_secret": secrets.api_secret,
+        "turn_domain": cfg.turn_host,
+        "token_endpoint": spec.token_endpoint,
+        "nodes": [{
+            "name": n.node.name,
+            "public_ip": n.public_ip,
+            "private_ip": n.private_ip,
+            "ssh_user": cfg.ssh_user,
+            "ssh_key": "",
+            "roles": sorted(r.value for r in n.node.roles),
+            "ssh_port": 22,
+        } for n in nodes],
+        "livekit_domain": cfg.livekit_host,
+        "turn_secret": secrets.turn_secret,
+        "token_key": secrets.token_key,
+        "config_file": f"Pulumi.{spec.env}.yaml",
+        "ca_bundle": None,
+        "dns_server": None,
+        "client_netns": None,
+        "extra": dict(extra),
+    }
+    missing = {f.name for f in dataclasses.fields(Outputs)} ^ set(out)
+    if missing:
+        raise RuntimeError(f"stack outputs and infra.outputs.Outputs disagree on {sorted(missing)}")
+    return out
+
+
+def export(outputs: Mapping[str, Any]) -> None:
+    for key, value in outputs.items():
+        pulumi.export(key, value)
+
+
+def _canonical(value: Any) -> Any:
+    """JSON-able, order-stable form of the spec, secrets left out (they reach the deploy by env)."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if f.name not in ("api_secret", "turn_secret", "token_key", "warnings")}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (frozenset, set)):
+        return sorted(_canonical(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def deploy_digest(spec: EnvSpec, deploy_dir: str = DEPLOY_MODULE) -> str:
+    """sha256 of what the deploy reads besides the outputs: the spec and the deploy/ tree."""
+    h = hashlib.sha256(json.dumps(_canonical(spec), sort_keys=True).encode())
+    root = ROOT / deploy_dir
+    for path in sorted(root.rglob("*")) if root.is_dir() else []:
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _python() -> str:
+    exe = os.path.abspath(sys.executable)
+    # Relative to the checkout when it is the project's venv, so state does not pin one machine's path.
+    return shlex.quote(os.path.relpath(exe, ROOT) if exe.startswith(str(ROOT) + os.sep) else exe)
+
+
+def chain_deploy(name: str, spec: EnvSpec, component: ProviderComponent,
+                 outputs: Mapping[str, Any]) -> command.local.Command:
+    """Run the deploy once the servers exist: write .stack/<env>/outputs.json, then `python -m deploy`.
+
+    Re-runs when a server is replaced, when the spec or the deploy code changes, or when any
+    output (an address, a secret) changes; `make deploy ENV=<stack>` runs it by hand any time.
+    """
+    py = _python()
+    triggers: list[pulumi.Input[str]] = [n.server_id if n.server_id is not None else n.public_ip
+                                         for n in component.nodes]
+    triggers.append(deploy_digest(spec))
+    return command.local.Command(
+        f"{name}-deploy",
+        create=f"{py} -m infra.stack_outputs --from-env && {py} -m {DEPLOY_MODULE} --env {shlex.quote(spec.env)}",
+        dir=str(ROOT),
+        environment={OUTPUTS_ENV: pulumi.Output.secret(pulumi.Output.json_dumps(dict(outputs)))},
+        triggers=triggers,
+        opts=pulumi.ResourceOptions(depends_on=[component], additional_secret_outputs=["stdout", "stderr"]),
+    )

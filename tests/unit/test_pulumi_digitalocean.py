@@ -1,0 +1,157 @@
+"""The DigitalOcean program under Pulumi mocks: what it would create, checked against the spec."""
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+
+import pytest
+import yaml
+
+from infra.config import ConfigError
+from infra.spec import WORLD
+
+from . import pulumi_harness as harness
+from .pulumi_harness import (ADMIN, SSH_KEY, assert_same, assert_same_dns, expected_dns, expected_rules, run_stack,
+                             spec_for)
+
+FIREWALL, DROPLET = "digitalocean:index/firewall:Firewall", "digitalocean:index/droplet:Droplet"
+RECORD, RESERVED = "digitalocean:index/dnsRecord:DnsRecord", "digitalocean:index/reservedIp:ReservedIp"
+
+SINGLE = {"provider": "digitalocean", "domain": "example.org", "adminCidrs": [ADMIN, "2001:db8::/48"],
+          "sshPublicKey": SSH_KEY}
+CLUSTER = {**SINGLE, "nodeCount": 2, "region": "ams3", "serverType": "s-4vcpu-8gb"}
+SHAPES = {"single": SINGLE, "cluster": CLUSTER}
+
+
+@pytest.fixture(scope="module", params=list(SHAPES), ids=list(SHAPES))
+def shape(request):
+    config = SHAPES[request.param]
+    return spec_for(config), run_stack(config)
+
+
+def inbound(run) -> list[tuple]:
+    return [(r["protocol"], r["portRange"], tuple(r["sourceAddresses"])) for r in run.one(FIREWALL).inputs["inboundRules"]]
+
+
+def records(run) -> dict[tuple[str, str], list[str]]:
+    grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for r in run.of(RECORD):
+        grouped[(r.inputs["name"], r.inputs["type"])].append(r.inputs["value"])
+    return dict(grouped)
+
+
+def test_inbound_rules_equal_the_spec_cloud_firewall(shape):
+    spec, run = shape
+    assert_same(expected_rules(spec), inbound(run), "inbound rules")
+
+
+def test_outbound_allows_all_egress_because_digitalocean_denies_it_otherwise(shape):
+    _, run = shape
+    outbound = {(r["protocol"], r.get("portRange"), tuple(r["destinationAddresses"]))
+                for r in run.one(FIREWALL).inputs["outboundRules"]}
+    assert outbound == {("tcp", "1-65535", WORLD), ("udp", "1-65535", WORLD), ("icmp", None, WORLD)}
+
+
+def test_firewall_covers_every_droplet_by_tag_from_creation(shape):
+    spec, run = shape
+    tag = run.one("digitalocean:index/tag:Tag").inputs["name"]
+    assert run.one(FIREWALL).inputs["tags"] == [tag]
+    droplets = run.of(DROPLET)
+    assert len(droplets) == len(spec.nodes) and all(d.inputs["tags"] == [tag] for d in droplets)
+
+
+def test_dns_records_point_at_the_reserved_ips(shape):
+    spec, run = shape
+    domain = run.one("digitalocean:index/domain:Domain")
+    assert domain.inputs["name"] == "example.org"
+    assert {r.inputs["domain"] for r in run.of(RECORD)} == {domain.id}
+    assert_same_dns(expected_dns(spec, run.ip_of()), records(run))
+    assert set(run.ip_of().values()) == {r.state["ipAddress"] for r in run.of(RESERVED)}
+
+
+def test_each_droplet_gets_a_reserved_ip(shape):
+    spec, run = shape
+    droplet_ids = {int(d.id) for d in run.of(DROPLET)}
+    assignments = run.of("digitalocean:index/reservedIpAssignment:ReservedIpAssignment")
+    assert {int(a.inputs["dropletId"]) for a in assignments} == droplet_ids
+    assert sorted(a.inputs["ipAddress"] for a in assignments) == sorted(run.ip_of().values())
+
+
+def test_droplets_are_debian_12_in_the_configured_region(shape):
+    spec, run = shape
+    for d in run.of(DROPLET):
+        assert (d.inputs["image"], d.inputs["size"], d.inputs["region"]) == \
+            ("debian-12-x64", spec.config.server_type, spec.config.region)
+        assert d.inputs["sshKeys"] == [run.one("digitalocean:index/sshKey:SshKey").state["fingerprint"]]
+
+
+def test_project_holds_droplets_reserved_ips_and_domain(shape):
+    _, run = shape
+    held = set(run.one("digitalocean:index/project:Project").inputs["resources"])
+    assert held == {d.state["dropletUrn"] for d in run.of(DROPLET)} | \
+        {r.state["reservedIpUrn"] for r in run.of(RESERVED)} | {"do:domain:example.org"}
+
+
+def test_cluster_droplets_share_a_vpc_on_the_private_network():
+    spec, run = spec_for(CLUSTER), run_stack(CLUSTER)
+    vpc = run.one("digitalocean:index/vpc:Vpc")
+    assert vpc.inputs["ipRange"] == spec.config.private_network and vpc.inputs["region"] == "ams3"
+    assert {d.inputs["vpcUuid"] for d in run.of(DROPLET)} == {vpc.id}
+    private = [n["private_ip"] for n in run.outputs["nodes"]]
+    assert sorted(private) == sorted(d.state["ipv4AddressPrivate"] for d in run.of(DROPLET))
+    assert all(ipaddress.ip_address(ip) in ipaddress.ip_network(spec.config.private_network) for ip in private)
+
+
+def test_single_droplet_has_no_vpc_and_no_private_ip():
+    run = run_stack(SINGLE)
+    assert not run.of("digitalocean:index/vpc:Vpc") and "vpcUuid" not in run.one(DROPLET).inputs
+    assert run.outputs["nodes"][0]["private_ip"] is None
+
+
+def test_ssh_is_open_only_to_admin_cidrs(shape):
+    _, run = shape
+    assert [r for r in inbound(run) if r[1] == "22"] == [("tcp", "22", (ADMIN, "2001:db8::/48"))]
+
+
+def test_ssh_is_world_open_only_with_allow_world_ssh():
+    run = run_stack({**SINGLE, "adminCidrs": [], "allowWorldSsh": True})
+    assert [r for r in inbound(run) if r[1] == "22"] == [("tcp", "22", WORLD)]
+
+
+def test_secrets_are_secret_outputs_and_stay_out_of_user_data(shape):
+    _, run = shape
+    values = [run.outputs[k] for k in ("api_secret", "turn_secret", "token_key")]
+    assert all(run.secret[k] for k in ("api_secret", "turn_secret", "token_key"))
+    for d in run.of(DROPLET):
+        assert yaml.safe_load(d.inputs["userData"])["ssh_authorized_keys"] == [SSH_KEY]
+        assert not [v for v in values if v in d.inputs["userData"]]
+
+
+def test_outputs_list_egress_addresses_for_the_deploy(shape):
+    _, run = shape
+    assert set(run.outputs["extra"]["egress_ips"].values()) == {d.state["ipv4Address"] for d in run.of(DROPLET)}
+    assert run.outputs["extra"]["cloud_firewall_managed"] is True
+
+
+def test_invalid_config_creates_nothing():
+    with pytest.raises(ConfigError):
+        run_stack({**SINGLE, "region": "nbg1"})
+    assert harness.LAST["mocks"].registered == []
+
+
+@pytest.mark.parametrize("index", range(len(spec_for(CLUSTER).cloud_firewall)))
+def test_inbound_comparison_fails_when_any_rule_is_missing(index):
+    spec, run = spec_for(CLUSTER), run_stack(CLUSTER)
+    actual = inbound(run)
+    del actual[index]
+    with pytest.raises(AssertionError, match="missing"):
+        assert_same(expected_rules(spec), actual, "inbound rules")
+
+
+@pytest.mark.parametrize("index", range(len(spec_for(CLUSTER).dns_records)))
+def test_dns_comparison_fails_when_any_record_is_missing(index):
+    spec, run = spec_for(CLUSTER), run_stack(CLUSTER)
+    expected = expected_dns(spec, run.ip_of())
+    del expected[list(expected)[index]]
+    with pytest.raises(AssertionError, match="unexpected"):
+        assert_same_dns(expected, records(run))

@@ -1,0 +1,224 @@
+"""The Hetzner program under Pulumi mocks: what it would create, checked against the spec."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+from pulumi.runtime import rpc
+
+import infra.__main__ as program_main
+from infra.config import ConfigError
+from infra.spec import WORLD
+
+from . import pulumi_harness as harness
+from .pulumi_harness import (ADMIN, SSH_KEY, assert_same, assert_same_dns, expected_dns, expected_rules, run_stack,
+                             spec_for)
+
+FIREWALL, SERVER = "hcloud:index/firewall:Firewall", "hcloud:index/server:Server"
+RRSET, PRIMARY_IP = "hcloud:index/zoneRrset:ZoneRrset", "hcloud:index/primaryIp:PrimaryIp"
+
+SINGLE = {"provider": "hetzner", "domain": "example.com", "adminCidrs": [ADMIN], "sshPublicKey": SSH_KEY}
+CLUSTER = {**SINGLE, "nodeCount": 3, "region": "fsn1", "serverType": "cpx31", "privateNetwork": "10.9.0.0/24"}
+GIVEN_SECRETS = {"apiSecret": "a" * 40 + "given-api", "turnSecret": "t" * 40 + "given-turn", "tokenKey": "k" * 30}
+SHAPES = {"single": SINGLE, "cluster": CLUSTER}
+
+
+@pytest.fixture(scope="module", params=list(SHAPES), ids=list(SHAPES))
+def shape(request):
+    config = SHAPES[request.param]
+    return config, spec_for(config), run_stack(config)
+
+
+def actual_rules(run) -> list[tuple]:
+    rules = run.one(FIREWALL).inputs["rules"]
+    assert {r["direction"] for r in rules} == {"in"}
+    return [(r["protocol"], r["port"], tuple(r["sourceIps"])) for r in rules]
+
+
+def actual_dns(run) -> dict[tuple[str, str], list[str]]:
+    return {(r.inputs["name"], r.inputs["type"]): [v["value"] for v in r.inputs["records"]] for r in run.of(RRSET)}
+
+
+def test_firewall_rules_equal_the_spec_cloud_firewall(shape):
+    _, spec, run = shape
+    assert_same(expected_rules(spec), actual_rules(run), "firewall rules")
+
+
+def test_every_server_has_the_firewall_attached_at_creation(shape):
+    _, spec, run = shape
+    firewall_id = int(run.one(FIREWALL).id)
+    servers = run.of(SERVER)
+    assert len(servers) == len(spec.nodes)
+    assert all(s.inputs["firewallIds"] == [firewall_id] for s in servers)
+
+
+def test_dns_records_point_at_the_right_nodes(shape):
+    config, spec, run = shape
+    assert {r.inputs["zone"] for r in run.of(RRSET)} == {config["domain"]}
+    assert_same_dns(expected_dns(spec, run.ip_of()), actual_dns(run))
+
+
+def test_servers_keep_primary_ips_that_outlive_them(shape):
+    _, spec, run = shape
+    ips = {r.id: r for r in run.of(PRIMARY_IP)}
+    assert len(ips) == len(spec.nodes)
+    assert all(ip.inputs["autoDelete"] is False and ip.inputs["type"] == "ipv4" for ip in ips.values())
+    for server in run.of(SERVER):
+        net = server.inputs["publicNets"][0]
+        assert str(int(net["ipv4"])) in ips and net["ipv4Enabled"] is True
+    assert sorted(run.ip_of().values()) == sorted(ip.state["ipAddress"] for ip in ips.values())
+
+
+def test_servers_are_debian_12_with_the_configured_type_and_location(shape):
+    config, spec, run = shape
+    for server in run.of(SERVER):
+        assert server.inputs["image"] == "debian-12"
+        assert server.inputs["serverType"] == spec.config.server_type
+        assert server.inputs["location"] == spec.config.region
+        assert server.inputs["labels"]["voicestack-env"] == "voicestack-test"
+
+
+def test_cluster_nodes_sit_on_the_private_network_at_their_spec_addresses():
+    spec, run = spec_for(CLUSTER), run_stack(CLUSTER)
+    network = run.one("hcloud:index/network:Network")
+    subnet = run.one("hcloud:index/networkSubnet:NetworkSubnet")
+    assert network.inputs["ipRange"] == "10.9.0.0/24" == subnet.inputs["ipRange"]
+    assert int(subnet.inputs["networkId"]) == int(network.id) and subnet.inputs["networkZone"] == "eu-central"
+    by_name = {s.inputs["labels"]["voicestack-node"]: s for s in run.of(SERVER)}
+    for node in spec.nodes:
+        nets = by_name[node.name].inputs["networks"]
+        assert [(int(n["networkId"]), n["ip"]) for n in nets] == [(int(network.id), node.private_ip)]
+    assert {n["name"]: n["private_ip"] for n in run.outputs["nodes"]} == {n.name: n.private_ip for n in spec.nodes}
+    assert [n["name"] for n in run.outputs["nodes"] if "redis" in n["roles"]] == [spec.redis_node.name]
+
+
+def test_single_node_has_no_private_network():
+    run = run_stack(SINGLE)
+    assert not run.of("hcloud:index/network:Network") and "networks" not in run.one(SERVER).inputs
+    assert run.outputs["nodes"][0]["private_ip"] is None
+
+
+def test_ssh_is_open_only_to_admin_cidrs(shape):
+    _, _, run = shape
+    ssh = [r for r in actual_rules(run) if r[1] == "22"]
+    assert ssh == [("tcp", "22", (ADMIN,))]
+    assert all(not set(WORLD) & set(r[2]) for r in actual_rules(run) if r[1] == "22")
+
+
+def test_ssh_is_world_open_only_with_allow_world_ssh():
+    run = run_stack({**SINGLE, "adminCidrs": [], "allowWorldSsh": True})
+    assert [r for r in actual_rules(run) if r[1] == "22"] == [("tcp", "22", WORLD)]
+
+
+def test_secrets_are_secret_outputs_and_generated_once(shape):
+    _, _, run = shape
+    for key in ("api_secret", "turn_secret", "token_key"):
+        assert run.secret[key] is True, key
+        assert len(run.outputs[key]) >= 48 and run.outputs[key].isalnum()
+    assert run.secret["livekit_url"] is False
+    passwords = run.of("random:index/randomPassword:RandomPassword")
+    assert len(passwords) == 3
+    assert all(int(p.inputs["length"]) >= 48 and p.inputs["special"] is False for p in passwords)
+
+
+def test_given_secrets_are_used_and_stay_secret():
+    run = run_stack({**SINGLE, **GIVEN_SECRETS}, secret_keys=GIVEN_SECRETS)
+    assert not run.of("random:index/randomPassword:RandomPassword")
+    assert (run.outputs["api_secret"], run.outputs["turn_secret"], run.outputs["token_key"]) == \
+        (GIVEN_SECRETS["apiSecret"], GIVEN_SECRETS["turnSecret"], GIVEN_SECRETS["tokenKey"])
+    assert all(run.secret[k] for k in ("api_secret", "turn_secret", "token_key"))
+
+
+def test_user_data_is_cloud_config_without_secrets():
+    run = run_stack({**CLUSTER, **GIVEN_SECRETS}, secret_keys=GIVEN_SECRETS)
+    secrets = list(GIVEN_SECRETS.values())
+    for server in run.of(SERVER):
+        user_data = server.inputs["userData"]
+        assert user_data.startswith("#cloud-config\n")
+        doc = yaml.safe_load(user_data)
+        assert doc["ssh_authorized_keys"] == [SSH_KEY] and doc["package_update"] is False
+        assert doc["hostname"] == server.inputs["labels"]["voicestack-node"]
+        assert not [s for s in secrets if s in user_data]
+
+
+def test_generated_secrets_stay_out_of_user_data(shape):
+    _, _, run = shape
+    generated = [run.outputs[k] for k in ("api_secret", "turn_secret", "token_key")]
+    assert all(s not in server.inputs["userData"] for server in run.of(SERVER) for s in generated)
+
+
+def test_stack_outputs_have_the_outputs_json_shape(shape):
+    _, spec, run = shape
+    assert run.outputs["env"] == "test" and run.outputs["livekit_url"] == "wss://livekit.example.com"
+    assert run.outputs["token_endpoint"] == "https://livekit.example.com/api/token"
+    assert run.outputs["turn_domain"] == "turn.example.com" and run.outputs["livekit_domain"] == "livekit.example.com"
+    assert [n["name"] for n in run.outputs["nodes"]] == [n.name for n in spec.nodes]
+    assert run.outputs["extra"]["cloud_firewall_managed"] is True
+
+
+def test_deploy_runs_after_the_servers_with_their_ids_as_triggers(shape):
+    _, spec, run = shape
+    cmd = run.one("command:local:Command")
+    assert "-m infra.stack_outputs --from-env && " in cmd.inputs["create"]
+    assert cmd.inputs["create"].endswith("-m deploy --env test")
+    server_ids = sorted(s.id for s in run.of(SERVER))
+    assert sorted(cmd.inputs["triggers"][:-1]) == server_ids and len(cmd.inputs["triggers"][-1]) == 64
+    environment = cmd.inputs["environment"]
+    assert environment[rpc._special_sig_key] == rpc._special_secret_sig  # the whole environment is a secret
+    assert json.loads(environment["value"]["VOICESTACK_OUTPUTS"]) == run.outputs
+
+
+def test_deploy_trigger_changes_with_the_spec():
+    from infra.program import deploy_digest
+
+    assert deploy_digest(spec_for(SINGLE)) == deploy_digest(spec_for(SINGLE))
+    assert deploy_digest(spec_for(SINGLE)) != deploy_digest(spec_for({**SINGLE, "icePortEnd": 59999}))
+
+
+@pytest.mark.parametrize("bad", [
+    {"region": "mars1"}, {"adminCidrs": []}, {"sshPublicKey": ""}, {"apiSecret": "short"},
+    {"livekitHost": "livekit.other.org"}, {"nodeCount": 0}, {"livekitPrometheusPort": 7880},
+    {"provider": "local"}, {"nodeCoutn": 2},
+], ids=["region", "no-admin", "no-ssh-key", "short-secret", "host-outside-zone", "node-count", "port-clash",
+        "local-is-no-stack", "typo-key"])
+def test_invalid_config_creates_nothing(bad):
+    with pytest.raises(ConfigError) as err:
+        run_stack({**SINGLE, **bad}, secret_keys=[k for k in bad if k == "apiSecret"])
+    assert err.value.problems
+    assert harness.LAST["mocks"].registered == []  # not even the component or a random password
+
+
+def test_every_config_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        run_stack({**SINGLE, "region": "mars1", "adminCidrs": []})
+    assert {k for k, _ in err.value.problems} == {"region", "adminCidrs"}
+    assert harness.LAST["mocks"].registered == []
+
+
+@pytest.mark.parametrize("index", range(len(spec_for(CLUSTER).cloud_firewall)))
+def test_firewall_comparison_fails_when_any_rule_is_missing(index):
+    spec, run = spec_for(CLUSTER), run_stack(CLUSTER)
+    expected = expected_rules(spec)
+    with pytest.raises(AssertionError, match="missing"):
+        assert_same(expected[:index] + expected[index + 1:], actual_rules(run), "firewall rules")
+
+
+@pytest.mark.parametrize("index", range(len(spec_for(CLUSTER).dns_records)))
+def test_dns_comparison_fails_when_any_record_is_missing(index):
+    spec, run = spec_for(CLUSTER), run_stack(CLUSTER)
+    actual = actual_dns(run)
+    del actual[list(actual)[index]]
+    with pytest.raises(AssertionError, match="missing"):
+        assert_same_dns(expected_dns(spec, run.ip_of()), actual)
+
+
+def test_a_program_that_drops_a_spec_rule_fails_the_comparison(monkeypatch):
+    real_derive = program_main.derive
+    monkeypatch.setattr(program_main, "derive",
+                        lambda cfg: dataclasses.replace(real_derive(cfg),
+                                                        cloud_firewall=real_derive(cfg).cloud_firewall[1:]))
+    run = run_stack(SINGLE)
+    with pytest.raises(AssertionError, match="missing"):
+        assert_same(expected_rules(spec_for(SINGLE)), actual_rules(run), "firewall rules")

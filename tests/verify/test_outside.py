@@ -1,0 +1,82 @@
+"""From the outside: public ports reachable, private ports closed, DNS right, LiveKit answers."""
+from __future__ import annotations
+
+import pytest
+
+from infra.outputs import Outputs
+from infra.spec import EnvSpec, Role, Scope
+
+OPEN_HINT = ("open it in the cloud firewall ({fw}) and the host firewall (make deploy), "
+             "or the provider blocks it (make preflight)")
+
+
+def test_dns_01_names_resolve_to_node_addresses(spec: EnvSpec, outputs: Outputs, probe, node_ips) -> None:
+    for record in spec.dns_records:
+        got = probe("resolve", name=record.name, server=outputs.dns_server)
+        want = sorted(node_ips[n] for n in record.nodes)
+        assert got["a"] == want, (f"{record.name} resolves to {got['a'] or got.get('error')}, expected {want}: "
+                                  "fix the DNS record (pulumi up) or wait for propagation")
+
+
+def test_net_01_public_tcp_ports_reachable(spec: EnvSpec, outputs: Outputs, probe) -> None:
+    fw = "managed by pulumi" if outputs.extra.get("cloud_firewall_managed", True) else "yours to open"
+    for node in outputs.nodes:
+        for port in spec.public_ports():
+            if port.protocol != "tcp" or (port.role and port.role.value not in node.roles):
+                continue
+            got = probe("tcp", host=node.public_ip, port=port.start)
+            assert got["open"], (f"{port.label} ({port.name}) on {node.name} {node.public_ip} is unreachable from "
+                                 f"outside: {got.get('error')}; " + OPEN_HINT.format(fw=fw))
+
+
+def test_net_02_turn_udp_answers_stun(spec: EnvSpec, outputs: Outputs, probe) -> None:
+    port = spec.port("turn-udp")
+    for node in outputs.nodes:
+        if Role.TURN.value not in node.roles:
+            continue
+        got = probe("stun", host=node.public_ip, port=port.start)
+        assert got["open"], (f"UDP {port.start} (TURN/STUN) on {node.name} gets no STUN answer from outside: "
+                             f"{got.get('error')}; open UDP {port.start} in the cloud firewall, or the provider "
+                             "blocks UDP (make preflight)")
+
+
+@pytest.mark.parametrize("name", ["livekit-http", "livekit-prometheus", "redis", "agent-health", "speech",
+                                  "token", "turn-tls", "caddy-https"])
+def test_net_03_private_ports_closed_from_outside(spec: EnvSpec, outputs: Outputs, probe, name: str) -> None:
+    if not spec.has_port(name):
+        pytest.skip(f"{name} is not part of this environment's spec")
+    port = spec.port(name)
+    assert port.scope in (Scope.LOOPBACK, Scope.PRIVATE)
+    for node in outputs.nodes:
+        got = probe("tcp", host=node.public_ip, port=port.start, timeout=2.0)
+        assert not got["open"], (f"{port.label} ({port.name}, {port.scope.value} only) on {node.name} is reachable "
+                                 "from the internet: bind it to loopback/private and close it in the firewalls")
+
+
+def test_net_04_ssh_closed_outside_admin_cidrs(spec: EnvSpec, outputs: Outputs, probe) -> None:
+    if spec.config.allow_world_ssh or not outputs.client_netns:
+        pytest.skip("SSH is world-open by choice, or there is no vantage point outside the admin CIDRs")
+    for node in outputs.nodes:
+        got = probe("tcp", host=node.public_ip, port=22, timeout=2.0)
+        assert not got["open"], (f"SSH on {node.name} answers a client outside adminCidrs "
+                                 f"{list(spec.config.admin_cidrs)}: restrict port 22 in the cloud firewall")
+
+
+@pytest.mark.parametrize("which", ["livekit", "turn"])
+def test_tls_01_certificates_valid(spec: EnvSpec, outputs: Outputs, probe, cafile, which: str) -> None:
+    name = spec.config.livekit_host if which == "livekit" else spec.config.turn_host
+    port = 443 if which == "livekit" else spec.config.turn_tls_port
+    got = probe("tls", host=name, port=port, server_name=name, cafile=cafile)
+    assert got["ok"], (f"TLS to {name}:{port} failed: {got.get('error')}; check the certificate (Caddy logs: "
+                       "journalctl -u caddy) and that DNS points at the node")
+    assert name in got["san"], f"certificate for {got['san']} does not name {name}"
+    assert got["version"] in ("TLSv1.2", "TLSv1.3")
+    assert got["days_left"] >= 14, f"certificate of {name} expires in {got['days_left']} days: renewal is failing"
+
+
+def test_http_01_livekit_answers_ok(spec: EnvSpec, probe, cafile) -> None:
+    got = probe("https_get", url=f"https://{spec.config.livekit_host}/", cafile=cafile)
+    assert got["status"] == 200 and got["body"].strip() == "OK", (
+        f"https://{spec.config.livekit_host}/ answered {got.get('status')} {got.get('body', got.get('error'))!r}; "
+        "LiveKit is down or Caddy does not reach it (systemctl status livekit-server caddy)")
+    assert "max-age" in got["headers"].get("Strict-Transport-Security", ""), "HSTS header missing"
