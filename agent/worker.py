@@ -59,9 +59,10 @@ class WorkerConfig:
     health_port: int = 8081
     num_idle_processes: int = 2
     drain_timeout: int = 60
-    # livekit's default of 0.7 marks a busy 2-core node (speech models on the same CPU)
-    # unavailable, and new rooms then get no agent at all.
-    load_threshold: float = 0.95
+    # Capacity in conversations. livekit's default CPU-based load refuses a room whenever the
+    # machine-wide CPU was high for ~2.5 s (Whisper on a 2-core node does that), and the
+    # server does not re-offer the room: it stays without an agent.
+    max_jobs: int = 4
     greeting: str = GREETING
 
     @classmethod
@@ -85,14 +86,14 @@ class WorkerConfig:
                 health_port=int(_env("AGENT_HEALTH_PORT", str(d.health_port))),
                 num_idle_processes=int(_env("AGENT_NUM_IDLE_PROCESSES", str(d.num_idle_processes))),
                 drain_timeout=int(_env("AGENT_DRAIN_TIMEOUT", str(d.drain_timeout))),
-                load_threshold=float(_env("AGENT_LOAD_THRESHOLD", str(d.load_threshold))),
+                max_jobs=int(_env("AGENT_MAX_JOBS", str(d.max_jobs))),
                 greeting=_env("AGENT_GREETING", d.greeting),
             )
         except ValueError as exc:
             raise SystemExit(
                 f"failed to read the agent worker configuration: {exc} — AGENT_HEALTH_PORT, "
-                "AGENT_NUM_IDLE_PROCESSES and AGENT_DRAIN_TIMEOUT must be whole numbers, "
-                "AGENT_LOAD_THRESHOLD a number between 0 and 1"
+                "AGENT_NUM_IDLE_PROCESSES, AGENT_DRAIN_TIMEOUT and AGENT_MAX_JOBS must be "
+                "whole numbers"
             ) from exc
 
 
@@ -131,6 +132,12 @@ async def entrypoint(ctx: JobContext) -> None:
     session.say(config.greeting)
 
 
+def job_count_load(server: AgentServer) -> float:
+    """Load as the share of AGENT_MAX_JOBS in use (module level: the options are pickled)."""
+    max_jobs = max(1, int(_env("AGENT_MAX_JOBS", str(WorkerConfig.max_jobs))))
+    return min(1.0, len(server.active_jobs) / max_jobs)
+
+
 def build_server(config: WorkerConfig) -> AgentServer:
     server = AgentServer(
         setup_fnc=prewarm,
@@ -138,7 +145,8 @@ def build_server(config: WorkerConfig) -> AgentServer:
         port=config.health_port,
         num_idle_processes=config.num_idle_processes,
         drain_timeout=config.drain_timeout,
-        load_threshold=config.load_threshold,
+        load_fnc=job_count_load,
+        load_threshold=1.0,  # available while active jobs < AGENT_MAX_JOBS
     )
     server.rtc_session(entrypoint, agent_name=config.agent_name)
     return server

@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p = Progress()
     try:
         p.run("provision", lambda: provision(args.env))
-        if (ROOT / "deploy" / "__main__.py").is_file():
+        if stack_file(args.env) is not None:
+            p.line("deploy ran inside pulumi up (its chained command); re-run alone with make deploy")
+        elif (ROOT / "deploy" / "__main__.py").is_file():
             p.run("deploy", lambda: deploy(args.env))
         else:
             p.line("deploy is not built yet: stopping after provisioning")

@@ -111,7 +111,11 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    with tempfile.TemporaryDirectory(prefix="agent-roundtrip-") as logdir:
+    # AGENT_ROUNDTRIP_LOGDIR keeps the three services' logs for a post-mortem.
+    keep = os.environ.get("AGENT_ROUNDTRIP_LOGDIR")
+    with tempfile.TemporaryDirectory(prefix="agent-roundtrip-") as tmp:
+        logdir = keep or tmp
+        Path(logdir).mkdir(parents=True, exist_ok=True)
         running = Stack(Path(logdir))
         try:
             running.start()
