@@ -53,7 +53,11 @@ test-unit: $(VENV_STAMP) $(AGENT_STAMP)
 	@$(PY) -m pytest tests/unit --ignore-glob='tests/unit/test_agent_*'
 	@$(APY) -m pytest tests/unit/test_agent_*.py
 
-test: test-unit
+# e2e: builds local machines of its own (env names e2e*), needs root.
+test-e2e: $(VENV_STAMP) deps
+	@$(PY) -m pytest tests/e2e
+
+test: deps test-unit test-e2e
 
 bench: $(VENV_STAMP)
 	@for b in bench/bench_*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done

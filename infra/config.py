@@ -425,13 +425,19 @@ def parse(raw: Mapping[str, Any], env: str = "local") -> StackConfig:
     return cfg
 
 
+def local_raw(env: str = "local", node_count: int = 1, admin_cidrs: tuple[str, ...] = (),
+              **overrides: Any) -> dict[str, Any]:
+    """The raw keys of the embedded default environment (kept in outputs so verify rebuilds the spec)."""
+    raw: dict[str, Any] = {"provider": "local", "domain": f"{env}.test", "nodeCount": node_count,
+                           "adminCidrs": list(admin_cidrs), "acmeCa": "local"}
+    raw.update(overrides)
+    return raw
+
+
 def local_defaults(env: str = "local", node_count: int = 1, admin_cidrs: tuple[str, ...] = (),
                    **overrides: Any) -> StackConfig:
     """The embedded default environment: local machines, a `<env>.test` zone, the local ACME CA.
 
     `admin_cidrs` is the operator side of the emulated internet (the host), which deploys over SSH.
     """
-    raw: dict[str, Any] = {"provider": "local", "domain": f"{env}.test", "nodeCount": node_count,
-                           "adminCidrs": list(admin_cidrs), "acmeCa": "local"}
-    raw.update(overrides)
-    return parse(raw, env=env)
+    return parse(local_raw(env, node_count, admin_cidrs, **overrides), env=env)

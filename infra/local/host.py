@@ -6,6 +6,8 @@ pid files live under /run/voicestack/<env>/ and whose command lines name that di
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shlex
 import shutil
@@ -13,7 +15,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 # tool -> Debian package that provides it
 TOOLS = {
@@ -69,6 +71,19 @@ def run(cmd: Sequence[str], *, check: bool = True, input: str | None = None, env
         raise LocalEnvError(f"failed to {what or 'run a command'}: {shlex.join(cmd)} exited {proc.returncode}\n"
                             f"{proc.stderr.strip() or proc.stdout.strip()}")
     return proc
+
+
+@contextlib.contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """Serialise builds into the shared cache (two envs coming up at once build it once)."""
+    from infra.local.names import CACHE
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def wait_until(what: str, probe: Callable[[], bool], deadline_s: float, interval: float = 0.2) -> float:

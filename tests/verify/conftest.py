@@ -42,20 +42,20 @@ def node_ips(outputs: Outputs) -> dict[str, str]:
 Probe = Callable[..., dict[str, Any]]
 
 
-def run_probe(outputs: Outputs, name: str, **args: Any) -> dict[str, Any]:
+def run_probe(outputs: Outputs, probe_name: str, **args: Any) -> dict[str, Any]:
     """Run a probe on the operator's side; in local environments inside the client namespace."""
-    argv = [sys.executable, "-m", "tests.verify.outside", name, json.dumps(args)]
+    argv = [sys.executable, "-m", "tests.verify.outside", probe_name, json.dumps(args)]
     if outputs.client_netns:
         argv = ["ip", "netns", "exec", outputs.client_netns, *argv]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
-        raise RuntimeError(f"probe {name} failed to run: {' '.join(argv)}\n{proc.stderr}")
+        raise RuntimeError(f"probe {probe_name} failed to run: {' '.join(argv)}\n{proc.stderr}")
     return json.loads(proc.stdout)
 
 
 @pytest.fixture(scope="session")
 def probe(outputs: Outputs) -> Probe:
-    return lambda name, **args: run_probe(outputs, name, **args)
+    return lambda probe_name, **args: run_probe(outputs, probe_name, **args)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,239 @@
+"""Machines that behave like fresh VPSs: systemd-nspawn containers booted with systemd.
+
+Each machine's root is an overlay mount of the base image under
+/var/lib/voicestack/<env>/<node>/rootfs (its own changes in ./upper),
+given the same cloud-init user-data a cloud server gets (infra/cloudinit.py), booted with
+`systemd-nspawn -b` in its own network namespace, and ready when SSH answers.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from infra import cloudinit
+from infra.local import aptproxy, host
+from infra.local.names import EnvNames
+from infra.spec import EnvSpec, Node
+
+BOOT_DEADLINE_S = 90
+ACME_SERVER_CA_NAME = "voicestack-acme-server.crt"
+ACME_ROOT_NAME = "voicestack-acme-root.crt"
+
+
+# ---- the operator's key -----------------------------------------------------------------------
+
+def ensure_ssh_key(names: EnvNames) -> tuple[Path, str]:
+    """The env's project key (root on every machine authorises it)."""
+    names.ssh_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not names.ssh_key.exists():
+        host.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"voicestack-{names.env}",
+                  "-f", str(names.ssh_key)], what="generate the env's SSH key")
+    return names.ssh_key, names.ssh_key.with_suffix(".pub").read_text().strip()
+
+
+def ssh_command(names: EnvNames, ip: str, *remote: str, timeout: int = 3) -> list[str]:
+    return ["ssh", "-i", str(names.ssh_key), "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}",
+            "-o", f"UserKnownHostsFile={names.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "LogLevel=ERROR", f"root@{ip}", *remote]
+
+
+def ssh(names: EnvNames, ip: str, *remote: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    return host.run(ssh_command(names, ip, *remote), check=check, timeout=timeout, what=f"run over SSH on {ip}")
+
+
+# ---- root file systems ------------------------------------------------------------------------
+
+def rootfs(names: EnvNames, node: Node) -> Path:
+    return names.machine_dir(node.name) / "rootfs"
+
+
+def is_mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as fh:
+        return any(line.split()[4] == str(path) for line in fh)
+
+
+def ensure_rootfs(names: EnvNames, node: Node, base: Path) -> bool:
+    """Mount `node`'s root: an overlay of its own upper layer on the base image (instant, and a
+    machine's changes stay in its upper layer). Returns True when the machine is new."""
+    mdir = names.machine_dir(node.name)
+    target, upper, work, lower_file = mdir / "rootfs", mdir / "upper", mdir / "work", mdir / "lower"
+    if is_mounted(target):
+        return False
+    if not upper.exists() and (target / "etc" / "voicestack-image").exists():
+        return False  # a full copy made by an earlier version: keep using it as it is
+    new = not upper.exists()
+    lower = Path(lower_file.read_text().strip()) if lower_file.exists() else base
+    if not (lower / "etc" / "voicestack-image").exists():
+        lower = base  # the image it was made from is gone: the rebuilt one has the same packages
+    for d in (target, upper, work):
+        d.mkdir(parents=True, exist_ok=True)
+    host.run(["mount", "-t", "overlay", f"vs-{names.env}-{node.name}", "-o",
+              f"lowerdir={lower},upperdir={upper},workdir={work}", str(target)],
+             what=f"mount the root of {node.name}")
+    lower_file.write_text(f"{lower}\n")
+    return new
+
+
+def unmount_rootfs(names: EnvNames, node_name: str) -> None:
+    target = names.machine_dir(node_name) / "rootfs"
+    if is_mounted(target):
+        host.run(["umount", str(target)], check=False)
+        if is_mounted(target):
+            host.run(["umount", "-l", str(target)], check=False)
+
+
+def apply_user_data(root: Path, user_data: str) -> None:
+    """Apply the cloud-config subset render_user_data() emits, as cloud-init would at first boot."""
+    doc = yaml.safe_load(user_data)
+    hostname = doc["hostname"]
+    (root / "etc" / "hostname").write_text(hostname + "\n")
+    if doc.get("manage_etc_hosts"):
+        (root / "etc" / "hosts").write_text(cloudinit.etc_hosts(hostname, doc.get("fqdn", hostname)))
+    ssh_dir = root / "root" / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text("".join(k + "\n" for k in doc.get("ssh_authorized_keys", [])))
+    (ssh_dir / "authorized_keys").chmod(0o600)
+    if doc.get("ssh_pwauth") is False:
+        conf = root / "etc" / "ssh" / "sshd_config.d" / "50-cloud-init.conf"
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text("PasswordAuthentication no\n")
+    for f in doc.get("write_files", []):
+        target = root / f["path"].lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f["content"])
+        target.chmod(int(f.get("permissions", "0644"), 8))
+
+
+def first_boot_setup(names: EnvNames, spec: EnvSpec, node: Node, public_key: str, dns_server: str,
+                     acme_server_ca: Path | None) -> None:
+    """What a fresh cloud server has before anyone logs in (cloud-init + the cloud's network).
+
+    Done once per machine, as cloud-init's first boot: a re-run of `up` must not change the
+    identity (machine-id, host keys) of a machine the deploy already knows.
+    """
+    root = rootfs(names, node)
+    done = names.machine_dir(node.name) / "first-boot.done"
+    if done.exists():
+        return
+    apply_user_data(root, cloudinit.render_user_data(spec, node, public_key))
+    # Host keys per machine (cloud-init regenerates them on first boot); trusted by the host.
+    if not (root / "etc" / "ssh" / "ssh_host_ed25519_key").exists():
+        host.run(["ssh-keygen", "-A", "-f", str(root)], what=f"generate SSH host keys for {node.name}")
+    (root / "etc" / "machine-id").write_text(uuid.uuid4().hex + "\n")
+    # The cloud's resolver and package mirror (through the host's proxy).
+    resolv = root / "etc" / "resolv.conf"
+    if resolv.is_symlink() or resolv.exists():
+        resolv.unlink()
+    resolv.write_text(f"nameserver {dns_server}\n")
+    (root / "etc" / "apt" / "apt.conf.d" / "01voicestack-proxy").write_text(aptproxy.apt_proxy_conf(names))
+    if acme_server_ca is not None:
+        # Activated by update-ca-certificates in trust_acme_root(), right after the first boot.
+        dest = root / "usr" / "local" / "share" / "ca-certificates" / ACME_SERVER_CA_NAME
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(acme_server_ca, dest)
+    done.write_text("")
+
+
+def write_known_hosts(names: EnvNames, spec: EnvSpec) -> Path:
+    lines = []
+    for node in spec.nodes:
+        ip = names.node_public_ip(node.index)
+        for pub in sorted((rootfs(names, node) / "etc" / "ssh").glob("ssh_host_*_key.pub")):
+            kind, key = pub.read_text().split()[:2]
+            lines.append(f"{ip} {kind} {key}\n")
+            if node.private_ip:
+                lines.append(f"{node.private_ip} {kind} {key}\n")
+    names.known_hosts.write_text("".join(lines))
+    return names.known_hosts
+
+
+# ---- boot ------------------------------------------------------------------------------------
+
+def _pidfile_name(node: Node) -> str:
+    return f"machine-{node.name}"
+
+
+def running_pid(names: EnvNames, node: Node) -> int | None:
+    pid = host.running(_pidfile_name(node), names.run_dir)
+    if pid and str(rootfs(names, node)) in host.cmdline(pid):
+        return pid
+    found = [p for p in host.pids_matching(f"-D {rootfs(names, node)} ") if "systemd-nspawn" in host.cmdline(p)]
+    return found[0] if found else None
+
+
+def boot(names: EnvNames, node: Node) -> int:
+    ns = names.node_netns(node.name)
+    log = names.machine_dir(node.name) / "console.log"
+    cmd = ["systemd-nspawn", "-b", "-D", str(rootfs(names, node)), "-M", f"vs-{names.env}-{node.name}",
+           f"--hostname={node.name}", "--register=no", "--keep-unit", f"--network-namespace-path=/run/netns/{ns}",
+           "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=read-only",
+           "--capability=CAP_NET_ADMIN,CAP_NET_RAW,CAP_SYS_NICE"]
+    return host.start_daemon(_pidfile_name(node), cmd, names.run_dir, log)
+
+
+def ssh_ready(names: EnvNames, ip: str) -> bool:
+    if not host.port_open_tcp(ip, 22, timeout=0.5):
+        return False
+    return host.run(ssh_command(names, ip, "true", timeout=2), check=False, timeout=10).returncode == 0
+
+
+def wait_ssh(names: EnvNames, node: Node, pid: int | None = None, deadline_s: float = BOOT_DEADLINE_S,
+             started: float | None = None) -> float:
+    """Seconds from `started` (time.monotonic() when nspawn was started; default: now) to SSH."""
+    ip = names.node_public_ip(node.index)
+    started = time.monotonic() if started is None else started
+    log = names.machine_dir(node.name) / "console.log"
+
+    def probe() -> bool:
+        if pid is not None and not host.pid_alive(pid):
+            tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+            raise host.LocalEnvError(f"machine {node.name} stopped while booting; console log {log}:\n{tail}")
+        return ssh_ready(names, ip)
+
+    host.wait_until(f"SSH on {node.name} ({ip}); console log: {log}", probe, deadline_s, interval=0.2)
+    return time.monotonic() - started
+
+
+def trust_acme_root(names: EnvNames, node: Node, root_pem: Path) -> bool:
+    """Put pebble's issuing root in the machine's trust store, as public CAs are on a cloud image.
+
+    pebble makes a new root at each start, so this runs on every `up`; True when it changed.
+    """
+    dest = f"/usr/local/share/ca-certificates/{ACME_ROOT_NAME}"
+    script = (f"cat > {dest}.new && if cmp -s {dest}.new {dest}; then rm {dest}.new; echo same; "
+              f"else mv {dest}.new {dest} && update-ca-certificates >/dev/null && echo changed; fi")
+    res = host.run(ssh_command(names, names.node_public_ip(node.index), script), input=root_pem.read_text(),
+                   timeout=60, what=f"install the ACME root on {node.name}")
+    return res.stdout.strip() == "changed"
+
+
+def stale_nodes(names: EnvNames, spec: EnvSpec) -> list[str]:
+    """Machines of the env that the spec no longer has (after `up --nodes` with fewer nodes)."""
+    wanted = {n.name for n in spec.nodes}
+    if not names.state_dir.exists():
+        return []
+    return sorted(d.name for d in names.state_dir.iterdir()
+                  if (d / "upper").exists() and d.name not in wanted)
+
+
+def remove(names: EnvNames, node_name: str) -> None:
+    stop(names, [node_name])
+    unmount_rootfs(names, node_name)
+    shutil.rmtree(names.machine_dir(node_name), ignore_errors=True)
+
+
+def stop(names: EnvNames, node_names: list[str] | None = None) -> list[str]:
+    """Power off the env's machines (all of them when node_names is None)."""
+    stopped = []
+    pids = [p for p in host.pids_matching(f"{names.state_dir}/") if "systemd-nspawn" in host.cmdline(p)]
+    if node_names is not None:
+        pids = [p for p in pids if any(f"{names.machine_dir(n)}/rootfs " in host.cmdline(p) for n in node_names)]
+    if pids:
+        host.stop_pids(pids, grace_s=15)  # SIGTERM: nspawn shuts the machine down cleanly
+        stopped += [f"machine pid {p}" for p in pids]
+    return stopped

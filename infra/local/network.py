@@ -1,0 +1,184 @@
+"""The emulated cloud network: a public bridge, a private bridge, the internet side.
+
+    client netns (the internet) ──veth── host (router + cloud services) ══bridge══ machines
+                                                                      (public /24)
+    machines ══private bridge══ machines          (several nodes only; the host is not on it)
+
+The host is the machines' only gateway. Its address on the public bridge (`gateway`) serves
+DNS, ACME, apt and artifacts; its address on the internet side (`operator_ip`) is where its
+own SSH and the ACME validations come from, so they cross the cloud firewall like any
+outside traffic would.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+from infra.local import host
+from infra.local.names import EnvNames
+from infra.spec import EnvSpec
+
+
+def _ip(*args: str, check: bool = True, what: str = "") -> str:
+    return host.run(["ip", *args], check=check, what=what or f"run ip {' '.join(args)}").stdout
+
+
+def link_exists(name: str, netns: str | None = None) -> bool:
+    cmd = (["-n", netns] if netns else []) + ["link", "show", "dev", name]
+    return host.run(["ip", *cmd], check=False).returncode == 0
+
+
+def netns_list() -> list[str]:
+    out = host.run(["ip", "-j", "netns", "list"], check=False).stdout.strip()
+    return [n["name"] for n in json.loads(out)] if out else []
+
+
+def links_with_prefix(prefix: str) -> list[str]:
+    out = host.run(["ip", "-j", "link", "show"], check=False).stdout.strip()
+    return [link["ifname"] for link in (json.loads(out) if out else []) if link["ifname"].startswith(prefix)]
+
+
+def check_collisions(names: EnvNames) -> None:
+    """Fail clearly when the env's networks overlap something on the host that is not ours."""
+    ours = (names.public_net, names.internet_net)
+    problems = []
+    addrs = json.loads(host.run(["ip", "-j", "-4", "addr", "show"]).stdout or "[]")
+    for link in addrs:
+        if link["ifname"].startswith(names.link_prefix):
+            continue
+        for a in link.get("addr_info", []):
+            net = ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}").network
+            for mine in ours:
+                if net.overlaps(mine):
+                    problems.append(f"{link['ifname']} has {a['local']}/{a['prefixlen']}, inside {mine}")
+    routes = json.loads(host.run(["ip", "-j", "-4", "route", "show"]).stdout or "[]")
+    for r in routes:
+        if r.get("dst") in (None, "default") or str(r.get("dev", "")).startswith(names.link_prefix):
+            continue
+        net = ipaddress.ip_network(r["dst"], strict=False)
+        for mine in ours:
+            if net.overlaps(mine):
+                problems.append(f"route {r['dst']} dev {r.get('dev')} overlaps {mine}")
+    if problems:
+        raise host.LocalEnvError(
+            f"env {names.env!r} wants {names.public_net} (machines) and {names.internet_net} (internet side), "
+            f"but the host already uses them: {'; '.join(problems)}. If that is another voicestack env, "
+            f"pick another env name (networks are chosen from a hash of the name) or take it down first")
+
+
+def _ensure_bridge(name: str) -> None:
+    if not link_exists(name):
+        _ip("link", "add", name, "type", "bridge", "forward_delay", "0", "stp_state", "0",
+            what=f"create bridge {name}")
+    _ip("link", "set", name, "up")
+
+
+def _ensure_netns(ns: str) -> None:
+    if ns not in netns_list():
+        _ip("netns", "add", ns, what=f"create network namespace {ns}")
+    _ip("-n", ns, "link", "set", "lo", "up")
+
+
+def _ensure_veth(host_end: str, ns: str, inner: str) -> None:
+    """A veth whose host end is `host_end` and whose other end is `inner` inside `ns`."""
+    if link_exists(host_end) and not link_exists(inner, ns):
+        _ip("link", "del", host_end)  # half-made by an interrupted run
+    if not link_exists(host_end):
+        if link_exists(inner, ns):
+            _ip("-n", ns, "link", "del", inner)
+        _ip("link", "add", host_end, "type", "veth", "peer", "name", inner, "netns", ns,
+            what=f"create veth {host_end} <-> {ns}:{inner}")
+    _ip("link", "set", host_end, "up")
+    _ip("-n", ns, "link", "set", inner, "up")
+
+
+def _ensure_addr(cidr: str, dev: str, netns: str | None = None) -> None:
+    pre = ["-n", netns] if netns else []
+    have = _ip(*pre, "-j", "addr", "show", "dev", dev)
+    ip = cidr.split("/")[0]
+    if not any(a.get("local") == ip for link in json.loads(have or "[]") for a in link.get("addr_info", [])):
+        _ip(*pre, "addr", "add", cidr, "dev", dev, what=f"add {cidr} to {netns + ':' if netns else ''}{dev}")
+
+
+def _sysctl(key: str, value: str) -> None:
+    Path("/proc/sys/" + key.replace(".", "/")).write_text(value)
+
+
+def ensure_host(names: EnvNames, spec: EnvSpec) -> None:
+    """Bridges, the client namespace (the internet) and the host's routes."""
+    _ensure_bridge(names.public_bridge)
+    _ensure_addr(f"{names.gateway}/32", names.public_bridge)
+    # The client namespace stands on the internet side.
+    _ensure_netns(names.client_netns)
+    _ensure_veth(names.client_link, names.client_netns, "eth0")
+    _ensure_addr(f"{names.operator_ip}/{names.internet_net.prefixlen}", names.client_link)
+    _ensure_addr(f"{names.client_ip}/{names.internet_net.prefixlen}", "eth0", names.client_netns)
+    _ip("-n", names.client_netns, "route", "replace", "default", "via", names.operator_ip)
+    # Host-originated traffic to the machines leaves from the internet-side address.
+    _ip("route", "replace", str(names.public_net), "dev", names.public_bridge, "src", names.operator_ip,
+        what=f"route {names.public_net} to {names.public_bridge}")
+    if spec.multi_node:
+        _ensure_bridge(names.private_bridge)
+    _sysctl("net.ipv4.ip_forward", "1")
+    for dev in (names.public_bridge, names.client_link):
+        _sysctl(f"net.ipv6.conf.{dev}.disable_ipv6", "1")
+
+
+def write_client_resolver(names: EnvNames, dns_server: str) -> Path:
+    names.netns_etc.mkdir(parents=True, exist_ok=True)
+    conf = names.netns_etc / "resolv.conf"
+    conf.write_text(f"# voicestack env {names.env}: the environment's DNS\nnameserver {dns_server}\n")
+    return conf
+
+
+def ensure_machine_links(names: EnvNames, spec: EnvSpec, index: int) -> str:
+    """The machine's namespace with eth0 on the public bridge (and eth1 on the private one)."""
+    node = spec.nodes[index]
+    ns = names.node_netns(node.name)
+    _ensure_netns(ns)
+    pub = names.node_public_link(index)
+    _ensure_veth(pub, ns, "eth0")
+    _ip("link", "set", pub, "master", names.public_bridge)
+    _ensure_addr(f"{names.node_public_ip(index)}/{names.public_net.prefixlen}", "eth0", ns)
+    _ip("-n", ns, "route", "replace", "default", "via", names.gateway)
+    if spec.multi_node and node.private_ip:
+        prv = names.node_private_link(index)
+        _ensure_veth(prv, ns, "eth1")
+        _ip("link", "set", prv, "master", names.private_bridge)
+        prefix = ipaddress.ip_network(spec.config.private_network).prefixlen
+        _ensure_addr(f"{node.private_ip}/{prefix}", "eth1", ns)
+    return ns
+
+
+def remove_machine(names: EnvNames, node_name: str, spec: EnvSpec) -> None:
+    """The namespace and links of a machine that left the spec (its index is unknown now)."""
+    ns = names.node_netns(node_name)
+    if ns in netns_list():
+        for pid in host.run(["ip", "netns", "pids", ns], check=False).stdout.split():
+            host.stop_pids([int(pid)], grace_s=3)
+        host.run(["ip", "netns", "del", ns], check=False)
+    keep = {f(n.index) for n in spec.nodes for f in (names.node_public_link, names.node_private_link)}
+    for link in links_with_prefix(names.link_prefix):
+        if link[len(names.link_prefix):][:1] in ("p", "v") and link[len(names.link_prefix) + 1:].isdigit() \
+                and link not in keep:
+            host.run(["ip", "link", "del", link], check=False)
+
+
+def remove(names: EnvNames) -> list[str]:
+    """Delete the env's namespaces and links (found by prefix). Returns what was removed."""
+    removed = []
+    for ns in netns_list():
+        if ns.startswith(names.netns_prefix):
+            for pid in host.run(["ip", "netns", "pids", ns], check=False).stdout.split():
+                host.stop_pids([int(pid)], grace_s=3)
+            host.run(["ip", "netns", "del", ns], check=False)
+            removed.append(f"netns {ns}")
+    for link in links_with_prefix(names.link_prefix):
+        if host.run(["ip", "link", "del", link], check=False).returncode == 0:
+            removed.append(f"link {link}")
+    if names.netns_etc.exists():
+        import shutil
+        shutil.rmtree(names.netns_etc, ignore_errors=True)
+        removed.append(str(names.netns_etc))
+    return removed
