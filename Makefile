@@ -49,9 +49,18 @@ up: $(VENV_STAMP) deps
 down: $(VENV_STAMP)
 	@$(PY) -m infra.down --env $(ENV)
 
+deploy: $(VENV_STAMP)
+	@$(PY) -m deploy --env $(ENV)
+
+verify: $(VENV_STAMP)
+	@$(PY) -m pytest tests/verify --env=$(ENV) -p no:cacheprovider
+
+preflight: $(VENV_STAMP)
+	@$(PY) -m tests.verify.preflight --env $(ENV)
+
 test-unit: $(VENV_STAMP) $(AGENT_STAMP)
 	@$(PY) -m pytest tests/unit --ignore-glob='tests/unit/test_agent_*'
-	@$(APY) -m pytest tests/unit/test_agent_*.py
+	@LIVEKIT_SERVER_BIN="$$($(PY) -m infra.local livekit-bin)" $(APY) -m pytest tests/unit/test_agent_*.py
 
 # e2e: builds local machines of its own (env names e2e*), needs root.
 test-e2e: $(VENV_STAMP) deps

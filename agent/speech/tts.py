@@ -36,13 +36,21 @@ def bundled_voice() -> tuple[Path, Path]:
 class TtsConfig:
     model_path: Path
     config_path: Path
+    # 0 makes piper deterministic: the same text always gives the same audio, so spoken
+    # checks are reproducible (with the voice's sampled noise Whisper heard "light" for
+    # "lights" about once in 30 runs). Set the voice's own values (0.667/0.8) for livelier speech.
+    noise_scale: float = 0.0
+    noise_w_scale: float = 0.0
 
     @classmethod
     def from_env(cls) -> "TtsConfig":
         model = os.environ.get("TTS_VOICE_MODEL")
         if model:
-            return cls(Path(model), Path(os.environ.get("TTS_VOICE_CONFIG", f"{model}.json")))
-        return cls(*bundled_voice())
+            paths = (Path(model), Path(os.environ.get("TTS_VOICE_CONFIG", f"{model}.json")))
+        else:
+            paths = bundled_voice()
+        return cls(*paths, noise_scale=float(os.environ.get("TTS_NOISE_SCALE", "0")),
+                   noise_w_scale=float(os.environ.get("TTS_NOISE_W_SCALE", "0")))
 
 
 def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
@@ -72,13 +80,16 @@ class Synthesizer:
     """Loads the voice once; the synthesis methods are blocking (call them from a thread)."""
 
     def __init__(self, config: TtsConfig) -> None:
+        self.config = config
         self.voice = PiperVoice.load(config.model_path, config.config_path)
         self.native_rate = self.voice.config.sample_rate
         self._lock = threading.Lock()
 
     def sentences_pcm(self, text: str, speed: float = 1.0) -> Iterator[bytes]:
         """24 kHz s16le audio, one chunk per sentence (so a caller can stream it)."""
-        syn = SynthesisConfig(length_scale=1.0 / max(0.25, min(4.0, speed)))
+        syn = SynthesisConfig(length_scale=1.0 / max(0.25, min(4.0, speed)),
+                              noise_scale=self.config.noise_scale,
+                              noise_w_scale=self.config.noise_w_scale)
         with self._lock:
             chunks = list(self.voice.synthesize(text, syn_config=syn))
         for chunk in chunks:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from infra.config import ConfigError
-from infra.local import down, host, up
+from infra.config import DEFAULTS, ConfigError
+from infra.local import artifacts, down, host, up
 from infra.local.names import EnvNameError
 
 
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     p_down = sub.add_parser("down", help="remove the environment (caches are kept)")
     p_down.add_argument("--env", default="local")
     sub.add_parser("packages", help="print the Debian packages the host needs")
+    sub.add_parser("livekit-bin", help="build/unpack the pinned livekit-server and print its path")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"root@{ctx.names.node_public_ip(0)}")
         elif args.command == "down":
             down.down(args.env)
+        elif args.command == "livekit-bin":
+            print(artifacts.livekit_binary(DEFAULTS["livekitVersion"]))
         else:
             print(" ".join(host.HOST_PACKAGES))
     except (host.LocalEnvError, EnvNameError, ConfigError) as exc:

@@ -48,6 +48,22 @@ def livekit_tarball(version: str, log: Path) -> tuple[Path, str, bool]:
         return _livekit_tarball(version, log)
 
 
+def livekit_binary(version: str) -> Path:
+    """The livekit-server of the packed release artifact, unpacked once (for tests on the host)."""
+    tarball, digest, _ = livekit_tarball(version, ARTIFACTS / "build.log")
+    target = ARTIFACTS / f"livekit-server-{version}-{digest[:12]}"
+    if not target.exists():
+        with tarfile.open(tarball) as tar:
+            member = tar.extractfile("livekit-server")
+            if member is None:
+                raise host.LocalEnvError(f"{tarball} has no livekit-server inside; delete it to rebuild")
+            tmp = target.with_suffix(".tmp")
+            tmp.write_bytes(member.read())
+            tmp.chmod(0o755)
+            tmp.replace(target)
+    return target
+
+
 def _livekit_tarball(version: str, log: Path) -> tuple[Path, str, bool]:
     """(tarball, sha256, built now?) for livekit-server `version`, cached under /var/cache/voicestack."""
     name = f"livekit_{version}_linux_{ARCH}.tar.gz"

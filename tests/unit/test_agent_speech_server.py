@@ -67,10 +67,8 @@ def test_agent_speech_tts_pcm_is_headerless_24k_samples(backends: Backends) -> N
         return wav, await resp.read(), resp.content_type
     wav, pcm, ctype = with_client(backends, go)
     assert ctype == "audio/pcm"
-    assert not pcm.startswith(b"RIFF") and len(pcm) % 2 == 0
-    # Piper samples its noise, so the two renderings differ slightly; durations match closely.
-    with wave.open(io.BytesIO(wav)) as parsed:
-        assert abs(parsed.getnframes() - len(pcm) // 2) < 0.25 * parsed.getnframes()
+    with wave.open(io.BytesIO(wav)) as parsed:  # synthesis is deterministic by default
+        assert parsed.readframes(parsed.getnframes()) == pcm
 
 
 def test_agent_speech_tts_then_stt_round_trip_keeps_the_words(backends: Backends) -> None:

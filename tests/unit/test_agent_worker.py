@@ -60,7 +60,10 @@ def test_agent_worker_rejects_a_non_numeric_port(monkeypatch: pytest.MonkeyPatch
 def test_agent_worker_session_decides_turns_on_local_vad() -> None:
     from livekit.plugins import silero
 
-    session = worker.build_session(worker.WorkerConfig(), silero.VAD.load())
+    async def build() -> Any:  # AgentSession binds to the running event loop
+        return worker.build_session(worker.WorkerConfig(), silero.VAD.load())
+
+    session = asyncio.run(build())
     assert session.turn_detection == "vad"
     assert session.options.interruption["mode"] == "vad"
 

@@ -59,7 +59,8 @@ def check_node(out, spec: EnvSpec, node: NodeOut) -> list[tuple[int, str]]:
     ports = sample_ports(spec)
     client = _ssh(node)
     try:
-        stdin, stdout, _ = client.exec_command(f"python3 -c '{ECHO}' " + " ".join(map(str, ports)), timeout=40)
+        stdin, stdout, _ = client.exec_command(f"python3 -c '{ECHO}' " + " ".join(map(str, ports)), timeout=40,
+                                             get_pty=True)  # a pty: the echo dies with the session
         busy: set[int] = set()
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
