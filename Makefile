@@ -60,7 +60,7 @@ preflight: $(VENV_STAMP)
 
 test-unit: $(VENV_STAMP) $(AGENT_STAMP)
 	@$(PY) -m pytest tests/unit --ignore-glob='tests/unit/test_agent_*'
-	@LIVEKIT_SERVER_BIN="$$($(PY) -m infra.local livekit-bin)" $(APY) -m pytest tests/unit/test_agent_*.py
+	@export LIVEKIT_SERVER_BIN="$$($(PY) -m infra.local livekit-bin)" && $(APY) -m pytest tests/unit/test_agent_*.py
 
 # e2e: builds local machines of its own (env names e2e*), needs root.
 test-e2e: $(VENV_STAMP) deps

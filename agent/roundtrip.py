@@ -235,7 +235,9 @@ async def round_trip(
         await asyncio.wait_for(rec.track_ready.wait(), max(0.1, deadline - time.monotonic()))
         agent_join_s = time.monotonic() - t_connect
 
-        source = rtc.AudioSource(rate, 1, queue_size_ms=200)
+        # A deep queue rides out CPU stalls of this process: an underrun would put a gap in the
+        # phrase, and the agent's VAD would end the turn in the middle of it.
+        source = rtc.AudioSource(rate, 1, queue_size_ms=1000)
         track = rtc.LocalAudioTrack.create_audio_track("roundtrip-mic", source)
         await room.local_participant.publish_track(
             track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))

@@ -1,0 +1,174 @@
+"""agent.admin against a real livekit-server on loopback (operator venv).
+
+The binary comes from LIVEKIT_SERVER_BIN, else `python -m infra.local livekit-bin`; a missing
+binary fails the module rather than skipping it, so CI cannot pass without exercising the API.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from livekit import api
+
+import infra.outputs
+from agent.admin import AdminError, http_url, resolve_target
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY, SECRET = "APIadmintest", "a" * 40
+READY_DEADLINE = 30.0
+
+
+def livekit_binary() -> str:
+    path = os.environ.get("LIVEKIT_SERVER_BIN", "")
+    if not path:
+        proc = subprocess.run([sys.executable, "-m", "infra.local", "livekit-bin"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"failed to get livekit-server: python -m infra.local livekit-bin: {proc.stderr.strip()}")
+        path = proc.stdout.strip().splitlines()[-1]
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"livekit-server binary {path!r} is missing or not executable; "
+                    "set LIVEKIT_SERVER_BIN or run 'python -m infra.local livekit-bin'")
+    return path
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("livekit")
+    port = free_port()
+    config = tmp / "livekit.yaml"
+    # Loopback only, no STUN lookup (use_external_ip false), one TCP + one UDP media port.
+    config.write_text(f"""port: {port}
+bind_addresses: [127.0.0.1]
+rtc:
+  tcp_port: {free_port()}
+  udp_port: {free_port(socket.SOCK_DGRAM)}
+  use_external_ip: false
+  node_ip: 127.0.0.1
+keys:
+  {KEY}: {SECRET}
+logging:
+  level: warn
+""")
+    log = open(tmp / "livekit.log", "wb")
+    proc = subprocess.Popen([livekit_binary(), "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + READY_DEADLINE
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/", timeout=1) as resp:
+                if resp.read().strip() == b"OK":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            log.close()
+            pytest.fail(f"livekit-server did not answer OK on {url} within {READY_DEADLINE:.0f} s; "
+                        f"log:\n{(tmp / 'livekit.log').read_text()[-2000:]}")
+        time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def admin(url: str, *args: str, secret: str = SECRET, wrapper: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LIVEKIT_URL": url.replace("http://", "ws://"), "LIVEKIT_API_KEY": KEY,
+           "LIVEKIT_API_SECRET": secret}
+    cmd = [str(ROOT / "scripts" / "lk-admin.sh")] if wrapper else [sys.executable, "-m", "agent.admin"]
+    return subprocess.run([*cmd, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def create_room(url: str, name: str) -> None:
+    async def go() -> None:
+        lk = api.LiveKitAPI(url, KEY, SECRET)
+        try:
+            await lk.room.create_room(api.CreateRoomRequest(name=name, empty_timeout=300))
+        finally:
+            await lk.aclose()
+    asyncio.run(go())
+
+
+def test_admin_cli_lists_shows_and_deletes_a_room(server: str) -> None:
+    create_room(server, "admin-demo")
+
+    rooms = admin(server, "rooms", wrapper=True)
+    assert rooms.returncode == 0, rooms.stderr
+    assert any(line.startswith("admin-demo\tsid=RM_") for line in rooms.stdout.splitlines())
+
+    shown = admin(server, "--json", "room", "admin-demo")
+    assert shown.returncode == 0, shown.stderr
+    assert [r["name"] for r in json.loads(shown.stdout)] == ["admin-demo"]
+
+    people = admin(server, "participants", "admin-demo")
+    assert (people.returncode, people.stdout) == (0, "")
+    assert "no participants" in people.stderr
+
+    deleted = admin(server, "delete", "admin-demo")
+    assert deleted.returncode == 0, deleted.stderr
+    assert "admin-demo" not in admin(server, "rooms").stdout
+
+
+def test_admin_cli_unknown_room_is_a_one_line_error(server: str) -> None:
+    res = admin(server, "room", "no-such-room")
+    assert res.returncode == 1
+    assert res.stderr.startswith("error: room 'no-such-room' not found") and res.stderr.count("\n") == 1
+
+
+def test_admin_cli_bad_secret_is_a_clear_error(server: str) -> None:
+    res = admin(server, "rooms", secret="b" * 40)
+    assert res.returncode == 1
+    assert "rejected API key 'APIadmintest'" in res.stderr
+    assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_admin_cli_unreachable_server_is_a_clear_error() -> None:
+    res = admin(f"http://127.0.0.1:{free_port()}", "rooms")
+    assert res.returncode == 1
+    assert "cannot reach the server" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("wss://lk.example.test", "https://lk.example.test"),
+    ("ws://127.0.0.1:7880/", "http://127.0.0.1:7880"),
+    ("https://lk.example.test", "https://lk.example.test"),
+], ids=["wss", "ws", "https"])
+def test_admin_cli_converts_ws_urls_to_http(url: str, expected: str) -> None:
+    assert http_url(url) == expected
+
+
+def test_admin_cli_reads_credentials_and_ca_from_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(infra.outputs, "STACK_DIR", tmp_path)
+    infra.outputs.write(infra.outputs.Outputs(
+        env="t1", livekit_url="wss://lk.t1.test", api_key=KEY, api_secret=SECRET, turn_domain="turn.t1.test",
+        token_endpoint="https://lk.t1.test/api/token", nodes=[infra.outputs.NodeOut(
+            name="n0", public_ip="192.0.2.1", private_ip=None, ssh_user="root", ssh_key="/k", roles=["livekit"])],
+        ca_bundle="/tmp/root.pem"))
+    t = resolve_target("t1", None, None)
+    assert (t.url, t.api_key, t.api_secret, t.ca_bundle) == ("https://lk.t1.test", KEY, SECRET, "/tmp/root.pem")
+    assert resolve_target("t1", "ws://127.0.0.1:7880", "/other.pem").url == "http://127.0.0.1:7880"
+    with pytest.raises(AdminError, match="make up ENV=t2"):
+        resolve_target("t2", None, None)
