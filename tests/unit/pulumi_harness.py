@@ -7,6 +7,8 @@ is the program's own input, recorded as the engine would see it (camelCase wire 
 """
 from __future__ import annotations
 
+import asyncio
+
 import ipaddress
 import json
 import secrets
@@ -112,6 +114,9 @@ def run_stack(config: Mapping[str, Any], secret_keys: Iterable[str] = (), stack:
     from infra.__main__ import main
 
     pulumi_settings.ROOT.set(None)  # a fresh root stack, so exports of earlier runs do not leak in
+    # Pulumi's mock runtime uses the thread's current event loop; an earlier asyncio.run() in the
+    # same process (other tests) leaves none behind.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = LAST["mocks"] = CloudMocks()
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False,
                              monitor=pulumi.runtime.mocks.MockMonitor(mocks))

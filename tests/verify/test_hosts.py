@@ -1,0 +1,148 @@
+"""On the hosts (testinfra over SSH): services, socket bindings, secret files, versions, journal, clock."""
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from infra.outputs import NodeOut, Outputs
+from infra.spec import EnvSpec, Role, Scope
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Unit per role; `None` = every node.
+SERVICES: dict[str, Role | None] = {
+    "ssh.service": None, "nftables.service": None, "fail2ban.service": None,
+    "systemd-timesyncd.service": None, "unattended-upgrades.service": None,
+    "livekit.service": Role.LIVEKIT, "caddy.service": Role.LIVEKIT, "coturn.service": Role.TURN,
+    "redis-server.service": Role.REDIS,
+}
+SECRET_FILES = [  # path, owner, group, allowed modes
+    ("/etc/livekit/keys.yaml", "livekit", "livekit", {0o600}),
+    ("/etc/livekit/turn-secret", "livekit", "livekit", {0o600}),
+    ("/etc/turnserver.conf", "root", "turnserver", {0o640, 0o600}),
+]
+WILDCARD = {"0.0.0.0", "::", "*", "[::]"}
+
+
+def _ssh_config(outputs: Outputs, node: NodeOut, tmp: Path) -> str:
+    known = outputs.extra.get("known_hosts")
+    lines = [f"Host {node.public_ip}", f"  User {node.ssh_user}", f"  Port {node.ssh_port}",
+             f"  IdentityFile {node.ssh_key}"]
+    if known:
+        lines.append(f"  UserKnownHostsFile {known}")
+    path = tmp / f"ssh_config_{node.name}"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def hosts(outputs: Outputs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[NodeOut, object]]:
+    tmp = tmp_path_factory.mktemp("ssh")
+    found = {}
+    for node in outputs.nodes:
+        host = testinfra.get_host(f"paramiko://{node.ssh_user}@{node.public_ip}:{node.ssh_port}",
+                                  ssh_config=_ssh_config(outputs, node, tmp), ssh_identity_file=node.ssh_key)
+        found[node.name] = (node, host)
+    return found
+
+
+def _roles(node: NodeOut) -> set[str]:
+    return set(node.roles)
+
+
+def test_host_01_services_active_and_enabled(hosts, spec: EnvSpec) -> None:
+    units = dict(SERVICES)
+    if spec.sni_split:
+        units["nginx.service"] = Role.LIVEKIT  # the SNI router on 443
+    problems = []
+    for node, host in hosts.values():
+        for unit, role in units.items():
+            if role is not None and role.value not in _roles(node):
+                continue
+            svc = host.service(unit)
+            if not (svc.is_running and svc.is_enabled):
+                problems.append(f"{unit} on {node.name} (running={svc.is_running}, enabled={svc.is_enabled})")
+    assert not problems, ("not active+enabled: " + "; ".join(problems) +
+                          " — journalctl -u <unit> on the node, then make deploy")
+
+
+def _listeners(host) -> list[tuple[str, str, int]]:
+    out = host.check_output("ss -Hlntu")
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        proto, local = parts[0], parts[4]
+        addr, _, port = local.rpartition(":")
+        addr = addr.strip("[]").split("%")[0]
+        found.append((proto, addr, int(port)))
+    return found
+
+
+def test_host_02_sockets_bound_as_the_spec_says(hosts, spec: EnvSpec) -> None:
+    problems = []
+    deployed = {"livekit", "coturn", "caddy", "edge", "redis", "sshd"}
+    for node, host in hosts.values():
+        listeners = _listeners(host)
+        for port in spec.ports_for(next(n for n in spec.nodes if n.name == node.name)):
+            if port.service not in deployed or port.start != port.end:
+                continue  # ranges (ICE, relay) are bound per session
+            bound = {a for proto, a, p in listeners if p == port.start and proto == port.protocol}
+            if not bound:
+                problems.append(f"{port.name} {port.label}: nothing listens on {node.name}")
+            elif port.scope in (Scope.LOOPBACK, Scope.PRIVATE) and bound & WILDCARD:
+                problems.append(f"{port.name} {port.label} ({port.scope.value}) listens on all addresses on "
+                                f"{node.name}: bind it to {'127.0.0.1' if port.scope is Scope.LOOPBACK else 'the private IP'}")
+            elif port.scope is Scope.PRIVATE:
+                public = [a for a in bound if a not in WILDCARD and not ipaddress.ip_address(a).is_private
+                          and not ipaddress.ip_address(a).is_loopback]
+                if public:
+                    problems.append(f"{port.name} listens on public {public} on {node.name}")
+    assert not problems, "; ".join(problems)
+
+
+def test_host_03_secret_files_private(hosts) -> None:
+    problems = []
+    for node, host in hosts.values():
+        for path, owner, group, modes in SECRET_FILES:
+            f = host.file(path)
+            if not f.exists:
+                if "livekit" in _roles(node):
+                    problems.append(f"{path} missing on {node.name}")
+                continue
+            if f.mode not in modes or f.user != owner or f.group != group:
+                problems.append(f"{path} on {node.name} is {oct(f.mode)} {f.user}:{f.group}, "
+                                f"want {'/'.join(oct(m) for m in modes)} {owner}:{group}")
+    assert not problems, "; ".join(problems)
+
+
+def test_host_04_livekit_version_matches_manifest(hosts, outputs: Outputs) -> None:
+    manifest = json.loads((ROOT / "deploy" / "artifacts.json").read_text())
+    want = (outputs.extra.get("artifacts", {}).get("livekit", {}).get("version")
+            or manifest["livekit"]["version"])
+    for node, host in hosts.values():
+        if "livekit" not in _roles(node):
+            continue
+        got = host.check_output("/usr/local/bin/livekit-server --version")
+        assert got.strip().endswith(want), f"{node.name} runs '{got}', the manifest pins {want}: make deploy"
+
+
+def test_host_05_no_udp_buffer_warning(hosts) -> None:
+    for node, host in hosts.values():
+        if "livekit" not in _roles(node):
+            continue
+        log = host.run("journalctl -u livekit.service -b --no-pager -o cat").stdout
+        assert "UDP receive buffer is too small" not in log, (
+            f"LiveKit on {node.name} warns about UDP buffers: raise net.core.rmem_max/wmem_max (deploy base task)")
+
+
+def test_host_06_clock_synchronised(hosts) -> None:
+    for node, host in hosts.values():
+        out = host.run("timedatectl show -p NTPSynchronized -p NTP --value").stdout.split()
+        # In containers the host's clock is the node's clock; NTP must still be on for real servers.
+        assert out and out[-1] in ("yes", "no"), f"timedatectl failed on {node.name}"
+        assert host.service("systemd-timesyncd.service").is_enabled or out[0] == "yes", (
+            f"no time synchronisation on {node.name}: TURN credentials and tokens depend on the clock")
