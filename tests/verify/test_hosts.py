@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Unit per role; `None` = every node.
 SERVICES: dict[str, Role | None] = {
     "ssh.service": None, "nftables.service": None, "fail2ban.service": None,
-    "systemd-timesyncd.service": None, "unattended-upgrades.service": None,
+    "unattended-upgrades.service": None,  # timesyncd: see test_host_06 (containers skip it by design)
     "livekit.service": Role.LIVEKIT, "caddy.service": Role.LIVEKIT, "coturn.service": Role.TURN,
     "redis-server.service": Role.REDIS,
 }
@@ -140,9 +140,14 @@ def test_host_05_no_udp_buffer_warning(hosts) -> None:
 
 
 def test_host_06_clock_synchronised(hosts) -> None:
+    """TURN credentials and tokens expire by the clock: it must be kept in sync."""
     for node, host in hosts.values():
-        out = host.run("timedatectl show -p NTPSynchronized -p NTP --value").stdout.split()
-        # In containers the host's clock is the node's clock; NTP must still be on for real servers.
-        assert out and out[-1] in ("yes", "no"), f"timedatectl failed on {node.name}"
-        assert host.service("systemd-timesyncd.service").is_enabled or out[0] == "yes", (
-            f"no time synchronisation on {node.name}: TURN credentials and tokens depend on the clock")
+        timesyncd = host.service("systemd-timesyncd.service")
+        assert timesyncd.is_enabled, f"systemd-timesyncd is not enabled on {node.name}: make deploy"
+        container = host.run("systemd-detect-virt --container").rc == 0
+        if container:
+            continue  # a container shares the host's kernel clock; timesyncd skips itself by design
+        synced = host.check_output("timedatectl show -p NTPSynchronized --value").strip()
+        assert timesyncd.is_running and synced == "yes", (
+            f"clock of {node.name} is not synchronised (timesyncd running={timesyncd.is_running}, "
+            f"NTPSynchronized={synced}): check outbound UDP 123")

@@ -1,0 +1,219 @@
+"""Facts and small operations the service tasks share (pyinfra ships none of these).
+
+Restarts are decided on the node, not remembered by the deploy: a service restarts when it is
+older than any of its inputs (binary, config, unit). So a deploy interrupted between writing a
+config and restarting still restarts on the next run, and a second converge changes nothing.
+"""
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import FactBase, operation
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import Sha256File
+from pyinfra.operations import apt, files
+
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+
+
+class ServiceState(FactBase):
+    """`{"active": bool, "stale": bool, "masked": bool}` of a systemd unit given its input files.
+
+    stale: the unit is active and one of `paths` changed after it (re)started.
+    """
+
+    def command(self, service: str, paths: tuple[str, ...] = ()) -> str:
+        s = shlex.quote(service)
+        checks = " ".join(shlex.quote(p) for p in paths)
+        return (
+            f"a=$(systemctl is-active {s} 2>/dev/null || true); e=$(systemctl is-enabled {s} 2>/dev/null || true); "
+            f"t=$(systemctl show -p ActiveEnterTimestamp --value {s} 2>/dev/null); "
+            'st=0; [ -n "$t" ] && st=$(date -d "$t" +%s 2>/dev/null || echo 0); stale=no; '
+            f'for f in {checks}; do [ -e "$f" ] && [ "$(stat -c %Y "$f")" -gt "$st" ] && stale=yes; done; '
+            'echo "active=$a"; echo "enabled=$e"; echo "stale=$stale"; '
+            f'echo "reload=$(systemctl show -p NeedDaemonReload --value {s} 2>/dev/null)"'
+        )
+
+    def process(self, output):
+        values = dict(line.split("=", 1) for line in output if "=" in line)
+        active = values.get("active") == "active"
+        return {"active": active, "masked": values.get("enabled") == "masked",
+                "stale": active and values.get("stale") == "yes",
+                "needs_daemon_reload": values.get("reload") == "yes"}
+
+
+class IsContainer(FactBase):
+    """True inside a container (systemd-nspawn, lxc...): some host settings belong to the host."""
+
+    def command(self) -> str:
+        return "systemd-detect-virt --container >/dev/null 2>&1 && echo yes || echo no"
+
+    def process(self, output):
+        return bool(output) and output[0].strip() == "yes"
+
+
+class NewestFile(FactBase):
+    """Path of the newest file matching a shell glob, or None."""
+
+    def command(self, pattern: str) -> str:
+        return f"ls -1t {pattern} 2>/dev/null | head -n1 || true"
+
+    def process(self, output):
+        return output[0].strip() if output and output[0].strip() else None
+
+
+@operation()
+def service_current(service: str, paths: tuple[str, ...] = (), check: str | None = None):
+    """
+    Start a unit that is not running; restart one older than its inputs (config, binary, unit).
+
+    + service: unit name, e.g. "livekit.service"
+    + paths: files whose change requires a restart, e.g. ("/etc/livekit/livekit.yaml",)
+    + check: the daemon's own config check, run before any restart, e.g. "sshd -t"
+
+    Example: service_current(name="Restart LiveKit if its config changed", service="livekit.service",
+             paths=("/etc/livekit/livekit.yaml",))
+    """
+    state = host.get_fact(ServiceState, service=service, paths=tuple(paths))
+    if state["masked"]:
+        yield f"systemctl unmask {shlex.quote(service)}"
+    if state["needs_daemon_reload"]:
+        yield "systemctl daemon-reload"
+    if state["active"] and not state["stale"]:
+        return
+    if check:
+        yield check
+    yield f"systemctl {'restart' if state['active'] else 'start'} {shlex.quote(service)}"
+
+
+@operation()
+def unmask(service: str):
+    """
+    Unmask a systemd unit (masked while its package was installed).
+
+    + service: unit name, e.g. "coturn.service"
+    """
+    if host.get_fact(ServiceState, service=service)["masked"]:
+        yield f"systemctl unmask {shlex.quote(service)}"
+
+
+@operation()
+def mask(service: str):
+    """
+    Mask a systemd unit so that nothing (package scripts, a reboot) can start it.
+
+    + service: unit name, e.g. "coturn.service"
+    """
+    if not host.get_fact(ServiceState, service=service)["masked"]:
+        yield f"systemctl mask {shlex.quote(service)}"
+
+
+@operation()
+def install_validated(src: str, dest: str, check: str | None = None, apply: str | None = None,
+                      mode: str = "644", user: str = "root", group: str = "root"):
+    """
+    Copy a staged file over the live one when they differ, after a check of the staged file.
+
+    + src: the staged file on the node, e.g. "/etc/nftables.conf.staged"
+    + dest: the live file, e.g. "/etc/nftables.conf"
+    + check: a command that validates {path}, e.g. "nft -c -f {path}"; on failure nothing changes
+    + apply: a command that puts {path} into effect before it becomes the live file, e.g. "nft -f {path}";
+      the live file is written last, so an interrupted run applies it again next time
+    """
+    if host.get_fact(Sha256File, path=src) == host.get_fact(Sha256File, path=dest):
+        return
+    if check:
+        yield check.format(path=shlex.quote(src))
+    if apply:
+        yield apply.format(path=shlex.quote(src))
+    tmp = shlex.quote(dest + ".new")
+    yield (f"install -m {mode} -o {user} -g {group} {shlex.quote(src)} {tmp} && "
+           f"mv -f {tmp} {shlex.quote(dest)}")
+
+
+def install_packages(packages: list[str], block_starts: bool = True, name: str | None = None,
+                     masked: tuple[str, ...] = (), extra_install_args: str | None = None):
+    """Install Debian packages without letting their daemons start with the package defaults.
+
+    Daemon starts are blocked with policy-rc.d while apt runs (the default coturn config is an
+    open relay, the default nginx site takes port 80 from Caddy). Units in `masked` are also
+    masked first, so a reboot in the middle of an interrupted deploy cannot start them either;
+    their task unmasks them once its own config is in place.
+    """
+    installed = host.get_fact(DebPackages)
+    missing = [p for p in packages if p not in installed]
+    if missing and block_starts:
+        for unit in masked:
+            mask(name=f"Mask {unit} until it is configured", service=unit)
+        files.put(name="Block daemon starts during package installs", src=_policy_rc_d(),
+                  dest=POLICY_RC_D, mode="755")
+    apt.packages(name=name or f"Install {', '.join(packages)}", packages=packages, no_recommends=True,
+                 extra_install_args=extra_install_args)
+    files.file(name="Allow daemon starts again", path=POLICY_RC_D, present=False)
+
+
+def _policy_rc_d():
+    import io
+
+    return io.StringIO("#!/bin/sh\n# voicestack deploy: no daemon starts while packages install\nexit 101\n")
+
+
+@operation()
+def fetch_verified(url: str, dest: str, sha256: str, mode: str = "644"):
+    """
+    Download a file to a staging name, check its sha256, and only then move it to `dest`.
+
+    A mismatch (or a failed download) removes the partial file and fails the host with the
+    expected and actual sums; nothing else has been touched at that point.
+
+    + url: where to download from, e.g. "https://github.com/.../livekit_1.13.5_linux_amd64.tar.gz"
+    + dest: the verified file, e.g. "/var/cache/voicestack/artifacts/livekit_1.13.5_linux_amd64.tar.gz"
+    + sha256: the expected sha256 (hex)
+    """
+    if host.get_fact(Sha256File, path=dest) == sha256:
+        return
+    q = shlex.quote
+    yield (
+        f"tmp=$(mktemp {q(dest)}.part.XXXXXX) || exit 1; "
+        f"if ! curl -sSLf --connect-timeout 10 --retry 2 -o \"$tmp\" {q(url)}; then rm -f \"$tmp\"; "
+        f"echo \"download failed: {url}; nothing was installed\" >&2; exit 1; fi; "
+        "got=$(sha256sum \"$tmp\" | cut -d' ' -f1); "
+        f"if [ \"$got\" != {q(sha256)} ]; then rm -f \"$tmp\"; "
+        f"echo \"sha256 mismatch for {url}: expected {sha256}, got $got; nothing was installed\" >&2; exit 1; fi; "
+        f"chmod {mode} \"$tmp\" && mv -f \"$tmp\" {q(dest)}"
+    )
+
+
+@operation()
+def extract_once(tarball: str, dest_dir: str, expect: str):
+    """
+    Extract a verified tarball into its own directory (atomically renamed into place), once.
+
+    + tarball: the verified archive, e.g. "/var/cache/voicestack/artifacts/livekit_1.13.5_linux_amd64.tar.gz"
+    + dest_dir: the directory to create, e.g. "/opt/voicestack/livekit-1.13.5-0123abcd"
+    + expect: a file the archive must contain, e.g. "livekit-server"
+    """
+    from pyinfra.facts.files import File
+
+    if host.get_fact(File, path=f"{dest_dir}/{expect}"):
+        return
+    q = shlex.quote
+    yield (
+        f"rm -rf {q(dest_dir)}; tmp=$(mktemp -d {q(dest_dir)}.part.XXXXXX) || exit 1; "
+        f"tar -xzf {q(tarball)} -C \"$tmp\" || {{ rm -rf \"$tmp\"; exit 1; }}; "
+        f"if [ ! -f \"$tmp\"/{q(expect)} ]; then rm -rf \"$tmp\"; "
+        f"echo \"{tarball} has no {expect}; nothing was installed\" >&2; exit 1; fi; "
+        f"chmod 755 \"$tmp\" && mv \"$tmp\" {q(dest_dir)}"
+    )
+
+
+def put_rendered(name: str, service: str, template: str, dest: str, variables: dict, mode: str,
+                 user: str = "root", group: str = "root"):
+    """Render templates/<service>/<template> locally (the same path the tests use) and upload it."""
+    import io
+
+    from deploy.render import render
+
+    return files.put(name=name, src=io.StringIO(render(service, template, variables)), dest=dest,
+                     user=user, group=group, mode=mode)

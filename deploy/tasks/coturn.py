@@ -1,0 +1,147 @@
+"""coturn (Debian 4.6.1): TURN with REST credentials, relaying only to the LiveKit nodes."""
+from __future__ import annotations
+
+import io
+
+from pyinfra import host
+from pyinfra.api import deploy, operation
+from pyinfra.facts.files import Sha256File
+from pyinfra.operations import files, systemd
+from pyinfra.operations.util import any_changed
+
+from deploy.inventory import InventoryError, NodeVars
+from deploy.tasks._ops import put_rendered, NewestFile, install_packages, service_current, unmask
+from deploy.tasks.caddy import STORAGE, placeholder_certificate
+from infra.spec import Scope
+
+CONFIG = "/etc/turnserver.conf"
+DROPIN = "/etc/systemd/system/coturn.service.d/voicestack.conf"
+TLS_DIR = "/etc/coturn/tls"
+CERT = f"{TLS_DIR}/fullchain.pem"
+KEY = f"{TLS_DIR}/privkey.pem"
+CERT_SYNC = "/usr/local/sbin/voicestack-turn-cert"
+CERT_WAIT_SECONDS = 180
+
+# Quotas: a voice stack relays Opus audio only.
+USER_QUOTA = 12            # concurrent allocations per username (LiveKit's embedded TURN default)
+TOTAL_QUOTA = 400          # allocations per server
+MAX_BPS = 32000            # bytes/s per session (~256 kbit/s)
+BPS_CAPACITY = 12500000    # bytes/s for all sessions (~100 Mbit/s)
+
+# On coturn 4.6.1 "denied-peer-ip=::" (or ::0) denies EVERY peer, IPv4 included (verified, see
+# docs/reference); the full IPv6 range written out does not. CVE-2026-27624 (fixed in 4.9.0) lets
+# IPv4-mapped IPv6 peers (::ffff:a.b.c.d) past IPv4 deny rules: the IPv6 range covers them.
+DENY_ALL_V4 = "0.0.0.0-255.255.255.255"
+DENY_ALL_V6 = "::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+FORBIDDEN_LINES = ("denied-peer-ip=::", "denied-peer-ip=::0")
+FORBIDDEN_OPTIONS = ("allow-loopback-peers", "no-auth", "server-relay", "lt-cred-mech", "cli-password")
+REQUIRED = ("use-auth-secret", "static-auth-secret=", "no-cli", "no-tcp-relay", "no-multicast-peers",
+            f"denied-peer-ip={DENY_ALL_V4}", f"denied-peer-ip={DENY_ALL_V6}", "allowed-peer-ip=")
+
+
+def coturn_vars(vs: NodeVars) -> dict:
+    """Template variables of turnserver.conf (pure: used by the task and the tests)."""
+    spec, cfg = vs.spec, vs.cfg
+    relay = spec.port("turn-relay")
+    tls = spec.port("turn-tls")
+    # Loopback scope for the relay range means "only this node's LiveKit": coturn refuses loopback
+    # peers, so LiveKit reaches the relay on the node's own public address (over lo, which the
+    # firewall accepts); with several nodes the relay sits on the private network.
+    relay_ip = vs.private_ip if relay.scope is Scope.PRIVATE else vs.public_ip
+    low_port = min(spec.port("turn-udp").start, tls.start) < 1024
+    return {
+        "realm": cfg.turn_host,
+        "listening_ip": vs.public_ip,
+        "relay_ip": relay_ip,
+        "listening_port": spec.port("turn-udp").start,
+        "tls_port": tls.start,
+        "tls": True,
+        "cert": CERT,
+        "pkey": KEY,
+        "min_port": relay.start,
+        "max_port": relay.end,
+        "secret": vs.secrets.turn_secret,
+        "allowed_peers": list(vs.livekit_peers),
+        "deny_v4": DENY_ALL_V4,
+        "deny_v6": DENY_ALL_V6,
+        "user_quota": USER_QUOTA,
+        "total_quota": TOTAL_QUOTA,
+        "max_bps": MAX_BPS,
+        "bps_capacity": BPS_CAPACITY,
+        "bind_capability": low_port,
+    }
+
+
+def lint(text: str) -> list[str]:
+    """Problems of a rendered turnserver.conf (coturn 4.6.1 has no config check of its own)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    problems = [f"contains {line!r}, which denies every peer on coturn 4.6.1" for line in lines
+                if line in FORBIDDEN_LINES]
+    problems += [f"contains forbidden option {line.split('=')[0]!r}" for line in lines
+                 if line.split("=")[0] in FORBIDDEN_OPTIONS]
+    problems += [f"lacks required setting {r!r}" for r in REQUIRED if r not in text]
+    return problems
+
+
+def render_config(vs: NodeVars) -> str:
+    from deploy.render import render
+
+    text = render("coturn", "turnserver.conf.j2", coturn_vars(vs))
+    problems = lint(text)
+    if problems:
+        raise InventoryError(f"{vs.node.name}: refusing to deploy {CONFIG}: " + "; ".join(problems))
+    return text
+
+
+@operation()
+def sync_certificate(domain: str, wait_seconds: int = CERT_WAIT_SECONDS):
+    """
+    Copy the certificate Caddy obtained for `domain` into coturn's TLS directory (waits for Caddy).
+
+    + domain: the TURN host name, e.g. "turn.example.com"
+    + wait_seconds: how long to wait for Caddy's first certificate
+    """
+    src = host.get_fact(NewestFile, pattern=f"{STORAGE}/certificates/*/{domain}/{domain}.crt")
+    if src and host.get_fact(Sha256File, path=src) == host.get_fact(Sha256File, path=CERT):
+        key = src[:-4] + ".key"
+        if host.get_fact(Sha256File, path=key) == host.get_fact(Sha256File, path=KEY):
+            return
+    yield f"{CERT_SYNC} --wait {int(wait_seconds)}"
+
+
+@deploy("Install and configure coturn")
+def coturn():
+    vs: NodeVars = host.data.vs
+    v = coturn_vars(vs)
+    text = render_config(vs)
+
+    # Never let the package's default (unauthenticated) config run: the unit is masked and
+    # starts are blocked while apt installs; it is unmasked once our config is in place.
+    install_packages(["coturn"], name="Install coturn", masked=("coturn.service",))
+    files.put(name=f"Render {CONFIG}", src=io.StringIO(text), dest=CONFIG, user="root", group="turnserver",
+              mode="640")
+    dropin = put_rendered(name=f"Render {DROPIN}", service="coturn", template="coturn.service.conf.j2",
+                          dest=DROPIN, mode="644", variables=v)
+    units = [dropin]
+    files.directory(name=f"Create {TLS_DIR}", path=TLS_DIR, user="root", group="turnserver", mode="750")
+    if not vs.serves_turn_name:
+        # The TURN name's certificate comes from the certificate node in the deploy's last pass.
+        placeholder_certificate(name="Create a placeholder TURN certificate (replaced at the end)", cert=CERT,
+                                key=KEY, domain=vs.cfg.turn_host, group="turnserver")
+    else:
+        put_rendered(name=f"Install {CERT_SYNC}", service="coturn", template="turn-cert.sh.j2", dest=CERT_SYNC,
+                     mode="755",
+                     variables={"turn_host": vs.cfg.turn_host, "storage": STORAGE, "cert": CERT, "key": KEY})
+        for unit in ("voicestack-turn-cert.service", "voicestack-turn-cert.timer"):
+            units.append(put_rendered(name=f"Render /etc/systemd/system/{unit}", service="coturn",
+                                      template=f"{unit}.j2", dest=f"/etc/systemd/system/{unit}", mode="644",
+                                      variables={"sync": CERT_SYNC}))
+        sync_certificate(name="Copy the TURN certificate from Caddy's storage", domain=vs.cfg.turn_host)
+    systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*units))
+    unmask(name="Unmask coturn", service="coturn.service")
+    service_current(name="Restart coturn if its config changed", service="coturn.service",
+                    paths=(CONFIG, DROPIN))
+    systemd.service(name="Enable coturn", service="coturn.service", enabled=True)
+    if vs.serves_turn_name:
+        systemd.service(name="Enable the TURN certificate refresh timer", service="voicestack-turn-cert.timer",
+                        running=True, enabled=True)

@@ -1,0 +1,177 @@
+"""The pyinfra deploy against a local environment of its own: converge, idempotence, faults.
+
+Runs as root on a host with the packages of `python -m infra.local packages`. Creates the env
+`e2edeploy` (never a developer's `local`), deploys it, and removes it at the end.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ENV = "e2edeploy"
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("livekit", "caddy", "coturn", "nginx", "fail2ban", "ssh", "nftables", "unattended-upgrades",
+            "voicestack-turn-cert.timer")
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the local environment needs root"),
+    pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="systemd-container is not installed"),
+]
+
+
+def deploy(env: str = ENV, timeout: float = 900) -> tuple[subprocess.CompletedProcess, dict, float]:
+    t0 = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "deploy", "--env", env], cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout)
+    seconds = time.monotonic() - t0
+    summary_path = ROOT / ".stack" / env / "deploy-last.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    print(f"deploy --env {env}: rc={result.returncode} in {seconds:.1f}s\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return result, summary, seconds
+
+
+@pytest.fixture(scope="module")
+def env():
+    from infra.local import down, up
+    down.down(ENV, print_fn=lambda _m: None)  # leftovers of an earlier, interrupted run
+    ctx = up.up(ENV, 1, print_fn=lambda _m: None)
+    result, summary, seconds = deploy()
+    assert result.returncode == 0, result.stderr
+    ctx.first_converge_s = seconds
+    yield ctx
+    down.down(ENV, print_fn=lambda _m: None)
+
+
+def ssh(env, command: str) -> str:
+    from infra.local import machines
+    return subprocess.run(machines.ssh_command(env.names, env.names.node_public_ip(0), command),
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+
+
+def main_pids(env) -> dict[str, str]:
+    out = ssh(env, "for s in livekit caddy coturn nginx; do echo $s $(systemctl show -p MainPID --value $s); done")
+    return dict(line.split() for line in out.splitlines())
+
+
+def edit_outputs(change) -> None:
+    from infra import outputs
+    out = outputs.read(ENV)
+    extra = copy.deepcopy(out.extra)
+    change(extra)
+    outputs.write(dataclasses.replace(out, extra=extra))
+
+
+def test_first_converge_leaves_every_service_active_and_enabled(env):
+    print(f"first converge: {env.first_converge_s:.1f}s")
+    states = ssh(env, " ; ".join(f"echo {s} $(systemctl is-active {s}) $(systemctl is-enabled {s})"
+                                 for s in SERVICES))
+    for line in states.splitlines():
+        name, active, enabled = line.split()
+        assert (active, enabled) == ("active", "enabled"), line
+    rss = ssh(env, "ps -eo rss= | awk '{s+=$1} END {print int(s/1024)}'")
+    print(f"idle node: {rss.strip()} MiB resident (all processes)")
+
+
+def test_second_converge_changes_nothing(env):
+    result, summary, seconds = deploy()
+    print(f"no-op converge: {seconds:.1f}s")
+    assert result.returncode == 0, result.stderr
+    assert summary["changed"] == {}, summary["changed"]
+
+
+def test_changing_one_setting_restarts_only_that_service(env):
+    before = main_pids(env)
+    edit_outputs(lambda extra: extra.__setitem__("config_overrides", {"livekitPrometheusPort": 16789}))
+    try:
+        result, summary, _ = deploy()
+        assert result.returncode == 0, result.stderr
+        after = main_pids(env)
+        assert after["livekit"] != before["livekit"]
+        assert {k: v for k, v in after.items() if k != "livekit"} == \
+               {k: v for k, v in before.items() if k != "livekit"}
+        assert all(name.startswith("livekit:") for name in summary["changed"]["node-1"])
+        assert "127.0.0.1:16789" in ssh(env, "ss -ltn")
+    finally:
+        edit_outputs(lambda extra: extra.pop("config_overrides", None))
+        assert deploy()[0].returncode == 0
+
+
+def test_corrupted_artifact_aborts_before_the_running_livekit_is_touched(env):
+    before_pid = main_pids(env)["livekit"]
+    before_sha = ssh(env, "sha256sum /usr/local/bin/livekit-server")
+    good = {}
+
+    def corrupt(extra):
+        good.update(extra["artifacts"]["livekit"])
+        extra["artifacts"]["livekit"]["sha256"] = "0" * 64
+
+    edit_outputs(corrupt)
+    try:
+        # Also ask for a config change, which must not be applied either.
+        edit_outputs(lambda extra: extra.__setitem__("config_overrides", {"livekitPrometheusPort": 16790}))
+        result, summary, _ = deploy()
+        assert result.returncode == 4
+        assert "sha256 mismatch" in result.stderr and "node-1" in result.stderr
+        assert main_pids(env)["livekit"] == before_pid
+        assert ssh(env, "sha256sum /usr/local/bin/livekit-server") == before_sha
+        assert "16790" not in ssh(env, "cat /etc/livekit/livekit.yaml")
+    finally:
+        edit_outputs(lambda extra: (extra["artifacts"].__setitem__("livekit", good),
+                                    extra.pop("config_overrides", None)))
+    assert deploy()[0].returncode == 0
+
+
+def test_interrupted_deploy_converges_on_the_next_run(env):
+    edit_outputs(lambda extra: extra.__setitem__("config_overrides", {"livekitPrometheusPort": 16791}))
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "deploy", "--env", ENV], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            if "Render /etc/livekit/livekit.yaml: changed" in line:
+                proc.send_signal(signal.SIGKILL)  # the config is written, the restart has not run
+                break
+        proc.wait(timeout=60)
+        result, summary, _ = deploy()
+        assert result.returncode == 0, result.stderr
+        assert "127.0.0.1:16791" in ssh(env, "ss -ltn")
+        assert ssh(env, "test -e /usr/sbin/policy-rc.d && echo left || echo gone").strip() == "gone"
+    finally:
+        edit_outputs(lambda extra: extra.pop("config_overrides", None))
+        assert deploy()[0].returncode == 0
+
+
+@pytest.mark.parametrize("change,expect", [
+    ({"ssh_key": "wrong"}, "Authentication"),
+    ({"public_ip": "unrouted"}, "Could not connect"),
+], ids=["wrong-ssh-key", "unreachable-host"])
+def test_bad_ssh_access_fails_fast_naming_the_host(env, tmp_path, change, expect):
+    from infra import outputs
+    out = outputs.read(ENV)
+    node = out.nodes[0]
+    if change.get("ssh_key") == "wrong":
+        key = tmp_path / "wrong_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        node = dataclasses.replace(node, ssh_key=str(key))
+    else:
+        # An address of the env's own public network where no machine lives.
+        node = dataclasses.replace(node, public_ip=env.names.node_public_ip(200))
+    bad_env = ENV + "x"
+    outputs.write(dataclasses.replace(out, env=bad_env, nodes=[node]))
+    try:
+        result, _, seconds = deploy(bad_env, timeout=60)
+        assert result.returncode == 3
+        assert f"cannot reach {node.name}" in result.stderr and expect in result.stderr
+        assert seconds < 30
+    finally:
+        shutil.rmtree(ROOT / ".stack" / bad_env, ignore_errors=True)

@@ -1,0 +1,316 @@
+"""Deploy templates render from the spec: a port changed in the config changes every file that uses it."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from deploy.inventory import InventoryError, load_manifest, node_vars, redis_password
+from deploy.render import render
+from deploy.tasks import caddy, coturn, edge, firewall, livekit, redis
+from infra.config import parse
+from infra.outputs import NodeOut, Outputs
+from infra.spec import derive
+
+ADMIN = "198.51.100.7/32"
+PUBLIC = ["203.0.113.10", "203.0.113.11", "203.0.113.12"]
+SECRET = "s" * 40
+TURN_SECRET = "t" * 40
+ART = {"livekit": {"version": "1.13.5", "url": "http://198.18.0.1/livekit.tar.gz", "sha256": "ab" * 32}}
+
+
+def spec_of(nodes: int = 1, **changes):
+    raw = {"provider": "local", "domain": "example.test", "adminCidrs": [ADMIN], "acmeCa": "local",
+           "nodeCount": nodes, **changes}
+    return derive(parse(raw, env="t"))
+
+
+def outputs_for(spec, **extra) -> Outputs:
+    nodes = [NodeOut(name=n.name, public_ip=PUBLIC[n.index], private_ip=n.private_ip, ssh_user="root",
+                     ssh_key="/dev/null", roles=sorted(r.value for r in n.roles)) for n in spec.nodes]
+    return Outputs(env="t", livekit_url=f"wss://{spec.config.livekit_host}", api_key="APIkey", api_secret=SECRET,
+                   turn_domain=spec.config.turn_host, token_endpoint="https://x/api/token", nodes=nodes,
+                   turn_secret=TURN_SECRET,
+                   extra={"acme_directory": "https://198.18.0.1:14000/dir", "artifacts": ART, **extra})
+
+
+def rendered(nodes: int = 1, node: str = "node-1", **changes) -> dict[str, str]:
+    """Every rendered file of one node, by a short name."""
+    spec = spec_of(nodes, **changes)
+    vs = node_vars(outputs_for(spec), spec)[node]
+    files = {
+        "livekit.yaml": render("livekit", "livekit.yaml.j2", livekit.livekit_vars(vs)),
+        "livekit.service": render("livekit", "livekit.service.j2", livekit.livekit_vars(vs)),
+        "turnserver.conf": coturn.render_config(vs),
+        "Caddyfile": render("caddy", "Caddyfile.j2", caddy.caddy_vars(vs)),
+        "nftables.conf": render("firewall", "nftables.conf.j2", firewall.firewall_vars(vs)),
+    }
+    if spec.sni_split:
+        files["nginx.conf"] = render("edge", "nginx.conf.j2", edge.edge_vars(vs))
+    if spec.multi_node and vs.node.name == spec.redis_node.name:
+        files["redis.conf"] = render("redis", "redis.conf.j2", redis.redis_vars(vs))
+    return files
+
+
+def test_single_node_livekit_listens_on_loopback_with_ports_from_the_spec() -> None:
+    spec = spec_of()
+    lk = rendered()["livekit.yaml"]
+    assert f"port: {spec.port('livekit-http').start}\n" in lk
+    assert re.search(r"bind_addresses:\n  - 127\.0\.0\.1\nlog_level", lk)
+    assert f"tcp_port: {spec.port('livekit-ice-tcp').start}" in lk
+    assert "port_range_start: 50000" in lk and "port_range_end: 60000" in lk
+    assert f"node_ip: {PUBLIC[0]}\n  use_external_ip: false" in lk
+    assert "prometheus:\n  port: 6789" in lk
+    assert "redis:" not in lk
+    assert "key_file: /etc/livekit/keys.yaml" in lk
+    # TURN REST credentials come from a secret file, never inline.
+    assert lk.count("secret_file: /etc/livekit/turn-secret") == len(spec.turn_servers)
+    assert TURN_SECRET not in lk and SECRET not in lk
+
+
+def test_ice_mux_mode_uses_one_udp_port() -> None:
+    lk = rendered(iceMode="mux", iceUdpPort=7885)["livekit.yaml"]
+    assert "udp_port: 7885" in lk and "port_range_start" not in lk
+    assert "udp dport 7885 accept" in rendered(iceMode="mux", iceUdpPort=7885)["nftables.conf"]
+
+
+def test_three_nodes_share_redis_on_the_private_network() -> None:
+    spec = spec_of(3)
+    redis_ip = spec.nodes[0].private_ip
+    for node in spec.nodes:
+        files = rendered(3, node.name)
+        lk = files["livekit.yaml"]
+        assert f"redis:\n  address: {redis_ip}:{spec.port('redis').start}\n  password: {redis_password(SECRET)}" in lk
+        assert f"  - {node.private_ip}\n" in lk  # API reachable on the private network
+        assert f"relay-ip={node.private_ip}" in files["turnserver.conf"]
+        assert ("redis.conf" in files) == (node.index == 0)
+    rconf = rendered(3)["redis.conf"]
+    assert f"bind 127.0.0.1 {redis_ip}\n" in rconf
+    assert "protected-mode yes" in rconf and f"requirepass {redis_password(SECRET)}" in rconf
+    nft = rendered(3)["nftables.conf"]
+    assert f"ip saddr {{ 10.77.0.0/24 }} tcp dport {spec.port('redis').start} accept" in nft
+
+
+def test_redis_password_is_derived_not_the_api_secret() -> None:
+    assert redis_password(SECRET) == redis_password(SECRET) != redis_password(SECRET + "x")
+    assert SECRET not in redis_password(SECRET)
+
+
+# (config key, new value, {file: text that must appear})
+PORT_CHANGES = [
+    ("livekitHttpPort", 17880, {"livekit.yaml": "port: 17880\n", "Caddyfile": "reverse_proxy 127.0.0.1:17880"}),
+    ("livekitTcpPort", 17881, {"livekit.yaml": "tcp_port: 17881", "nftables.conf": "tcp dport 17881 accept"}),
+    ("livekitPrometheusPort", 16789, {"livekit.yaml": "prometheus:\n  port: 16789"}),
+    ("turnUdpPort", 13478, {"turnserver.conf": "listening-port=13478", "livekit.yaml": "port: 13478\n",
+                            "nftables.conf": "udp dport 13478 accept"}),
+    ("icePortStart", 51000, {"livekit.yaml": "port_range_start: 51000", "nftables.conf": "udp dport 51000-60000"}),
+    ("turnRelayStart", 41000, {"turnserver.conf": "min-port=41000"}),
+    ("turnRelayEnd", 48000, {"turnserver.conf": "max-port=48000"}),
+    ("turnTlsPort", 5350, {"turnserver.conf": "tls-listening-port=5350", "livekit.yaml": "port: 5350\n",
+                           "nftables.conf": "tcp dport 5350 accept", "Caddyfile": "https_port 443"}),
+]
+
+
+@pytest.mark.parametrize("key,value,expect", PORT_CHANGES, ids=[c[0] for c in PORT_CHANGES])
+def test_changing_a_port_in_the_config_changes_the_rendered_files(key: str, value: int, expect: dict) -> None:
+    before, after = rendered(), rendered(**{key: value})
+    for name, text in expect.items():
+        assert text in after[name], f"{name} lacks {text!r} after {key}={value}"
+        assert text not in before[name], f"{name} already had {text!r}"
+    assert [n for n in after if before.get(n) != after[n]], "nothing changed"
+
+
+def test_turn_tls_on_443_puts_an_sni_router_in_front_of_caddy_and_coturn() -> None:
+    spec = spec_of()
+    assert spec.sni_split
+    files = rendered()
+    nginx = files["nginx.conf"]
+    assert f"listen {spec.port('https').start};" in nginx
+    assert f"{spec.config.turn_host} turn_tls;" in nginx
+    # coturn is reached on the node's own address, not loopback (see deploy/tasks/edge.py).
+    assert f"server {PUBLIC[0]}:{spec.port('turn-tls').start};" in nginx
+    assert f"server 127.0.0.1:{spec.port('caddy-https').start};" in nginx
+    assert f"https_port {spec.port('caddy-https').start}" in files["Caddyfile"]
+    assert f"tls-listening-port={spec.port('turn-tls').start}" in files["turnserver.conf"]
+    # The internal ports are not opened by the host firewall.
+    assert "dport 5349" not in files["nftables.conf"] and "dport 8443" not in files["nftables.conf"]
+
+
+def test_turn_tls_on_its_own_port_needs_no_sni_router() -> None:
+    files = rendered(turnTlsPort=5349)
+    assert "nginx.conf" not in files
+    assert "https_port 443" in files["Caddyfile"]
+
+
+def test_caddyfile_proxies_livekit_and_the_token_endpoint_with_hsts() -> None:
+    spec = spec_of()
+    cf = rendered()["Caddyfile"]
+    assert "acme_ca https://198.18.0.1:14000/dir" in cf
+    assert f"{spec.config.livekit_host} {{" in cf
+    assert f"handle /api/token* {{\n\t\treverse_proxy 127.0.0.1:{spec.port('token').start}" in cf
+    assert 'Strict-Transport-Security "max-age=31536000"' in cf
+    assert f"{spec.config.turn_host} {{" in cf  # so Caddy obtains the TURN certificate
+    assert "protocols h1 h2" in cf and "admin off" in cf
+
+
+@pytest.mark.parametrize("acme,directory", [
+    ("letsencrypt", "https://acme-v02.api.letsencrypt.org/directory"),
+    ("letsencrypt-staging", "https://acme-staging-v02.api.letsencrypt.org/directory"),
+    ("https://ca.example.test/dir", "https://ca.example.test/dir"),
+], ids=["letsencrypt", "staging", "custom"])
+def test_acme_directory_follows_the_config(acme: str, directory: str) -> None:
+    assert f"acme_ca {directory}\n" in rendered(acmeCa=acme)["Caddyfile"]
+
+
+def test_only_the_certificate_node_asks_acme_others_relay_challenges_to_it() -> None:
+    spec = spec_of(3)
+    leader = rendered(3, "node-1")["Caddyfile"]
+    assert f"{spec.config.turn_host} {{" in leader and "tls /etc/caddy" not in leader
+    assert "reverse_proxy" in leader and "acme-challenge" not in leader
+    for node in ("node-2", "node-3"):
+        other = rendered(3, node)
+        assert f"\n{spec.config.turn_host} {{" not in other["Caddyfile"]
+        # The certificate node's certificate, copied by the deploy, instead of an ACME order.
+        assert "tls /etc/caddy/tls/livekit.crt /etc/caddy/tls/livekit.key" in other["Caddyfile"]
+        relay = f"{spec.nodes[0].private_ip}:{spec.port('http').start}"
+        assert re.search(r"handle /\.well-known/acme-challenge/\* \{\n\t\treverse_proxy " + re.escape(relay),
+                         other["Caddyfile"])
+        # Every TURN node serves TURN/TLS (with the copied certificate).
+        assert f"tls-listening-port={spec.port('turn-tls').start}" in other["turnserver.conf"]
+
+
+def test_internal_caddy_https_binds_loopback_but_port_80_stays_public() -> None:
+    cf = rendered()["Caddyfile"]
+    assert cf.count("\tbind 127.0.0.1\n") == 2  # LiveKit and TURN sites
+    http_block = cf[cf.index("http://"):]
+    assert "bind" not in http_block
+    assert "bind" not in rendered(turnTlsPort=5349)["Caddyfile"]
+
+
+def test_coturn_peer_policy_allows_only_livekit_nodes() -> None:
+    spec = spec_of(3)
+    conf = rendered(3)["turnserver.conf"]
+    allowed = re.findall(r"^allowed-peer-ip=(.+)$", conf, re.M)
+    expected = []
+    for n in spec.nodes:
+        expected += [PUBLIC[n.index], n.private_ip]
+    assert allowed == expected
+    denied = re.findall(r"^denied-peer-ip=(.+)$", conf, re.M)
+    assert denied == ["0.0.0.0-255.255.255.255", "::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"]
+    for line in ("use-auth-secret", f"static-auth-secret={TURN_SECRET}", "no-cli", "no-tcp-relay",
+                 "no-multicast-peers", f"realm={spec.config.turn_host}", "user-quota=", "total-quota=", "max-bps="):
+        assert line in conf
+    assert "allow-loopback-peers" not in conf and "no-auth" not in conf
+
+
+@pytest.mark.parametrize("bad,problem", [
+    ("denied-peer-ip=::", "denies every peer"),
+    ("denied-peer-ip=::0", "denies every peer"),
+    ("allow-loopback-peers", "allow-loopback-peers"),
+    ("no-auth", "no-auth"),
+], ids=["deny-colon-colon", "deny-colon-colon-0", "loopback-peers", "no-auth"])
+def test_coturn_lint_refuses_dangerous_settings(bad: str, problem: str) -> None:
+    spec = spec_of()
+    vs = node_vars(outputs_for(spec), spec)["node-1"]
+    text = render("coturn", "turnserver.conf.j2", coturn.coturn_vars(vs)) + bad + "\n"
+    assert any(problem in p for p in coturn.lint(text))
+    assert coturn.lint(text.replace(bad + "\n", "")) == []
+
+
+def test_host_firewall_renders_exactly_the_spec_rules() -> None:
+    spec = spec_of()
+    nft = rendered()["nftables.conf"]
+    assert "policy drop;" in nft and 'iif "lo" accept' in nft and "ct state established,related accept" in nft
+    accepts = re.findall(r"^\t\t(.* dport .*) accept", nft, re.M)
+    assert len(accepts) == len(spec.host_firewall)
+    assert f"ip saddr {{ {ADMIN} }} tcp dport 22" in nft
+
+
+def test_host_firewall_refuses_to_lock_ssh_out() -> None:
+    spec = derive(parse({"provider": "local", "domain": "x.test", "acmeCa": "local"}, env="t"))
+    vs = node_vars(outputs_for(spec), spec)["node-1"]
+    with pytest.raises(InventoryError, match="locking the deploy out"):
+        firewall.firewall_vars(vs)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft"), reason="nft -c needs root and nftables")
+@pytest.mark.parametrize("nodes", [1, 3])
+def test_rendered_nftables_passes_nft_check(tmp_path, nodes: int) -> None:
+    path = tmp_path / "nftables.conf"
+    path.write_text(rendered(nodes)["nftables.conf"])
+    result = subprocess.run(["nft", "-c", "-f", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_livekit_unit_is_sandboxed_and_drains() -> None:
+    unit = rendered()["livekit.service"]
+    for line in ("Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
+                 "PrivateTmp=yes", "CapabilityBoundingSet=\n", f"TimeoutStopSec={livekit.DRAIN_SECONDS}"):
+        assert line in unit
+    assert int(re.search(r"LimitNOFILE=(\d+)", unit).group(1)) >= 500000
+
+
+def test_production_manifest_refuses_unpinned_sha256() -> None:
+    art = load_manifest()["livekit"]
+    assert art.urls["amd64"] == ("https://github.com/livekit/livekit/releases/download/v1.13.5/"
+                                 "livekit_1.13.5_linux_amd64.tar.gz")
+    with pytest.raises(InventoryError, match="refusing to install an unverified binary"):
+        art.for_arch("amd64")
+
+
+def test_local_artifact_override_and_version_mismatch() -> None:
+    spec = spec_of()
+    vs = node_vars(outputs_for(spec), spec)["node-1"]
+    assert livekit.artifact_for(vs, "x86_64") == (ART["livekit"]["url"], ART["livekit"]["sha256"])
+    with pytest.raises(InventoryError, match="manifest pins"):
+        node_vars(outputs_for(spec_of(livekitVersion="1.12.0")), spec_of(livekitVersion="1.12.0"))
+
+
+def test_secret_files_are_written_owner_only_for_the_livekit_user(monkeypatch) -> None:
+    """The operations that write keys.yaml and turn-secret ask for mode 0600, owner livekit."""
+    calls = []
+    monkeypatch.setattr(livekit, "put_rendered", lambda **kw: calls.append(kw) or _Changed())
+    for name in ("files", "systemd", "server"):
+        monkeypatch.setattr(livekit, name, _Anything())
+    for name in ("fetch_verified", "extract_once", "install_validated", "service_current"):
+        monkeypatch.setattr(livekit, name, lambda **kw: _Changed())
+    spec = spec_of()
+    vs = node_vars(outputs_for(spec), spec)["node-1"]
+    monkeypatch.setattr(livekit, "host", _Host(vs))
+    _call_deploy_body(livekit)
+    by_dest = {c["dest"]: c for c in calls}
+    for path in (livekit.KEY_FILE, livekit.TURN_SECRET_FILE):
+        assert by_dest[path]["mode"] == "600" and by_dest[path]["user"] == "livekit", path
+    assert by_dest[livekit.CONFIG]["mode"] == "640"
+
+
+class _Changed:
+    will_change = True
+
+    def did_change(self) -> bool:
+        return True
+
+
+class _Anything:
+    def __getattr__(self, _name):
+        return lambda *a, **kw: _Changed()
+
+
+class _Host:
+    def __init__(self, vs):
+        self.data = type("D", (), {"vs": vs})()
+
+    def get_fact(self, *_a, **_kw):
+        return "x86_64"
+
+
+def _call_deploy_body(module) -> None:
+    # @deploy wraps the function; its body is reachable as the closure's `func`.
+    wrapped = module.livekit
+    for cell in wrapped.__closure__ or ():
+        if callable(cell.cell_contents) and getattr(cell.cell_contents, "__name__", "") == "livekit":
+            return cell.cell_contents()
+    raise AssertionError("cannot reach the body of the livekit deploy")
