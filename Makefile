@@ -43,7 +43,7 @@ validate: $(VENV_STAMP)
 token: $(VENV_STAMP)
 	@ENV=$(ENV) scripts/generate_livekit_token.sh $(ROOM) $(USER_ID)
 
-up: $(VENV_STAMP) deps
+up: $(VENV_STAMP) $(AGENT_STAMP) deps
 	@$(PY) -m infra.up --env $(ENV)
 
 down: $(VENV_STAMP)
@@ -52,7 +52,7 @@ down: $(VENV_STAMP)
 deploy: $(VENV_STAMP)
 	@$(PY) -m deploy --env $(ENV)
 
-verify: $(VENV_STAMP)
+verify: $(VENV_STAMP) $(AGENT_STAMP)
 	@$(PY) -m pytest tests/verify --env=$(ENV) -p no:cacheprovider
 
 preflight: $(VENV_STAMP)
@@ -68,5 +68,8 @@ test-e2e: $(VENV_STAMP) deps
 
 test: deps test-unit test-e2e
 
-bench: $(VENV_STAMP)
-	@for b in bench/bench_*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
+# Figures, not pass/fail: provisioning, speech backends, deploy/verify/voice-to-voice latency.
+bench: $(VENV_STAMP) $(AGENT_STAMP) deps
+	@echo "==> bench/bench_local_env.py"; $(PY) bench/bench_local_env.py
+	@echo "==> bench/bench_speech.py"; $(APY) bench/bench_speech.py
+	@echo "==> bench/bench_stack.py"; $(PY) bench/bench_stack.py

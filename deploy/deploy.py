@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pyinfra import host
 
+from deploy.tasks.agent import agent
 from deploy.tasks.base import base
 from deploy.tasks.caddy import caddy
 from deploy.tasks.coturn import coturn
@@ -39,3 +40,5 @@ def converge() -> None:
             _run("edge", edge)
     if vs.node.has(Role.TURN):
         _run("coturn", coturn)
+    if vs.node.has(Role.AGENT):
+        _run("agent", agent)       # last: its worker connects to this node's LiveKit

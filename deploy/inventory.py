@@ -15,6 +15,8 @@ Keys read from `outputs.extra` (all optional unless noted):
   artifacts         {"livekit": {"version", "url", "sha256"}}: overrides the manifest
   apt_proxy         http://host:port written as the nodes' apt proxy
   ssh_strict_host_key_checking   "accept-new" (default) | "no" | "yes"
+  pip_index         a Python package index URL the nodes install the agent's wheels from
+                    (local: the host's wheelhouse); without it pip uses its default index
 """
 from __future__ import annotations
 
@@ -72,6 +74,7 @@ class Secrets:
     api_secret: str
     turn_secret: str
     redis_password: str
+    token_key: str = ""       # the bearer key of the token endpoint (agent nodes)
 
     def __repr__(self) -> str:
         return "Secrets(<hidden>)"
@@ -92,6 +95,7 @@ class NodeVars:
     acme_ca_root: str | None             # PEM text the node's Caddy trusts for the ACME server
     artifacts: dict[str, Artifact]
     apt_proxy: str | None
+    pip_index: str | None = None         # index URL for the agent's venv (None: pip's default)
     # The LiveKit name points at every LiveKit node, but ACME HTTP-01 reaches only one of them
     # per validation: the first LiveKit node obtains the certificate, the others relay its
     # challenges to it (private network) and receive the certificate from the deploy.
@@ -201,7 +205,8 @@ def node_vars(out: outputsmod.Outputs, spec: EnvSpec | None = None) -> dict[str,
             raise InventoryError(f"node {n.name}: public_ip {n.public_ip!r} is not an IP address") from exc
     if not out.turn_secret:
         raise InventoryError("the outputs have no turn_secret; coturn and LiveKit need the shared TURN secret")
-    secrets = Secrets(out.api_key, out.api_secret, out.turn_secret, redis_password(out.api_secret))
+    secrets = Secrets(out.api_key, out.api_secret, out.turn_secret, redis_password(out.api_secret),
+                      token_key=out.token_key)
     lk_nodes = spec.nodes_with(Role.LIVEKIT)
     peers: list[str] = []
     for n in lk_nodes:
@@ -232,6 +237,7 @@ def node_vars(out: outputsmod.Outputs, spec: EnvSpec | None = None) -> dict[str,
             spec=spec, node=node, public_ip=o.public_ip, private_ip=o.private_ip or node.private_ip,
             secrets=secrets, livekit_peers=tuple(dict.fromkeys(peers)), redis_address=redis_address,
             acme_directory=acme, acme_ca_root=ca_root, artifacts=arts, apt_proxy=extra.get("apt_proxy"),
+            pip_index=extra.get("pip_index") or None,
             certificate_node=leader.name if leader else "",
             certificate_relay=relay if leader is not None and node.name != leader.name else None)
     return result

@@ -203,6 +203,7 @@ def _ports(cfg: StackConfig, multi: bool) -> tuple[Port, ...]:
         P("agent-health", "agent", "tcp", 8081, 8081, S.LOOPBACK, "agent worker health", R.AGENT),
         P("speech", "agent", "tcp", 8000, 8000, S.LOOPBACK, "offline speech backends (OpenAI-compatible)", R.AGENT),
         P("token", "agent", "tcp", 8090, 8090, S.LOOPBACK, "token endpoint behind Caddy", R.AGENT),
+        P("webhooks", "agent", "tcp", 8091, 8091, S.LOOPBACK, "LiveKit webhook receiver", R.AGENT),
     ]
     if cfg.ice_mode == "range":
         ports.append(P("livekit-ice-udp", "livekit", "udp", cfg.ice_port_start, cfg.ice_port_end, S.PUBLIC,

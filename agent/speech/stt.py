@@ -24,11 +24,17 @@ def bundled_model_dir() -> Path:
     return path
 
 
+DEFAULT_PROMPT = "Turn on the lights. Turn off the lights. Set the thermostat to 21 degrees. What time is it?"
+
+
 @dataclass(frozen=True)
 class SttConfig:
     model_dir: Path
     cpu_threads: int = 2
     beam_size: int = 5
+    # Whisper follows the vocabulary of its prompt: tiny.en misheard "lights" about once in nine
+    # round trips through Opus without it. Empty disables the bias (e.g. for open dictation).
+    initial_prompt: str = DEFAULT_PROMPT
 
     @classmethod
     def from_env(cls) -> "SttConfig":
@@ -37,6 +43,7 @@ class SttConfig:
             model_dir=Path(model_dir) if model_dir else bundled_model_dir(),
             cpu_threads=int(os.environ.get("STT_CPU_THREADS", "2")),
             beam_size=int(os.environ.get("STT_BEAM_SIZE", "5")),
+            initial_prompt=os.environ.get("STT_INITIAL_PROMPT", DEFAULT_PROMPT),
         )
 
 
@@ -62,5 +69,6 @@ class Transcriber:
                 beam_size=self.config.beam_size,
                 condition_on_previous_text=False,
                 without_timestamps=True,
+                initial_prompt=self.config.initial_prompt or None,
             )
             return " ".join(segment.text.strip() for segment in segments).strip()

@@ -8,7 +8,7 @@ from pyinfra.operations import files, server, systemd
 
 from deploy.inventory import ARCHES, InventoryError, NodeVars
 from deploy.tasks._ops import put_rendered, extract_once, fetch_verified, install_validated, service_current
-from infra.spec import Scope
+from infra.spec import Role, Scope
 
 USER = "livekit"
 CONF_DIR = "/etc/livekit"
@@ -53,7 +53,7 @@ def livekit_vars(vs: NodeVars) -> dict:
         "turn_ttl": TURN_TTL_SECONDS,
         "redis_address": vs.redis_address if spec.multi_node else None,
         "redis_password": vs.secrets.redis_password,
-        "webhook_urls": list(cfg.webhook_urls),
+        "webhook_urls": webhook_urls(vs),
         "api_key": vs.secrets.api_key,
         "api_secret": vs.secrets.api_secret,
         "binary": BINARY,
@@ -62,6 +62,14 @@ def livekit_vars(vs: NodeVars) -> dict:
         "drain_seconds": DRAIN_SECONDS,
         "health_url": f"http://127.0.0.1:{http.start}/",
     }
+
+
+def webhook_urls(vs: NodeVars) -> list[str]:
+    """LiveKit's webhook.urls: the node's own receiver (agent nodes), then the spec's webhookUrls."""
+    urls = []
+    if vs.node.has(Role.AGENT) and vs.spec.has_port("webhooks"):
+        urls.append(f"http://127.0.0.1:{vs.spec.port('webhooks').start}/webhook")
+    return urls + [u for u in vs.cfg.webhook_urls if u not in urls]
 
 
 def artifact_for(vs: NodeVars, uname_arch: str) -> tuple[str, str]:

@@ -20,14 +20,11 @@ import pytest
 
 ENV = "e2edeploy"
 ROOT = Path(__file__).resolve().parents[2]
+AGENT_SERVICES = ("voicestack-speech", "voicestack-agent", "voicestack-token", "voicestack-webhooks")
 SERVICES = ("livekit", "caddy", "coturn", "nginx", "fail2ban", "ssh", "nftables", "unattended-upgrades",
-            "voicestack-turn-cert.timer")
+            "voicestack-turn-cert.timer", *AGENT_SERVICES)
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the local environment needs root"),
-    pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="systemd-container is not installed"),
-]
+pytestmark = pytest.mark.e2e
 
 
 def deploy(env: str = ENV, timeout: float = 900) -> tuple[subprocess.CompletedProcess, dict, float]:
@@ -43,6 +40,9 @@ def deploy(env: str = ENV, timeout: float = 900) -> tuple[subprocess.CompletedPr
 
 @pytest.fixture(scope="module")
 def env():
+    # Fail, never skip: a host without root or nspawn is a broken test machine, not a pass.
+    if os.geteuid() != 0 or shutil.which("systemd-nspawn") is None:
+        pytest.fail("the deploy e2e tests need root and systemd-nspawn (make deps)")
     from infra.local import down, up
     down.down(ENV, print_fn=lambda _m: None)  # leftovers of an earlier, interrupted run
     ctx = up.up(ENV, 1, print_fn=lambda _m: None)
@@ -60,7 +60,8 @@ def ssh(env, command: str) -> str:
 
 
 def main_pids(env) -> dict[str, str]:
-    out = ssh(env, "for s in livekit caddy coturn nginx; do echo $s $(systemctl show -p MainPID --value $s); done")
+    names = " ".join(("livekit", "caddy", "coturn", "nginx", *AGENT_SERVICES))
+    out = ssh(env, f"for s in {names}; do echo $s $(systemctl show -p MainPID --value $s); done")
     return dict(line.split() for line in out.splitlines())
 
 
@@ -81,6 +82,18 @@ def test_first_converge_leaves_every_service_active_and_enabled(env):
         assert (active, enabled) == ("active", "enabled"), line
     rss = ssh(env, "ps -eo rss= | awk '{s+=$1} END {print int(s/1024)}'")
     print(f"idle node: {rss.strip()} MiB resident (all processes)")
+
+
+def test_agent_services_answer_as_the_unprivileged_user_with_an_owner_only_env_file(env):
+    from deploy.tasks import agent
+    assert ssh(env, f"stat -c '%a %U %G' {agent.ENV_FILE}").split() == ["600", "root", "root"]
+    users = ssh(env, " ; ".join(f"ps -o user= -p $(systemctl show -p MainPID --value {s})" for s in AGENT_SERVICES))
+    assert users.split() == ["voicestack"] * len(AGENT_SERVICES), users
+    health = ("http://127.0.0.1:8000/health", "http://127.0.0.1:8081/", "http://127.0.0.1:8090/api/token/health",
+              "http://127.0.0.1:8091/health")
+    ssh(env, " && ".join(f"curl -fsS -o /dev/null --max-time 5 {url}" for url in health))
+    total = ssh(env, f"ps -u {agent.USER} -o rss= | awk '{{s+=$1}} END {{print int(s/1024)}}'")
+    print(f"agent services idle: {total.strip()} MiB resident")
 
 
 def test_second_converge_changes_nothing(env):

@@ -19,11 +19,14 @@ SERVICES: dict[str, Role | None] = {
     "unattended-upgrades.service": None,  # timesyncd: see test_host_06 (containers skip it by design)
     "livekit.service": Role.LIVEKIT, "caddy.service": Role.LIVEKIT, "coturn.service": Role.TURN,
     "redis-server.service": Role.REDIS,
+    "voicestack-speech.service": Role.AGENT, "voicestack-agent.service": Role.AGENT,
+    "voicestack-token.service": Role.AGENT, "voicestack-webhooks.service": Role.AGENT,
 }
 SECRET_FILES = [  # path, owner, group, allowed modes
     ("/etc/livekit/keys.yaml", "livekit", "livekit", {0o600}),
     ("/etc/livekit/turn-secret", "livekit", "livekit", {0o600}),
     ("/etc/turnserver.conf", "root", "turnserver", {0o640, 0o600}),
+    ("/etc/voicestack/agent.env", "root", "root", {0o600}),
 ]
 WILDCARD = {"0.0.0.0", "::", "*", "[::]"}
 

@@ -1,0 +1,252 @@
+"""Agent services: the offline speech server, the livekit-agents worker, the token endpoint and
+the webhook receiver, from one venv built from the pinned agent/requirements.txt.
+
+Layout on a node with Role.AGENT:
+  /opt/voicestack/agent/requirements.txt   the pinned requirements (uploaded)
+  /opt/voicestack/agent/venv               python3 -m venv; pip runs only when the requirements'
+                                           sha256 differs from venv/.requirements.sha256
+  /opt/voicestack/agent/app/agent/         agent/*.py and agent/speech/*.py (no tests)
+  /opt/voicestack/agent/app/.code.sha256   digest of the uploaded code (a restart input)
+  /etc/voicestack/agent.env                every setting and secret, 0600 root (systemd reads it)
+  /etc/systemd/system/voicestack-{speech,agent,token,webhooks}.service   User=voicestack, sandboxed
+
+A service restarts when its env file, unit, venv stamp or code stamp is newer than its start
+(_ops.service_current), so a second converge changes nothing and an interrupted one still
+restarts next time. The task ends with every service answering its health endpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import shlex
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pyinfra import host
+from pyinfra.api import deploy, operation
+from pyinfra.facts.files import File, FileContents, FindFiles
+from pyinfra.operations import files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from deploy.inventory import InventoryError, NodeVars
+from deploy.tasks._ops import install_packages, put_rendered, service_current
+from infra.spec import Role
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = ROOT / "agent"
+REQUIREMENTS_SRC = SOURCE / "requirements.txt"
+
+USER = "voicestack"
+HOME = "/var/lib/voicestack"
+OPT = "/opt/voicestack/agent"
+REQUIREMENTS = f"{OPT}/requirements.txt"
+VENV = f"{OPT}/venv"
+PYTHON = f"{VENV}/bin/python"
+VENV_STAMP = f"{VENV}/.requirements.sha256"
+APP = f"{OPT}/app"
+CODE_DIR = f"{APP}/agent"
+CODE_STAMP = f"{APP}/.code.sha256"
+CONF_DIR = "/etc/voicestack"
+ENV_FILE = f"{CONF_DIR}/agent.env"
+ENV_MODE = "600"         # secrets inside; systemd reads EnvironmentFile= as root
+CACHE_NAME = "voicestack-agent"   # CacheDirectory=: /var/cache/voicestack-agent, owned by the service user
+CACHE_DIR = f"/var/cache/{CACHE_NAME}"
+UNIT_DIR = "/etc/systemd/system"
+DRAIN_SECONDS = 60       # AGENT_DRAIN_TIMEOUT: running conversations get this long on SIGTERM
+STOP_GRACE_SECONDS = 30  # systemd waits drain + this before SIGKILL
+READY_SECONDS = 180      # a cold start (imports, model load) on a 2-core node takes ~20 s
+
+# unit name (without .service) -> (module, description)
+SERVICES = {
+    "voicestack-speech": ("agent.speech_server", "voicestack offline speech server (STT, TTS, responder)"),
+    "voicestack-agent": ("agent.worker", "voicestack voice-agent worker (livekit-agents)"),
+    "voicestack-token": ("agent.token_service", "voicestack token endpoint (behind Caddy)"),
+    "voicestack-webhooks": ("agent.webhooks", "voicestack LiveKit webhook receiver"),
+}
+_SAFE_VALUE = re.compile(r"^[^\s\"'\\$`]*$")
+
+
+def code_files() -> list[Path]:
+    """The agent package as deployed: agent/*.py and agent/speech/*.py, sorted (no tests, no caches)."""
+    return sorted(SOURCE.glob("*.py")) + sorted((SOURCE / "speech").glob("*.py"))
+
+
+def code_digest(paths: list[Path] | None = None) -> str:
+    """sha256 over the deployed files' relative names and contents (changes when any file does)."""
+    h = hashlib.sha256()
+    for p in paths if paths is not None else code_files():
+        h.update(p.relative_to(SOURCE).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def requirements_sha256() -> str:
+    return hashlib.sha256(REQUIREMENTS_SRC.read_bytes()).hexdigest()
+
+
+def agent_env(vs: NodeVars) -> dict[str, str]:
+    """Every variable of /etc/voicestack/agent.env, in file order (pure: the task and the tests)."""
+    spec, cfg, sec = vs.spec, vs.cfg, vs.secrets
+    if not sec.token_key:
+        raise InventoryError("the outputs have no token_key; the token endpoint needs it (re-run the provisioner)")
+    speech, health, token, hooks = (spec.port(n) for n in ("speech", "agent-health", "token", "webhooks"))
+    env = {
+        # The worker talks to the LiveKit of its own node; browsers get the public URL from the token service.
+        "LIVEKIT_URL": f"ws://127.0.0.1:{spec.port('livekit-http').start}",
+        "LIVEKIT_WS_URL": spec.livekit_url,
+        "LIVEKIT_API_KEY": sec.api_key,
+        "LIVEKIT_API_SECRET": sec.api_secret,
+        "TOKEN_KEY": sec.token_key,
+        "AGENT_NAME": cfg.agent_name,
+        "STT_BASE_URL": cfg.stt_url,
+        "LLM_BASE_URL": cfg.llm_url,
+        "TTS_BASE_URL": cfg.tts_url,
+        "SPEECH_HOST": vs.bind_address(speech.scope),
+        "SPEECH_PORT": str(speech.start),
+        "AGENT_HEALTH_HOST": vs.bind_address(health.scope),
+        "AGENT_HEALTH_PORT": str(health.start),
+        # agentWorkers: warm job processes kept ready per node (each holds a VAD, ~100 MB).
+        "AGENT_NUM_IDLE_PROCESSES": str(cfg.agent_workers),
+        "AGENT_DRAIN_TIMEOUT": str(DRAIN_SECONDS),
+        "TOKEN_HOST": vs.bind_address(token.scope),
+        "TOKEN_PORT": str(token.start),
+        "WEBHOOK_HOST": vs.bind_address(hooks.scope),
+        "WEBHOOK_PORT": str(hooks.start),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": f"{CACHE_DIR}/huggingface",
+        "XDG_CACHE_HOME": CACHE_DIR,
+        "HOME": CACHE_DIR,
+        "PYTHONPATH": APP,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for key, value in env.items():
+        if not _SAFE_VALUE.match(value):
+            raise InventoryError(f"{key} contains whitespace, quotes, '$' or '\\'; systemd's EnvironmentFile "
+                                 "would not read it back verbatim")
+    return env
+
+
+def agent_vars(vs: NodeVars) -> dict:
+    """Template variables of agent.env and the four units (pure: used by the task and the tests)."""
+    spec = vs.spec
+    health_urls = {
+        "voicestack-speech": f"http://127.0.0.1:{spec.port('speech').start}/health",
+        "voicestack-agent": f"http://127.0.0.1:{spec.port('agent-health').start}/",
+        "voicestack-token": f"http://127.0.0.1:{spec.port('token').start}/api/token/health",
+        "voicestack-webhooks": f"http://127.0.0.1:{spec.port('webhooks').start}/health",
+    }
+    return {
+        "env": agent_env(vs),
+        "env_name": spec.env,
+        "env_file": ENV_FILE,
+        "user": USER,
+        "python": PYTHON,
+        "app": APP,
+        "cache_name": CACHE_NAME,
+        "drain_seconds": DRAIN_SECONDS,
+        "stop_timeout": DRAIN_SECONDS + STOP_GRACE_SECONDS,
+        "with_livekit": vs.node.has(Role.LIVEKIT),
+        "services": {name: {"module": mod, "description": desc, "health_url": health_urls[name]}
+                     for name, (mod, desc) in SERVICES.items()},
+    }
+
+
+@operation()
+def pip_requirements(venv: str, requirements: str, sha256: str, index_url: str | None = None):
+    """
+    Create the venv if needed and pip-install the requirements, unless the venv's stamp says it
+    already holds exactly these requirements (their sha256). The stamp is written last.
+
+    + venv: e.g. "/opt/voicestack/agent/venv"
+    + requirements: the uploaded requirements file on the node
+    + sha256: the requirements file's sha256 (the stamp's content)
+    + index_url: pip --index-url (local wheelhouse); None: pip's default index
+    """
+    stamp = f"{venv}/.requirements.sha256"
+    have = host.get_fact(FileContents, path=stamp)
+    if have and have[0].strip() == sha256 and host.get_fact(File, path=f"{venv}/pyvenv.cfg"):
+        return
+    q = shlex.quote
+    index = f" --index-url {q(index_url)}" if index_url else ""
+    if index_url and index_url.startswith("http://"):
+        # pip ignores plain-HTTP indexes unless told; only the local wheelhouse is one.
+        index += f" --trusted-host {q(urlsplit(index_url).hostname or '')}"
+    yield (f"[ -x {q(venv)}/bin/python ] || python3 -m venv {q(venv)} || exit 1; rm -f {q(stamp)}; "
+           f"{q(venv)}/bin/pip install --disable-pip-version-check --no-input --no-cache-dir --progress-bar off"
+           f"{index} -r {q(requirements)} || exit 1; "
+           f"echo {q(sha256)} > {q(stamp)}.new && mv -f {q(stamp)}.new {q(stamp)}")
+
+
+@operation()
+def prune_files(directory: str, keep: tuple[str, ...], pattern: str = "*.py"):
+    """
+    Remove files matching `pattern` under `directory` that are not in `keep` (left from older code).
+
+    + directory: e.g. "/opt/voicestack/agent/app/agent"
+    + keep: absolute paths that stay
+    """
+    found = host.get_fact(FindFiles, path=directory, fname=pattern) or []
+    stale = sorted(set(found) - set(keep))
+    if stale:
+        yield "rm -f " + " ".join(shlex.quote(p) for p in stale)
+
+
+def _wait_command(services: dict) -> str:
+    """Poll every health URL until it answers or the deadline passes (then print the journals)."""
+    q = shlex.quote
+    checks = " ".join(f"{name}={q(s['health_url'])}" for name, s in services.items())
+    return (
+        f"end=$(( $(date +%s) + {READY_SECONDS} )); "
+        f"for pair in {checks}; do unit=${{pair%%=*}}; url=${{pair#*=}}; "
+        'until curl -fsS -o /dev/null --max-time 5 "$url"; do '
+        'if [ "$(date +%s)" -ge "$end" ]; then '
+        f'echo "$unit did not answer on $url within {READY_SECONDS}s" >&2; '
+        'systemctl status --no-pager -n 0 "$unit" >&2; journalctl -u "$unit" -n 30 --no-pager >&2; exit 1; fi; '
+        "sleep 1; done; done"
+    )
+
+
+@deploy("Install and run the agent services")
+def agent():
+    vs: NodeVars = host.data.vs
+    v = agent_vars(vs)
+
+    install_packages(["python3-venv"], block_starts=False, name="Install python3-venv")
+    server.group(name=f"Create the {USER} group", group=USER, system=True)
+    server.user(name=f"Create the {USER} user", user=USER, group=USER, system=True, home=HOME,
+                shell="/usr/sbin/nologin", create_home=False)
+
+    for path in (OPT, APP, CODE_DIR, f"{CODE_DIR}/speech"):
+        files.directory(name=f"Create {path}", path=path, user="root", group="root", mode="755")
+    files.put(name=f"Upload {REQUIREMENTS}", src=str(REQUIREMENTS_SRC), dest=REQUIREMENTS, mode="644")
+    pip_requirements(name=f"Install the pinned requirements into {VENV}", venv=VENV, requirements=REQUIREMENTS,
+                     sha256=requirements_sha256(), index_url=vs.pip_index)
+
+    code = code_files()
+    dests = tuple(f"{CODE_DIR}/{p.relative_to(SOURCE).as_posix()}" for p in code)
+    for src, dest in zip(code, dests):
+        files.put(name=f"Upload {dest}", src=str(src), dest=dest, mode="644")
+    prune_files(name=f"Remove stale modules under {CODE_DIR}", directory=CODE_DIR, keep=dests)
+    # Written after the code: its change (or an interrupted run) restarts the services.
+    files.put(name=f"Record the code digest in {CODE_STAMP}", src=io.StringIO(code_digest(code) + "\n"),
+              dest=CODE_STAMP, mode="644")
+
+    files.directory(name=f"Create {CONF_DIR}", path=CONF_DIR, user="root", group="root", mode="755")
+    put_rendered(name=f"Render {ENV_FILE}", service="agent", template="agent.env.j2", dest=ENV_FILE,
+                 user="root", group="root", mode=ENV_MODE, variables=v)
+    units = [put_rendered(name=f"Render {UNIT_DIR}/{name}.service", service="agent",
+                          template=f"{name}.service.j2", dest=f"{UNIT_DIR}/{name}.service", mode="644",
+                          variables={**v, "service": v["services"][name], "name": name})
+             for name in SERVICES]
+    systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*units))
+
+    restarts = []
+    for name in SERVICES:   # speech before the worker that uses it
+        unit = f"{name}.service"
+        restarts.append(service_current(
+            name=f"Restart {name} if its code, venv, settings or unit changed", service=unit,
+            paths=(f"{UNIT_DIR}/{unit}", ENV_FILE, VENV_STAMP, CODE_STAMP)))
+        systemd.service(name=f"Enable {name}", service=unit, enabled=True)
+    server.shell(name="Wait for the speech server, worker, token and webhook endpoints to answer",
+                 commands=[_wait_command(v["services"])], _if=any_changed(*restarts))

@@ -1,0 +1,166 @@
+"""The agent task renders its env file and units from the spec; secrets only ever go to the 0600 env file."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from deploy.inventory import InventoryError, node_vars
+from deploy.render import render
+from deploy.tasks import agent, livekit
+from infra.spec import Role, Scope
+from tests.unit.test_deploy_templates import SECRET, TURN_SECRET, _Anything, _Changed, _Host, outputs_for, spec_of
+
+TOKEN_KEY = "k" * 40
+UNITS = tuple(agent.SERVICES)
+
+
+def node(nodes: int = 1, name: str = "node-1", **changes):
+    spec = spec_of(nodes, **changes)
+    out = dataclasses.replace(outputs_for(spec), token_key=TOKEN_KEY)
+    return spec, node_vars(out, spec)[name]
+
+
+def env_lines(vs) -> dict[str, str]:
+    text = render("agent", "agent.env.j2", agent.agent_vars(vs))
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def units(vs) -> dict[str, str]:
+    v = agent.agent_vars(vs)
+    return {name: render("agent", f"{name}.service.j2", {**v, "service": v["services"][name], "name": name})
+            for name in UNITS}
+
+
+def test_spec_has_a_loopback_webhooks_port_for_agent_nodes() -> None:
+    spec = spec_of()
+    p = spec.port("webhooks")
+    assert (p.start, p.protocol, p.scope, p.service, p.role) == (8091, "tcp", Scope.LOOPBACK, "agent", Role.AGENT)
+    assert p in spec.closed_ports() and p not in spec.public_ports()
+
+
+def test_env_file_takes_ports_and_urls_from_the_spec() -> None:
+    spec, vs = node()
+    env = env_lines(vs)
+    assert env["LIVEKIT_URL"] == f"ws://127.0.0.1:{spec.port('livekit-http').start}"
+    assert env["LIVEKIT_WS_URL"] == spec.livekit_url == "wss://livekit.example.test"
+    assert env["SPEECH_PORT"] == str(spec.port("speech").start)
+    assert env["AGENT_HEALTH_PORT"] == str(spec.port("agent-health").start)
+    assert env["TOKEN_PORT"] == str(spec.port("token").start)
+    assert env["WEBHOOK_PORT"] == str(spec.port("webhooks").start)
+    for key in ("SPEECH_HOST", "AGENT_HEALTH_HOST", "TOKEN_HOST", "WEBHOOK_HOST"):
+        assert env[key] == "127.0.0.1", key
+    for key in ("STT_BASE_URL", "LLM_BASE_URL", "TTS_BASE_URL"):
+        assert env[key] == "http://127.0.0.1:8000/v1", key
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert env["AGENT_DRAIN_TIMEOUT"] == str(agent.DRAIN_SECONDS)
+    assert (env["LIVEKIT_API_KEY"], env["LIVEKIT_API_SECRET"], env["TOKEN_KEY"]) == ("APIkey", SECRET, TOKEN_KEY)
+    assert TURN_SECRET not in "".join(env.values())
+
+
+def test_env_file_follows_config_changes() -> None:
+    _, vs = node(livekitHttpPort=17880, sttUrl="https://stt.example.net/v1", llmUrl="http://10.0.0.5:11434/v1",
+                 agentName="concierge", agentWorkers=3)
+    env = env_lines(vs)
+    assert env["LIVEKIT_URL"] == "ws://127.0.0.1:17880"
+    assert env["STT_BASE_URL"] == "https://stt.example.net/v1"
+    assert env["LLM_BASE_URL"] == "http://10.0.0.5:11434/v1"
+    assert env["TTS_BASE_URL"] == "http://127.0.0.1:8000/v1"
+    assert env["AGENT_NAME"] == "concierge"
+    assert env["AGENT_NUM_IDLE_PROCESSES"] == "3"
+
+
+def test_worker_connects_to_its_own_nodes_livekit_in_a_cluster() -> None:
+    spec, vs = node(3, "node-2")
+    assert env_lines(vs)["LIVEKIT_URL"] == f"ws://127.0.0.1:{spec.port('livekit-http').start}"
+
+
+def test_missing_token_key_refuses_to_deploy() -> None:
+    spec = spec_of()
+    vs = node_vars(outputs_for(spec), spec)["node-1"]
+    with pytest.raises(InventoryError, match="token_key"):
+        agent.agent_vars(vs)
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_units_are_sandboxed_and_hold_no_secrets(name: str) -> None:
+    _, vs = node()
+    unit = units(vs)[name]
+    for line in ("User=voicestack\n", f"EnvironmentFile={agent.ENV_FILE}\n", "Restart=on-failure\n",
+                 "NoNewPrivileges=yes\n", "ProtectSystem=strict\n", "ProtectHome=yes\n", "PrivateTmp=yes\n",
+                 "CapabilityBoundingSet=\n", f"CacheDirectory={agent.CACHE_NAME}\n",
+                 f"ExecStart={agent.PYTHON} -m {agent.SERVICES[name][0]}\n", "WantedBy=multi-user.target"):
+        assert line in unit, line
+    assert "ReadWritePaths" not in unit and "Environment=" not in unit.replace("EnvironmentFile=", "")
+    for secret in (SECRET, TOKEN_KEY, TURN_SECRET, "APIkey"):
+        assert secret not in unit
+
+
+def test_worker_unit_waits_for_speech_and_livekit_and_drains() -> None:
+    _, vs = node()
+    unit = units(vs)["voicestack-agent"]
+    after = re.search(r"^After=(.*)$", unit, re.M).group(1).split()
+    wants = re.search(r"^Wants=(.*)$", unit, re.M).group(1).split()
+    for dep in ("voicestack-speech.service", "livekit.service"):
+        assert dep in after and dep in wants
+    assert "KillSignal=SIGTERM\n" in unit and "KillMode=mixed\n" in unit
+    stop = int(re.search(r"TimeoutStopSec=(\d+)", unit).group(1))
+    assert stop > int(env_lines(vs)["AGENT_DRAIN_TIMEOUT"])
+
+
+def test_livekit_posts_webhooks_to_the_local_receiver_and_the_spec_urls() -> None:
+    spec, vs = node(webhookUrls=["https://n8n.example.net/webhook/lk"])
+    lk = render("livekit", "livekit.yaml.j2", livekit.livekit_vars(vs))
+    assert (f"webhook:\n  api_key: APIkey\n  urls:\n    - http://127.0.0.1:{spec.port('webhooks').start}/webhook\n"
+            "    - https://n8n.example.net/webhook/lk\n") in lk
+
+
+def test_caddy_proxies_the_token_path_to_the_token_port() -> None:
+    from deploy.tasks import caddy
+    spec, vs = node()
+    text = render("caddy", "Caddyfile.j2", caddy.caddy_vars(vs))
+    assert f"handle /api/token* {{\n\t\treverse_proxy 127.0.0.1:{spec.port('token').start}\n" in text
+
+
+def test_readiness_waits_for_every_health_endpoint_with_a_deadline() -> None:
+    spec, vs = node()
+    cmd = agent._wait_command(agent.agent_vars(vs)["services"])
+    for url in (f"http://127.0.0.1:{spec.port('speech').start}/health",
+                f"http://127.0.0.1:{spec.port('agent-health').start}/",
+                f"http://127.0.0.1:{spec.port('token').start}/api/token/health",
+                f"http://127.0.0.1:{spec.port('webhooks').start}/health"):
+        assert url in cmd
+    assert f"+ {agent.READY_SECONDS} ))" in cmd and "--max-time" in cmd
+
+
+def test_only_the_agent_package_is_deployed() -> None:
+    names = [p.relative_to(agent.SOURCE).as_posix() for p in agent.code_files()]
+    assert "worker.py" in names and "speech/stt.py" in names and "__init__.py" in names
+    assert all(n.endswith(".py") and "test" not in n and "__pycache__" not in n for n in names)
+    assert agent.code_digest() == agent.code_digest() and len(agent.code_digest()) == 64
+
+
+def test_env_file_is_written_owner_only_and_pip_uses_the_local_index(monkeypatch) -> None:
+    calls, pips = [], []
+    monkeypatch.setattr(agent, "put_rendered", lambda **kw: calls.append(kw) or _Changed())
+    monkeypatch.setattr(agent, "pip_requirements", lambda **kw: pips.append(kw) or _Changed())
+    for name in ("files", "systemd", "server"):
+        monkeypatch.setattr(agent, name, _Anything())
+    for name in ("install_packages", "service_current", "prune_files"):
+        monkeypatch.setattr(agent, name, lambda *a, **kw: _Changed())
+    monkeypatch.setattr(agent, "any_changed", lambda *ops: (lambda: True))
+    spec = spec_of()
+    out = dataclasses.replace(outputs_for(spec, pip_index="http://198.18.0.1:8808/simple/"), token_key=TOKEN_KEY)
+    vs = node_vars(out, spec)["node-1"]
+    monkeypatch.setattr(agent, "host", _Host(vs))
+    body = next(c.cell_contents for c in agent.agent.__closure__ or ()
+                if getattr(c.cell_contents, "__name__", "") == "agent")
+    body()
+    by_dest = {c["dest"]: c for c in calls}
+    env = by_dest[agent.ENV_FILE]
+    assert (env["mode"], env["user"], env["group"]) == ("600", "root", "root")
+    for name in UNITS:
+        assert by_dest[f"/etc/systemd/system/{name}.service"]["mode"] == "644"
+    assert pips[0]["index_url"] == "http://198.18.0.1:8808/simple/"
+    assert pips[0]["sha256"] == agent.requirements_sha256()
