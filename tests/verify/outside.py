@@ -78,6 +78,28 @@ def https_get(url: str, cafile: str | None, timeout: float = 5.0) -> dict[str, A
         return {"status": None, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def http_post(url: str, body: Any, cafile: str | None, bearer: str | None = None,
+              timeout: float = 10.0) -> dict[str, Any]:
+    """POST JSON; returns status and the JSON (or text) body."""
+    headers = {"Content-Type": "application/json"}
+    if bearer is not None:
+        headers["Authorization"] = f"Bearer {bearer}"
+    data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    ctx = ssl.create_default_context(cafile=cafile)
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except (OSError, ssl.SSLError) as exc:
+        return {"status": None, "error": f"{type(exc).__name__}: {exc}"}
+    try:
+        return {"status": status, "json": json.loads(raw)}
+    except ValueError:
+        return {"status": status, "text": raw[:300].decode(errors="replace")}
+
+
 def turn(host: str, port: int, username: str, password: str, transport: str, server_name: str | None,
          cafile: str | None, peers: list[str]) -> dict[str, Any]:
     try:
@@ -113,7 +135,7 @@ def resolve(name: str, server: str | None) -> dict[str, Any]:
         return {"a": [], "error": f"{type(exc).__name__}: {exc}"}
 
 
-PROBES = {"tcp": tcp, "udp_echo": udp_echo, "stun": stun, "tls": tls, "https_get": https_get, "turn": turn, "resolve": resolve}
+PROBES = {"tcp": tcp, "udp_echo": udp_echo, "stun": stun, "tls": tls, "https_get": https_get, "http_post": http_post, "turn": turn, "resolve": resolve}
 
 
 def main() -> int:

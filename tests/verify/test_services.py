@@ -1,0 +1,74 @@
+"""The agent-facing services from the outside: the token endpoint and the admin API."""
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from livekit import api
+
+from agent.tokens import mint
+from infra.outputs import Outputs
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT_PY = ROOT / ".venv-agent" / "bin" / "python"
+
+
+def test_token_01_endpoint_returns_the_seed_shape(outputs: Outputs, probe, cafile) -> None:
+    got = probe("http_post", url=outputs.token_endpoint, body={"identity": "verify-user", "name": "Verify"},
+                cafile=cafile, bearer=outputs.token_key)
+    assert got["status"] == 200, (f"POST {outputs.token_endpoint} answered {got.get('status')} "
+                                  f"{got.get('json') or got.get('text') or got.get('error')}: "
+                                  "check voicestack-token and Caddy's /api/token route")
+    body = got["json"]
+    assert set(body) >= {"token", "wsUrl", "room"} and body["wsUrl"] == outputs.livekit_url
+    claims = api.TokenVerifier(outputs.api_key, outputs.api_secret).verify(body["token"])
+    assert claims.identity == "verify-user" and claims.video.room == body["room"]
+    assert claims.video.can_publish and claims.video.can_subscribe and not claims.video.room_admin
+
+
+def test_token_02_endpoint_refuses_bad_key_and_bad_input(outputs: Outputs, probe, cafile) -> None:
+    wrong = probe("http_post", url=outputs.token_endpoint, body={"identity": "u", "name": "U"}, cafile=cafile,
+                  bearer="not-the-key")
+    assert wrong["status"] == 401 and "error" in wrong.get("json", {}), f"a wrong bearer key got {wrong}"
+    bad = probe("http_post", url=outputs.token_endpoint, body={"identity": "no spaces allowed", "name": "U"},
+                cafile=cafile, bearer=outputs.token_key)
+    assert bad["status"] in (400, 422) and "error" in bad.get("json", {}), f"an invalid identity got {bad}"
+
+
+def _admin(outputs: Outputs, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "agent.admin", "--env", outputs.env, "--json", *args]
+    if outputs.client_netns:
+        argv = ["ip", "netns", "exec", outputs.client_netns, *argv]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_admin_01_lists_the_room_with_client_and_agent(outputs: Outputs) -> None:
+    """While a client talks to the agent, the admin CLI sees both in the room (LiveKit's Twirp API)."""
+    room = f"verify-admin-{secrets.token_hex(4)}"
+    token = mint(outputs.api_key, outputs.api_secret, "verify-admin-client", room, preset="speaker", ttl=600)
+    args = {"url": outputs.livekit_url, "tokens": [token], "ca_bundle": outputs.ca_bundle, "timeout": 60}
+    argv = [str(AGENT_PY), "-m", "tests.verify.roundtrip_client", json.dumps(args)]
+    if outputs.client_netns:
+        argv = ["ip", "netns", "exec", outputs.client_netns, *argv]
+    client = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[dict] = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and client.poll() is None:
+            proc = _admin(outputs, "participants", room)
+            if proc.returncode == 0 and proc.stdout.strip():
+                seen = json.loads(proc.stdout)
+                kinds = {p.get("kind", "STANDARD") for p in seen}
+                if any(p["identity"] == "verify-admin-client" for p in seen) and "AGENT" in kinds:
+                    break
+            time.sleep(0.5)  # poll interval of a deadline loop, not a readiness guess
+        rooms = _admin(outputs, "rooms")
+    finally:
+        client.wait(timeout=180)
+    assert any(p["identity"] == "verify-admin-client" for p in seen), f"admin CLI never saw the client: {seen}"
+    assert any(p.get("kind") == "AGENT" for p in seen), f"admin CLI never saw the agent in {room}: {seen}"
+    assert rooms.returncode == 0 and any(r["name"] == room for r in json.loads(rooms.stdout)), rooms.stdout
