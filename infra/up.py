@@ -6,6 +6,7 @@ otherwise a local environment of that name (machines on this host).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -36,6 +37,7 @@ def deploy(env: str) -> None:
 
 
 def verify(env: str) -> None:
+    (ROOT / ".stack" / env / "roundtrip.json").unlink(missing_ok=True)  # only this run's results
     command([PYTHON, "-m", "pytest", "tests/verify", f"--env={env}", "-q", "-p", "no:cacheprovider"])
 
 
@@ -48,6 +50,10 @@ def summary(env: str, p: Progress) -> None:
     print(f"  token endpoint:  {out.token_endpoint}")
     print(f"  TURN:            {out.turn_domain}")
     print(f"  test token:      {token.strip()}")
+    trips = ROOT / ".stack" / env / "roundtrip.json"
+    if trips.is_file():
+        for condition, r in json.loads(trips.read_text()).items():
+            print(f"  round trip [{condition}]: agent answered {r['answer']!r} in {r['latency_s']}s (voice to voice)")
     if out.client_netns:
         print(f"  try it:          ip netns exec {out.client_netns} curl --cacert {out.ca_bundle} "
               f"https://{out.livekit_domain}/")

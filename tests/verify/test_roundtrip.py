@@ -40,6 +40,14 @@ def round_trips(outputs: Outputs, count: int, condition: str, timeout: float = 6
     return json.loads(proc.stdout.strip().splitlines()[-1])["results"]
 
 
+def _record(env: str, condition: str, result: dict) -> None:
+    """Keep the last round trip per condition for `make up`'s summary."""
+    path = ROOT / ".stack" / env / "roundtrip.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[condition] = {"latency_s": round(result["latency_s"], 2), "answer": result["answer"]}
+    path.write_text(json.dumps(data, indent=2))
+
+
 @pytest.mark.parametrize("condition", list(netcond.RULES))
 def test_voice_01_spoken_round_trip(outputs: Outputs, condition: str) -> None:
     if condition != "normal" and not outputs.client_netns:
@@ -53,5 +61,6 @@ def test_voice_01_spoken_round_trip(outputs: Outputs, condition: str) -> None:
     assert "voice assistant" in result["greeting"].lower(), f"greeting heard as {result['greeting']!r}"
     assert "turned on the lights" in result["answer"].lower(), (
         f"answer heard as {result['answer']!r}: the agent misunderstood or its speech is garbled")
+    _record(outputs.env, condition, result)
     print(f"\n[{condition}] voice-to-voice latency {result['latency_s']:.2f}s, agent joined in "
           f"{result['agent_join_s']:.2f}s")
