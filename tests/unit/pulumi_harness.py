@@ -8,6 +8,7 @@ is the program's own input, recorded as the engine would see it (camelCase wire 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import ipaddress
 import json
@@ -45,8 +46,14 @@ class CloudMocks(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.registered: list[Registered] = []
         self.by_id: dict[str, dict[str, Any]] = {}
+        # Pulumi calls the mocks from executor threads: ids must be handed out atomically.
+        self._lock = threading.Lock()
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        with self._lock:
+            return self._new_resource(args)
+
+    def _new_resource(self, args: pulumi.runtime.MockResourceArgs):
         n = len(self.registered) + 1
         rid = str(1000 + n)
         state = dict(args.inputs)
