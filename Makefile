@@ -9,15 +9,20 @@ VENV_STAMP := .venv/.installed
 APY := .venv-agent/bin/python
 AGENT_STAMP := .venv-agent/.installed
 
-.PHONY: help up down deploy verify validate preflight test test-unit test-e2e bench token deps venv
+# Optional stack file for up/down (default Pulumi.$(ENV).yaml, else the built-in local defaults).
+CONFIG_ARG = $(if $(CONFIG),--config "$(CONFIG)")
+ROOM ?= voice-test
+USER_ID ?=
+
+.PHONY: help up down deploy verify validate preflight test test-unit test-e2e lint bench token deps venv
 
 help:
-	@echo "make up [ENV=local|<stack>]   provision, deploy and verify an environment"
+	@echo "make up [ENV=local|<stack>] [CONFIG=<stack file>]   validate, provision, deploy, verify, summary"
 	@echo "make down [ENV=...]           remove it"
 	@echo "make deploy|verify|preflight  one step on its own, against .stack/\$$ENV/outputs.json"
 	@echo "make validate CONFIG=Pulumi.<stack>.yaml   check a stack file, create nothing"
-	@echo "make token [ROOM=.. USER=..]  mint a LiveKit token"
-	@echo "make test                     everything CI runs"
+	@echo "make token [ROOM=voice-test] [USER_ID=..]  mint a LiveKit token"
+	@echo "make test                     everything CI runs (lint, unit, e2e)"
 	@echo "make bench                    benchmarks (print figures)"
 
 venv: $(VENV_STAMP) $(AGENT_STAMP)
@@ -41,13 +46,13 @@ validate: $(VENV_STAMP)
 	@$(PY) -m infra.validate "$(CONFIG)"
 
 token: $(VENV_STAMP)
-	@ENV=$(ENV) scripts/generate_livekit_token.sh $(ROOM) $(USER_ID)
+	@ENV=$(ENV) scripts/generate_livekit_token.sh "$(ROOM)" $(USER_ID)
 
 up: $(VENV_STAMP) $(AGENT_STAMP) deps
-	@$(PY) -m infra.up --env $(ENV)
+	@$(PY) -m infra.up --env $(ENV) $(CONFIG_ARG)
 
 down: $(VENV_STAMP)
-	@$(PY) -m infra.down --env $(ENV)
+	@$(PY) -m infra.down --env $(ENV) $(CONFIG_ARG)
 
 deploy: $(VENV_STAMP)
 	@$(PY) -m deploy --env $(ENV)
@@ -56,7 +61,11 @@ verify: $(VENV_STAMP) $(AGENT_STAMP)
 	@$(PY) -m pytest tests/verify --env=$(ENV) -p no:cacheprovider
 
 preflight: $(VENV_STAMP)
-	@$(PY) -m tests.verify.preflight --env $(ENV)
+	@$(PY) -m infra.preflight --env $(ENV)
+
+# ruff (pinned in requirements.txt) over the whole tree; import cycles are a unit test.
+lint: $(VENV_STAMP)
+	@$(PY) -m ruff check .
 
 test-unit: $(VENV_STAMP) $(AGENT_STAMP)
 	@$(PY) -m pytest tests/unit --ignore-glob='tests/unit/test_agent_*'
@@ -66,7 +75,7 @@ test-unit: $(VENV_STAMP) $(AGENT_STAMP)
 test-e2e: $(VENV_STAMP) deps
 	@$(PY) -m pytest tests/e2e
 
-test: deps test-unit test-e2e
+test: deps lint test-unit test-e2e
 
 # Figures, not pass/fail: provisioning, speech backends, deploy/verify/voice-to-voice latency.
 bench: $(VENV_STAMP) $(AGENT_STAMP) deps

@@ -17,7 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from infra import up as pipeline  # noqa: E402
 from infra.local import down, image, machines, up  # noqa: E402
+from infra.steps import Progress  # noqa: E402
 
 
 def timed(fn):
@@ -35,18 +37,19 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 1
-    quiet = lambda _m: None  # noqa: E731
+    quiet = Progress.quiet()
     image_cached = (image.path() / "etc" / "voicestack-image").exists()
-    down.down(args.env, print_fn=quiet)
+    down.down(args.env, quiet)
+    spec = pipeline.load(args.env, None, nodeCount=args.nodes)
 
-    ctx, cold = timed(lambda: up.up(args.env, args.nodes, print_fn=quiet))
+    ctx, cold = timed(lambda: up.up(spec, quiet))
     cold_boot = dict(ctx.boot_s)
-    _, warm = timed(lambda: up.up(args.env, args.nodes, print_fn=quiet))
+    _, warm = timed(lambda: up.up(spec, quiet))
     _, stop = timed(lambda: machines.stop(ctx.names))
-    ctx2, reboot = timed(lambda: up.up(args.env, args.nodes, print_fn=quiet))
+    ctx2, reboot = timed(lambda: up.up(spec, quiet))
     teardown = 0.0
     if not args.keep:
-        _, teardown = timed(lambda: down.down(args.env, print_fn=quiet))
+        _, teardown = timed(lambda: down.down(args.env, quiet))
 
     rows = [
         ("nodes", f"{args.nodes}"),

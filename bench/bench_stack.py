@@ -20,9 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from infra import outputs as outputs_mod  # noqa: E402
+from infra import up as pipeline  # noqa: E402
 from infra.local import down, machines, up  # noqa: E402
-from tests.verify import netcond  # noqa: E402
-from tests.verify.test_roundtrip import round_trips  # noqa: E402
+from infra.probes import netcond  # noqa: E402
+from infra.probes.roundtrip import round_trips  # noqa: E402
+from infra.steps import Progress  # noqa: E402
 
 
 def timed(argv: list[str]) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -53,9 +55,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 1
-    quiet = lambda _m: None  # noqa: E731
-    down.down(args.env, print_fn=quiet)
-    ctx = up.up(args.env, 1, print_fn=quiet)
+    down.down(args.env, Progress.quiet())
+    ctx = up.up(pipeline.load(args.env, None, nodeCount=1), Progress.quiet())
     try:
         proc, first = timed([sys.executable, "-m", "deploy", "--env", args.env])
         if proc.returncode != 0:
@@ -82,7 +83,7 @@ def main() -> int:
                 print(f"voice-to-voice [{condition}]: no successful round trip: {results[0].get('error')}")
     finally:
         if not args.keep:
-            down.down(args.env, print_fn=quiet)
+            down.down(args.env, Progress.quiet())
     return 0
 
 

@@ -1,71 +1,33 @@
 """The deploy's inventory, built from `.stack/<env>/outputs.json` and nothing else.
 
-The outputs name the hosts and hold the secrets; the settings come from the spec, rebuilt the
-way the provisioner built it (`config_file`, or the built-in local defaults when it is "").
-Everything a task needs for one node is gathered into one frozen `NodeVars` (host data key
-`vs`), so tasks and templates never read outputs or config themselves.
-
-Keys read from `outputs.extra` (all optional unless noted):
-  admin_cidrs       list of CIDRs; the operator side, passed to local_defaults (local envs);
-                    without it, operator_ip/32
-  known_hosts       SSH known_hosts file for the nodes (default .stack/<env>/known_hosts)
-  config_overrides  raw project keys merged into the local defaults (local envs only)
-  acme_directory    ACME directory URL; required when acmeCa is "local"
-  acme_ca_root      path on this machine of a PEM the nodes must trust for the ACME server
-  artifacts         {"livekit": {"version", "url", "sha256"}}: overrides the manifest
-  apt_proxy         http://host:port written as the nodes' apt proxy
-  ssh_strict_host_key_checking   "accept-new" (default) | "no" | "yes"
-  pip_index         a Python package index URL the nodes install the agent's wheels from
-                    (local: the host's wheelhouse); without it pip uses its default index
+The outputs carry the derived spec, the hosts and the secrets. Everything a task needs for one
+node is gathered into one frozen `NodeVars`, stored as pyinfra host data under the key `vs`
+(voicestack), so tasks and templates never read outputs or config themselves.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploy import artifacts as artifactsmod
 from infra import config as configmod
 from infra import outputs as outputsmod
-from infra.spec import EnvSpec, Node, Role, Scope, derive
+from infra.secrets import redis_password
+from infra.spec import EnvSpec, Node, Role, Scope
 
-DEPLOY_DIR = Path(__file__).resolve().parent
-MANIFEST = DEPLOY_DIR / "artifacts.json"
-
+#: acmeCa -> ACME directory (acmeCa "local": the environment's own server, from the outputs).
 ACME_DIRECTORIES = {
     "letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",
     "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
 }
-ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}
+#: The host-data key of NodeVars (`host.data.vs` in every task).
+HOST_DATA_KEY = "vs"
 
 
-class InventoryError(Exception):
-    """The outputs or manifest cannot drive a deploy; the message says what to fix."""
-
-
-@dataclass(frozen=True)
-class Artifact:
-    name: str
-    version: str
-    binary: str
-    urls: dict[str, str]                 # arch (amd64|arm64) -> URL
-    sha256: dict[str, str | None]        # arch -> sha256 (None: not pinned)
-
-    def for_arch(self, arch: str) -> tuple[str, str]:
-        """(url, sha256) for a Debian arch, or InventoryError when it is not pinned."""
-        if arch not in self.urls:
-            raise InventoryError(f"artifact {self.name} {self.version} has no build for {arch}; "
-                                 f"known: {', '.join(sorted(self.urls))}")
-        sha = self.sha256.get(arch)
-        if not sha:
-            raise InventoryError(
-                f"artifact {self.name} {self.version} ({arch}) has no sha256 in {MANIFEST.name}; refusing to "
-                f"install an unverified binary — download {self.urls[arch]}, check it against the release's "
-                "checksums and record its sha256 in the manifest")
-        return self.urls[arch], sha
+class DeployInputError(Exception):
+    """The outputs, the manifest or the spec cannot drive a deploy; the message says what to fix."""
 
 
 @dataclass(frozen=True)
@@ -92,23 +54,25 @@ class NodeVars:
     livekit_peers: tuple[str, ...]       # every address a LiveKit node relays from (coturn allow-list)
     redis_address: str | None            # host:port of the cluster's Redis (several nodes)
     acme_directory: str
-    acme_ca_root: str | None             # PEM text the node's Caddy trusts for the ACME server
-    artifacts: dict[str, Artifact]
+    artifacts: dict[str, artifactsmod.Artifact]
     apt_proxy: str | None
     pip_index: str | None = None         # index URL for the agent's venv (None: pip's default)
-    # The LiveKit name points at every LiveKit node, but ACME HTTP-01 reaches only one of them
-    # per validation: the first LiveKit node obtains the certificate, the others relay its
-    # challenges to it (private network) and receive the certificate from the deploy.
-    certificate_node: str = ""
-    certificate_relay: str | None = None   # host:port of the certificate node's HTTP (followers)
-
-    @property
-    def is_certificate_node(self) -> bool:
-        return self.node.name == self.certificate_node
+    #: host:port of the certificate node's HTTP on the private network (its followers relay ACME
+    #: challenges there); None on the certificate node itself and with one node.
+    certificate_relay: str | None = None
 
     @property
     def cfg(self) -> configmod.StackConfig:
         return self.spec.config
+
+    @property
+    def is_certificate_node(self) -> bool:
+        return self.spec.certificate_node == self.node
+
+    @property
+    def serves_turn_name(self) -> bool:
+        """This node answers for the TURN name (DNS points at it), so it holds the TURN certificate."""
+        return self.spec.serves_turn_name(self.node)
 
     def bind_address(self, scope: Scope) -> str:
         """The address a listener of this scope binds on this node."""
@@ -116,167 +80,104 @@ class NodeVars:
             return "127.0.0.1"
         if scope is Scope.PRIVATE:
             if not self.private_ip:
-                raise InventoryError(f"{self.node.name} has no private IP but a private port must bind on it")
+                raise DeployInputError(f"{self.node.name} has no private IP but a private port must bind on it")
             return self.private_ip
         return self.public_ip
 
-    @property
-    def serves_turn_name(self) -> bool:
-        """This node answers for the TURN name (DNS points at it), so it holds the TURN certificate."""
-        record = next(r for r in self.spec.dns_records if r.name == self.cfg.turn_host)
-        return self.node.name in record.nodes
 
-
-def spec_from_outputs(out: outputsmod.Outputs) -> EnvSpec:
-    """Rebuild the spec the provisioner used: its stack file, or the built-in local defaults."""
-    extra = out.extra or {}
-    if out.config_file:
-        _stack, raw = configmod.load_stack_file(out.config_file)
-        cfg = configmod.parse(raw, env=out.env)
-    else:
-        admin = extra.get("admin_cidrs") or ([f"{extra['operator_ip']}/32"] if extra.get("operator_ip") else [])
-        cfg = configmod.local_defaults(out.env, node_count=len(out.nodes), admin_cidrs=tuple(admin),
-                                       **dict(extra.get("config_overrides") or {}))
-    return derive(cfg)
-
-
-def load_manifest(path: Path = MANIFEST) -> dict[str, Artifact]:
-    doc = json.loads(path.read_text())
-    arts = {}
-    for name, entry in doc.items():
-        if name.startswith("_"):
-            continue
-        version = entry["version"]
-        urls = {arch: entry["url"].format(version=version, arch=arch) for arch in entry["sha256"]}
-        arts[name] = Artifact(name, version, entry.get("binary", name), urls, dict(entry["sha256"]))
-    return arts
-
-
-def _artifacts(cfg: configmod.StackConfig, extra: dict[str, Any]) -> dict[str, Artifact]:
-    arts = load_manifest()
-    for name, override in (extra.get("artifacts") or {}).items():
-        base = arts.get(name)
-        version = str(override.get("version") or (base.version if base else ""))
-        binary = base.binary if base else name
-        # A local environment builds one architecture; its URL and sha256 stand for every arch.
-        arts[name] = Artifact(name, version, binary, {a: override["url"] for a in ARCHES.values()},
-                              {a: override.get("sha256") for a in ARCHES.values()})
-    lk = arts.get("livekit")
-    if lk is None or lk.version != cfg.livekit_version:
-        have = lk.version if lk else "none"
-        raise InventoryError(f"livekitVersion is {cfg.livekit_version} but the artifact manifest pins {have}; "
-                             f"add version {cfg.livekit_version} (URL and sha256) to {MANIFEST}")
-    return arts
-
-
-def _acme_directory(cfg: configmod.StackConfig, extra: dict[str, Any]) -> str:
+def _acme_directory(spec: EnvSpec, deploy: outputsmod.DeployInputs) -> str:
+    cfg = spec.config
     if cfg.acme_ca in ACME_DIRECTORIES:
         return ACME_DIRECTORIES[cfg.acme_ca]
     if cfg.acme_ca.startswith("https://"):
         return cfg.acme_ca
-    directory = extra.get("acme_directory")
-    if not directory:
-        raise InventoryError(f"acmeCa is {cfg.acme_ca!r} but the outputs have no extra.acme_directory; "
-                             "re-run the local environment's 'up' so it records its ACME server")
-    return str(directory)
+    if not deploy.acme_directory:
+        raise DeployInputError(f"acmeCa is {cfg.acme_ca!r} but the outputs have no deploy.acme_directory; "
+                               "re-run the local environment's 'up' so it records its ACME server")
+    return deploy.acme_directory
 
 
-def redis_password(api_secret: str) -> str:
-    """Redis' requirepass, derived from the API secret (HMAC), so no extra secret must be stored.
+def _artifacts(spec: EnvSpec, deploy: outputsmod.DeployInputs) -> dict[str, artifactsmod.Artifact]:
+    overrides = {name: artifactsmod.Override(version=o["version"], url=o["url"], sha256=o["sha256"])
+                 for name, o in deploy.artifacts.items()}
+    try:
+        return {"livekit": artifactsmod.resolve("livekit", spec.config.livekit_version, overrides)}
+    except artifactsmod.ArtifactError as exc:
+        raise DeployInputError(str(exc)) from exc
 
-    It rotates with the API secret; nothing outside the deploy needs to know it.
-    """
-    return hmac.new(api_secret.encode(), b"voicestack/redis/requirepass", hashlib.sha256).hexdigest()
 
-
-def node_vars(out: outputsmod.Outputs, spec: EnvSpec | None = None) -> dict[str, NodeVars]:
+def node_vars(out: outputsmod.Outputs) -> dict[str, NodeVars]:
     """NodeVars for every node of the outputs, keyed by node name."""
-    spec = spec or spec_from_outputs(out)
-    extra = out.extra or {}
+    spec = out.spec
     by_name = {n.name: n for n in out.nodes}
-    missing = [n.name for n in spec.nodes if n.name not in by_name]
-    if missing or len(by_name) != len(spec.nodes):
-        raise InventoryError(f"the outputs list nodes {sorted(by_name)} but the spec has "
-                             f"{[n.name for n in spec.nodes]}; re-run the provisioner so they agree")
+    if sorted(by_name) != sorted(n.name for n in spec.nodes):
+        raise DeployInputError(f"the outputs list nodes {sorted(by_name)} but the spec has "
+                               f"{[n.name for n in spec.nodes]}; re-run the provisioner (make up) so they agree")
     for n in out.nodes:
         try:
             ipaddress.ip_address(n.public_ip)
         except ValueError as exc:
-            raise InventoryError(f"node {n.name}: public_ip {n.public_ip!r} is not an IP address") from exc
-    if not out.turn_secret:
-        raise InventoryError("the outputs have no turn_secret; coturn and LiveKit need the shared TURN secret")
+            raise DeployInputError(f"node {n.name}: public_ip {n.public_ip!r} is not an IP address") from exc
     secrets = Secrets(out.api_key, out.api_secret, out.turn_secret, redis_password(out.api_secret),
                       token_key=out.token_key)
-    lk_nodes = spec.nodes_with(Role.LIVEKIT)
+
+    def private_ip(node: Node) -> str | None:
+        return by_name[node.name].private_ip or node.private_ip
+
     peers: list[str] = []
-    for n in lk_nodes:
-        o = by_name[n.name]
-        peers += [o.public_ip] + ([o.private_ip] if o.private_ip else [])
-    redis_node = spec.redis_node
+    for n in spec.nodes_with(Role.LIVEKIT):
+        peers += [by_name[n.name].public_ip] + ([private_ip(n)] if private_ip(n) else [])
     redis_address = None
-    if redis_node is not None:
-        rip = by_name[redis_node.name].private_ip or redis_node.private_ip
-        redis_address = f"{rip}:{spec.port('redis').start}"
-    ca_root = None
-    if extra.get("acme_ca_root"):
-        p = Path(extra["acme_ca_root"])
-        if not p.is_file():
-            raise InventoryError(f"extra.acme_ca_root {p} does not exist")
-        ca_root = p.read_text()
-    acme = _acme_directory(spec.config, extra)
-    arts = _artifacts(spec.config, extra)
-    leader = lk_nodes[0] if lk_nodes else None
+    if spec.redis_node is not None:
+        redis_address = f"{private_ip(spec.redis_node)}:{spec.port('redis').start}"
+    acme = _acme_directory(spec, out.deploy)
+    arts = _artifacts(spec, out.deploy)
+    leader = spec.certificate_node
     relay = None
     if leader is not None and spec.multi_node:
-        lip = by_name[leader.name].private_ip or leader.private_ip
-        relay = f"{lip}:{spec.port('http').start}"
+        relay = f"{private_ip(leader)}:{spec.port('http').start}"
     result = {}
     for node in spec.nodes:
         o = by_name[node.name]
         result[node.name] = NodeVars(
-            spec=spec, node=node, public_ip=o.public_ip, private_ip=o.private_ip or node.private_ip,
-            secrets=secrets, livekit_peers=tuple(dict.fromkeys(peers)), redis_address=redis_address,
-            acme_directory=acme, acme_ca_root=ca_root, artifacts=arts, apt_proxy=extra.get("apt_proxy"),
-            pip_index=extra.get("pip_index") or None,
-            certificate_node=leader.name if leader else "",
-            certificate_relay=relay if leader is not None and node.name != leader.name else None)
+            spec=spec, node=node, public_ip=o.public_ip, private_ip=private_ip(node), secrets=secrets,
+            livekit_peers=tuple(dict.fromkeys(peers)), redis_address=redis_address, acme_directory=acme,
+            artifacts=arts, apt_proxy=out.deploy.apt_proxy, pip_index=out.deploy.pip_index,
+            certificate_relay=relay if leader is not None and node != leader else None)
     return result
 
 
-def known_hosts_file(env: str) -> Path:
-    return outputsmod.STACK_DIR / env / "known_hosts"
+def ssh_data(out: outputsmod.Outputs, connect_timeout: int) -> dict[str, dict[str, Any]]:
+    """pyinfra host data for SSH, per node (the key and known_hosts of the outputs)."""
+    known_hosts = Path(out.deploy.known_hosts) if out.deploy.known_hosts else out.paths.known_hosts
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    known_hosts.touch(mode=0o600, exist_ok=True)
+    data = {}
+    for n in out.nodes:
+        key = Path(n.ssh_key).expanduser()
+        if not key.is_file():
+            raise DeployInputError(f"node {n.name}: SSH key {key} does not exist")
+        data[n.name] = {
+            "ssh_hostname": n.public_ip,
+            "ssh_port": n.ssh_port,
+            "ssh_user": n.ssh_user,
+            "ssh_key": str(key),
+            "ssh_known_hosts_file": str(known_hosts),
+            "ssh_strict_host_key_checking": out.deploy.ssh_strict_host_key_checking,
+            "ssh_paramiko_connect_kwargs": {"banner_timeout": connect_timeout, "auth_timeout": connect_timeout},
+        }
+    return data
 
 
 def build(env: str, connect_timeout: int = 5):
-    """(outputs, spec, pyinfra Inventory) for an environment; InventoryError when it cannot deploy."""
+    """(outputs, pyinfra Inventory) for an environment; DeployInputError when it cannot deploy."""
     from pyinfra.api import Inventory
 
     try:
         out = outputsmod.read(env)
     except outputsmod.OutputsError as exc:
-        raise InventoryError(str(exc)) from exc
-    try:
-        spec = spec_from_outputs(out)
-    except configmod.ConfigError as exc:
-        raise InventoryError(f"the environment's configuration is invalid:\n{exc}") from exc
-    nv = node_vars(out, spec)
-    extra = out.extra or {}
-    kh = Path(extra["known_hosts"]) if extra.get("known_hosts") else known_hosts_file(env)
-    kh.parent.mkdir(parents=True, exist_ok=True)
-    kh.touch(mode=0o600, exist_ok=True)
-    hosts = []
-    for n in out.nodes:
-        key = Path(n.ssh_key).expanduser()
-        if not key.is_file():
-            raise InventoryError(f"node {n.name}: SSH key {key} does not exist")
-        hosts.append((n.name, {
-            "ssh_hostname": n.public_ip,
-            "ssh_port": n.ssh_port,
-            "ssh_user": n.ssh_user,
-            "ssh_key": str(key),
-            "ssh_known_hosts_file": str(kh),
-            "ssh_strict_host_key_checking": extra.get("ssh_strict_host_key_checking", "accept-new"),
-            "ssh_paramiko_connect_kwargs": {"banner_timeout": connect_timeout, "auth_timeout": connect_timeout},
-            "vs": nv[n.name],
-        }))
-    return out, spec, Inventory((hosts, {}))
+        raise DeployInputError(str(exc)) from exc
+    nv = node_vars(out)
+    ssh = ssh_data(out, connect_timeout)
+    hosts = [(n.name, {**ssh[n.name], HOST_DATA_KEY: nv[n.name]}) for n in out.nodes]
+    return out, Inventory((hosts, {}))

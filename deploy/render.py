@@ -1,11 +1,12 @@
-"""Render a service template outside pyinfra (unit tests, pre-deploy lint)."""
+"""Render a service template outside pyinfra (the tasks upload the result; the unit tests read it)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from deploy.inventory import DEPLOY_DIR
-
-_ENV = Environment(loader=FileSystemLoader(str(DEPLOY_DIR / "templates")), undefined=StrictUndefined,
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+_ENV = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
                    keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
 

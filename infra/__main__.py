@@ -1,4 +1,4 @@
-"""The Pulumi program (Pulumi.yaml `main: infra/`): config -> spec -> provider -> outputs -> deploy."""
+"""The Pulumi program (Pulumi.yaml `main: infra/`): config -> spec -> provider component -> stack outputs."""
 from __future__ import annotations
 
 import sys
@@ -9,12 +9,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pulumi  # noqa: E402
 
-from infra import program, pulumi_config  # noqa: E402
-from infra.config import parse  # noqa: E402
-from infra.digitalocean import DigitalOceanStack  # noqa: E402
-from infra.existing import ExistingHosts  # noqa: E402
-from infra.hetzner import HetznerStack  # noqa: E402
-from infra.spec import derive  # noqa: E402
+from infra import validate  # noqa: E402
+from infra.cloud import components, pulumi_config  # noqa: E402
+from infra.cloud.digitalocean import DigitalOceanStack  # noqa: E402
+from infra.cloud.existing import ExistingHosts  # noqa: E402
+from infra.cloud.hetzner import HetznerStack  # noqa: E402
 
 NAME = "voicestack"
 COMPONENTS = {"hetzner": HetznerStack, "digitalocean": DigitalOceanStack, "existing": ExistingHosts}
@@ -22,15 +21,16 @@ COMPONENTS = {"hetzner": HetznerStack, "digitalocean": DigitalOceanStack, "exist
 
 def main() -> None:
     given = pulumi_config.read()
-    spec = derive(parse(given.raw, env=pulumi.get_stack()))  # ConfigError: nothing declared yet
-    program.check_provisionable(spec.config)
+    spec = validate.load(given.raw, env=pulumi.get_stack())  # ConfigError: nothing declared yet
+    components.check_provisionable(spec.config)
     for warning in spec.config.warnings:
         pulumi.log.warn(warning)
-    secrets = program.stack_secrets(NAME, given.secrets)
-    component = COMPONENTS[spec.config.provider_info.kind](NAME, program.ProgramArgs(spec=spec))
-    outputs = program.stack_outputs(spec, component.nodes, secrets, component.extra)
-    program.export(outputs)
-    program.chain_deploy(NAME, spec, component, outputs)
+    secrets = components.stack_secrets(NAME, given.secrets)
+    component = COMPONENTS[spec.config.provider_info.kind](NAME, components.ProgramArgs(spec=spec))
+    outputs = components.stack_outputs(spec, component.nodes, secrets, component.info)
+    components.export(outputs)
+    if components.wants_chained_deploy(spec.config):
+        components.chain_deploy(NAME, spec, component, outputs)
 
 
 if __name__ == "__main__":

@@ -2,16 +2,21 @@
 
 Every config read of the project happens here. The raw form is a flat mapping of the
 project's keys (``Pulumi.<stack>.yaml`` minus the ``voicestack:`` prefix, or ``pulumi.Config``
-values, or the built-in local defaults). Validation collects *every* problem before anything
-is created, each naming its key and the fix.
+values, or the built-in local defaults). One table, ``SETTINGS``, names every key with its
+kind, default and description; it produces ``DEFAULTS``, drives the type checks and is what
+``Pulumi.yaml``'s schema is tested against. Then one small check per concern adds what the
+types cannot say. Validation collects *every* problem before anything is created, each naming
+its key and the fix. The port plan and the artifact manifest are checked by
+``infra.validate.load_spec``, the one entry point that callers use.
 """
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+import unicodedata
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -21,11 +26,20 @@ PROJECT = "voicestack"
 MIN_API_SECRET = 32
 MIN_TURN_SECRET = 32
 MIN_TOKEN_KEY = 24
+SECRET_KEYS = ("apiSecret", "turnSecret", "tokenKey")
+LOCAL_SPEECH_URL = "http://127.0.0.1:8000/v1"
+ACME_CAS = frozenset({"letsencrypt", "letsencrypt-staging", "local"})
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _API_KEY = re.compile(r"^[A-Za-z0-9_-]{3,64}$")
 _NODE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-_SSH_PUBLIC_KEY = re.compile(r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/]+=*( .*)?$")
+_URL = re.compile(r"^https?://[^\s/]+")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+_SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_AGENT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SSH_PUBLIC_KEY = re.compile(r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) "
+                             r"[A-Za-z0-9+/]+=*( .*)?$")
 
 
 class ConfigError(Exception):
@@ -58,6 +72,78 @@ class HostEntry:
     name: str
     public_ip: str
     private_ip: str | None = None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One stack key: its kind decides the type check, `lo`/`hi` bound integers."""
+
+    key: str
+    kind: str  # str | int | bool | list | secret | hosts
+    default: Any
+    description: str = ""
+    lo: int = 0
+    hi: int = 0
+
+    @property
+    def attr(self) -> str:
+        """The StackConfig field: the camelCase key in snake_case."""
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", self.key).lower()
+
+
+def _port(key: str, default: int, description: str = "") -> Setting:
+    return Setting(key, "int", default, description, 1, 65535)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("provider", "str", "local",
+            "hetzner | digitalocean | existing (bring your own hosts) | local (machines on this host)"),
+    Setting("region", "str", "", "Hetzner location (nbg1, fsn1, hel1, ash, hil, sin) or DigitalOcean region "
+            "(fra1, ams3, ...); empty = provider default"),
+    Setting("serverType", "str", "", "cx23, cpx31, ... / s-2vcpu-4gb, ...; empty = provider default"),
+    Setting("nodeCount", "int", 1, "LiveKit nodes; more than one adds Redis and the private network", 1, 20),
+    Setting("domain", "str", "voice.test", "DNS zone the stack manages (delegate it to the provider's nameservers); "
+            "local: <env>.test"),
+    Setting("livekitHost", "str", "", "LiveKit name; empty = livekit.<domain>"),
+    Setting("turnHost", "str", "", "TURN name; empty = turn.<domain>"),
+    Setting("adminCidrs", "list", [], "Networks allowed to SSH in (the only source of port 22)"),
+    Setting("allowWorldSsh", "bool", False, "Accept SSH from the whole internet (not recommended)"),
+    Setting("privateNetwork", "str", "10.77.0.0/24", "Private IPv4 network between nodes"),
+    Setting("iceMode", "str", "range", "range (UDP port range) or mux (one UDP port)"),
+    _port("icePortStart", 50000),
+    _port("icePortEnd", 60000),
+    _port("iceUdpPort", 7882),
+    _port("livekitHttpPort", 7880),
+    _port("livekitTcpPort", 7881),
+    _port("livekitPrometheusPort", 6789),
+    _port("turnUdpPort", 3478),
+    _port("turnTlsPort", 443),
+    _port("turnRelayStart", 40000),
+    _port("turnRelayEnd", 49999),
+    _port("redisPort", 6379),
+    Setting("webhookUrls", "list", [], "Extra receivers of LiveKit's webhooks (the node's own receiver is always on)"),
+    Setting("sttUrl", "str", "", "OpenAI-compatible speech-to-text API; empty = the node's offline backend"),
+    Setting("llmUrl", "str", "", "OpenAI-compatible chat API; empty = the node's offline responder"),
+    Setting("ttsUrl", "str", "", "OpenAI-compatible text-to-speech API; empty = the node's offline backend"),
+    Setting("agentName", "str", "", "Explicit agent dispatch name; empty = the agent joins every room"),
+    Setting("agentWorkers", "int", 1, "Warm agent job processes per node", 1, 64),
+    Setting("acmeCa", "str", "letsencrypt", "letsencrypt | letsencrypt-staging | local | https://<ACME directory>"),
+    Setting("acmeEmail", "str", "", "Contact address for the ACME account"),
+    Setting("livekitVersion", "str", "1.13.5", "livekit-server release; must be pinned in deploy/artifacts.json"),
+    Setting("apiKey", "str", "APIvoicestack", "LiveKit API key name"),
+    Setting("apiSecret", "secret", None, "SECRET (set with --secret); empty = generated once, kept in state"),
+    Setting("turnSecret", "secret", None, "SECRET (set with --secret); empty = generated once, kept in state"),
+    Setting("tokenKey", "secret", None, "SECRET (set with --secret); empty = generated once, kept in state"),
+    Setting("sshUser", "str", "root", "User the deploy logs in as (root: cloud-init installs the key for root)"),
+    Setting("sshPublicKey", "str", "", "OpenSSH public key the servers are created with "
+            "(required for hetzner/digitalocean)"),
+    Setting("hosts", "hosts", [], "provider existing: the hosts you bring, "
+            "[{name: node-1, publicIp: 203.0.113.10, privateIp: 10.0.0.2}]"),
+    Setting("deployOnUp", "bool", False, "Run the deploy inside `pulumi up` (for operators who run pulumi alone; "
+            "make up always deploys as its own step)"),
+)
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+DEFAULTS: dict[str, Any] = {s.key: s.default for s in SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -101,57 +187,12 @@ class StackConfig:
     ssh_user: str
     ssh_public_key: str
     hosts: tuple[HostEntry, ...] = ()
+    deploy_on_up: bool = False
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def provider_info(self) -> Provider:
         return PROVIDERS[self.provider]
-
-
-# key -> (attribute, default). Defaults are the operator-facing ones; Pulumi.yaml mirrors them.
-DEFAULTS: dict[str, Any] = {
-    "provider": "local",
-    "region": "",
-    "serverType": "",
-    "nodeCount": 1,
-    "domain": "voice.test",
-    "livekitHost": "",
-    "turnHost": "",
-    "adminCidrs": [],
-    "allowWorldSsh": False,
-    "privateNetwork": "10.77.0.0/24",
-    "iceMode": "range",
-    "icePortStart": 50000,
-    "icePortEnd": 60000,
-    "iceUdpPort": 7882,
-    "livekitHttpPort": 7880,
-    "livekitTcpPort": 7881,
-    "livekitPrometheusPort": 6789,
-    "turnUdpPort": 3478,
-    "turnTlsPort": 443,
-    "turnRelayStart": 40000,
-    "turnRelayEnd": 49999,
-    "redisPort": 6379,
-    "webhookUrls": [],
-    "sttUrl": "",
-    "llmUrl": "",
-    "ttsUrl": "",
-    "agentName": "",
-    "agentWorkers": 1,
-    "acmeCa": "letsencrypt",
-    "acmeEmail": "",
-    "livekitVersion": "1.13.5",
-    "apiKey": "APIvoicestack",
-    "apiSecret": None,
-    "turnSecret": None,
-    "tokenKey": None,
-    "sshUser": "root",
-    "sshPublicKey": "",
-    "hosts": [],
-}
-
-ACME_CAS = {"letsencrypt", "letsencrypt-staging", "local"}
-LOCAL_SPEECH_URL = "http://127.0.0.1:8000/v1"
 
 
 def load_stack_file(path: str | Path) -> tuple[str, dict[str, Any]]:
@@ -163,6 +204,8 @@ def load_stack_file(path: str | Path) -> tuple[str, dict[str, Any]]:
         doc = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError([("CONFIG", f"{p} is not valid YAML: {exc}")]) from exc
+    if not isinstance(doc, Mapping):
+        raise ConfigError([("CONFIG", f"{p} is not a Pulumi stack file (a mapping with a 'config:' section)")])
     stack = p.name.removeprefix("Pulumi.").removesuffix(".yaml").removesuffix(".yml") or "dev"
     raw: dict[str, Any] = {}
     for key, value in (doc.get("config") or {}).items():
@@ -174,12 +217,12 @@ def load_stack_file(path: str | Path) -> tuple[str, dict[str, Any]]:
     return stack, raw
 
 
-def _secret(value: Any) -> SecretValue:
-    if value is None or value == "":
-        return SecretValue()
-    if isinstance(value, Mapping) and "secure" in value:
-        return SecretValue(encrypted=True)
-    return SecretValue(plain=str(value))
+def plain_secret_problems(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Secrets written in clear into a stack file (a file the docs tell operators to commit)."""
+    return [(key, "is written in plain text in the stack file, which goes into git; remove it and store it "
+                  f"encrypted with \"pulumi config set --secret {key} ...\" (or leave it out: it is generated)")
+            for key in SECRET_KEYS if raw.get(key) not in (None, "") and not
+            (isinstance(raw.get(key), Mapping) and "secure" in raw[key])]
 
 
 def is_fqdn(name: str) -> bool:
@@ -187,6 +230,11 @@ def is_fqdn(name: str) -> bool:
         return False
     labels = name.rstrip(".").split(".")
     return all(_LABEL.match(label) for label in labels) and not labels[-1].isdigit()
+
+
+def _control_char(text: str) -> int | None:
+    """Index of the first control character (newline, tab, NUL, ...), which would reach rendered configs."""
+    return next((i for i, ch in enumerate(text) if unicodedata.category(ch) == "Cc"), None)
 
 
 class _Checker:
@@ -198,154 +246,205 @@ class _Checker:
     def add(self, key: str, msg: str) -> None:
         self.problems.append((key, msg))
 
-    def int_in(self, raw: Mapping[str, Any], key: str, lo: int, hi: int) -> int:
-        value = raw.get(key, DEFAULTS[key])
+    def text(self, key: str, value: Any) -> str:
+        if isinstance(value, (Mapping, list, tuple)):
+            self.add(key, f"{value!r} is not a single value; write a string")
+            return ""
+        text = "" if value is None else str(value)
+        bad = _control_char(text)
+        if bad is not None:
+            self.add(key, f"contains a control character ({text[bad]!r} at position {bad}); "
+                          "write it on one line without tabs or newlines")
+            return text.replace("\n", " ")
+        return text
+
+
+# ---- coercion by kind ------------------------------------------------------------------------
+
+def _coerce(setting: Setting, raw: Mapping[str, Any], c: _Checker) -> Any:
+    key, value = setting.key, raw.get(setting.key, setting.default)
+    if setting.kind == "str":
+        return c.text(key, value)
+    if setting.kind == "int":
         try:
             number = int(value)
             if isinstance(value, bool) or str(number) != str(value).strip():
                 raise ValueError
         except (TypeError, ValueError):
-            self.add(key, f"{value!r} is not an integer; use a number between {lo} and {hi}")
-            return int(DEFAULTS[key])
-        if not lo <= number <= hi:
-            self.add(key, f"{number} is out of range; use a number between {lo} and {hi}")
+            c.add(key, f"{value!r} is not an integer; use a number between {setting.lo} and {setting.hi}")
+            return int(setting.default)
+        if not setting.lo <= number <= setting.hi:
+            c.add(key, f"{number} is out of range; use a number between {setting.lo} and {setting.hi}")
         return number
-
-    def str_list(self, raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
-        value = raw.get(key, DEFAULTS[key]) or []
+    if setting.kind == "bool":
+        if not isinstance(value, bool):
+            c.add(key, f"{value!r} is not true or false")
+            return bool(setting.default)
+        return value
+    if setting.kind == "list":
+        value = value or []
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.add(key, f"{value!r} is not a list of strings; write a YAML list")
+            c.add(key, f"{value!r} is not a list of strings; write a YAML list")
             return ()
-        return tuple(value)
+        return tuple(c.text(key, v) for v in value)
+    if setting.kind == "secret":
+        if value is None or value == "":
+            return SecretValue()
+        if isinstance(value, Mapping) and "secure" in value:
+            return SecretValue(encrypted=True)
+        return SecretValue(plain=c.text(key, value))
+    if setting.kind == "hosts":
+        return value or []
+    raise AssertionError(f"setting {key} has unknown kind {setting.kind}")
 
 
-def parse(raw: Mapping[str, Any], env: str = "local") -> StackConfig:
-    """Validate raw project keys into a StackConfig, or raise ConfigError with every problem."""
-    c = _Checker()
-    warnings: list[str] = []
-    unknown = sorted(set(raw) - set(DEFAULTS))
-    for key in unknown:
-        c.add(key, f"unknown setting; known settings are: {', '.join(sorted(DEFAULTS))}")
+# ---- one check per concern -------------------------------------------------------------------
+# Each takes the coerced values (by attribute) and may add problems or fill derived values.
+V = dict[str, Any]
 
-    provider_name = str(raw.get("provider", DEFAULTS["provider"])).lower()
-    provider = PROVIDERS.get(provider_name)
+
+def _check_provider(v: V, c: _Checker) -> None:
+    name = v["provider"].lower()
+    provider = PROVIDERS.get(name)
     if provider is None:
-        c.add("provider", f"unknown provider {provider_name!r}; use one of {', '.join(sorted(PROVIDERS))}")
+        c.add("provider", f"unknown provider {name!r}; use one of {', '.join(sorted(PROVIDERS))}")
         provider = PROVIDERS["local"]
     elif provider.refused:
-        c.add("provider", f"{provider_name} is refused: {provider.refused}")
+        c.add("provider", f"{name} is refused: {provider.refused}")
+    v["provider"] = provider.name
     if provider.warning:
-        warnings.append(provider.warning)
+        v["warnings"].append(provider.warning)
+    v["region"] = v["region"] or provider.default_region
+    if provider.regions and v["region"] not in provider.regions:
+        c.add("region", f"{v['region']!r} is not a {provider.name} region; use one of "
+                        f"{', '.join(sorted(provider.regions))}")
+    v["server_type"] = v["server_type"] or provider.default_server_type
+    if provider.server_types and v["server_type"] not in provider.server_types:
+        c.add("serverType", f"{v['server_type']!r} is not a {provider.name} server type; use one of "
+                            f"{', '.join(sorted(provider.server_types))}")
 
-    region = str(raw.get("region") or provider.default_region)
-    if provider.regions and region not in provider.regions:
-        c.add("region", f"{region!r} is not a {provider.name} region; use one of {', '.join(sorted(provider.regions))}")
-    server_type = str(raw.get("serverType") or provider.default_server_type)
-    if provider.server_types and server_type not in provider.server_types:
-        c.add("serverType", f"{server_type!r} is not a {provider.name} server type; use one of "
-              f"{', '.join(sorted(provider.server_types))}")
 
-    node_count = c.int_in(raw, "nodeCount", 1, 20)
-
-    domain = str(raw.get("domain", DEFAULTS["domain"])).lower().rstrip(".")
+def _check_names(v: V, c: _Checker) -> None:
+    domain = v["domain"] = v["domain"].lower().rstrip(".")
     if not is_fqdn(domain):
         c.add("domain", f"{domain!r} is not a valid domain name; use e.g. example.com")
-    livekit_host = str(raw.get("livekitHost") or f"livekit.{domain}").lower().rstrip(".")
-    turn_host = str(raw.get("turnHost") or f"turn.{domain}").lower().rstrip(".")
-    for key, host in (("livekitHost", livekit_host), ("turnHost", turn_host)):
+    v["livekit_host"] = (v["livekit_host"] or f"livekit.{domain}").lower().rstrip(".")
+    v["turn_host"] = (v["turn_host"] or f"turn.{domain}").lower().rstrip(".")
+    for key, attr in (("livekitHost", "livekit_host"), ("turnHost", "turn_host")):
+        host = v[attr]
         if not is_fqdn(host):
             c.add(key, f"{host!r} is not a valid fully qualified domain name; use e.g. {key[:-4].lower()}.example.com")
-    if provider.kind in ("hetzner", "digitalocean"):
-        # The Pulumi program manages the zone `domain`; names outside it would never resolve.
-        for key, host in (("livekitHost", livekit_host), ("turnHost", turn_host)):
-            if is_fqdn(host) and is_fqdn(domain) and not host.endswith("." + domain):
-                c.add(key, f"{host!r} is outside the DNS zone {domain!r} that {provider.name} manages; "
-                      f"use a name under it, e.g. {key[:-4].lower()}.{domain}")
-    ssh_key = str(raw.get("sshPublicKey", "") or "")
-    if ssh_key and not _SSH_PUBLIC_KEY.match(ssh_key):
-        c.add("sshPublicKey", f"{ssh_key[:20]!r} is not an OpenSSH public key; the servers are created with it — "
-              "paste the contents of ~/.ssh/id_ed25519.pub (pulumi config set sshPublicKey \"$(cat ~/.ssh/id_ed25519.pub)\")")
-    if livekit_host == turn_host:
-        c.add("turnHost", f"equals livekitHost ({turn_host}); TURN needs its own name for its TLS certificate "
-              "and the SNI split on 443, e.g. turn." + domain)
+        elif PROVIDERS[v["provider"]].kind in ("hetzner", "digitalocean") and is_fqdn(domain) \
+                and not host.endswith("." + domain):
+            # The Pulumi program manages the zone `domain`; names outside it would never resolve.
+            c.add(key, f"{host!r} is outside the DNS zone {domain!r} that {v['provider']} manages; "
+                       f"use a name under it, e.g. {key[:-4].lower()}.{domain}")
+    if v["livekit_host"] == v["turn_host"]:
+        c.add("turnHost", f"equals livekitHost ({v['turn_host']}); TURN needs its own name for its TLS certificate "
+                          "and the SNI split on 443, e.g. turn." + domain)
 
-    admin_cidrs = c.str_list(raw, "adminCidrs")
-    allow_world_ssh = raw.get("allowWorldSsh", False)
-    if not isinstance(allow_world_ssh, bool):
-        c.add("allowWorldSsh", f"{allow_world_ssh!r} is not true or false")
-        allow_world_ssh = False
-    for cidr in admin_cidrs:
+
+def _covers_world(nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network], version: int) -> bool:
+    """True when the networks of one family add up to the whole address space (0.0.0.0/1 + 128.0.0.0/1)."""
+    family = [n for n in nets if n.version == version]
+    whole = 2 ** (32 if version == 4 else 128)
+    return bool(family) and sum(n.num_addresses for n in ipaddress.collapse_addresses(family)) == whole
+
+
+def _check_ssh(v: V, c: _Checker) -> None:
+    nets = []
+    for cidr in v["admin_cidrs"]:
         try:
-            net = ipaddress.ip_network(cidr, strict=False)
+            nets.append(ipaddress.ip_network(cidr, strict=False))
         except ValueError:
             c.add("adminCidrs", f"{cidr!r} is not a CIDR; use e.g. 198.51.100.7/32")
-            continue
-        if net.prefixlen == 0 and not allow_world_ssh:
-            c.add("adminCidrs", f"{cidr} opens SSH to the whole internet; list your admin networks, "
-                  "or set allowWorldSsh: true to accept that risk")
-    if provider.kind in ("hetzner", "digitalocean") and not admin_cidrs and not allow_world_ssh:
+    if not v["allow_world_ssh"]:
+        for version, world in ((4, "0.0.0.0/0"), (6, "::/0")):
+            if _covers_world(nets, version):
+                c.add("adminCidrs", f"{', '.join(str(n) for n in nets if n.version == version)} together are {world}: "
+                                    "that opens SSH to the whole internet; list your admin networks, "
+                                    "or set allowWorldSsh: true to accept that risk")
+    kind = PROVIDERS[v["provider"]].kind
+    if kind in ("hetzner", "digitalocean", "existing") and not v["admin_cidrs"] and not v["allow_world_ssh"]:
         c.add("adminCidrs", "is empty, so nobody could SSH in to deploy; add your admin address, e.g. 198.51.100.7/32")
+    key = v["ssh_public_key"]
+    if key and not _SSH_PUBLIC_KEY.match(key):
+        c.add("sshPublicKey", f"{key[:20]!r} is not an OpenSSH public key; the servers are created with it — "
+              "paste the contents of ~/.ssh/id_ed25519.pub (pulumi config set sshPublicKey \"$(cat ~/.ssh/id_ed25519.pub)\")")
+    user = v["ssh_user"]
+    if not _SSH_USER.match(user):
+        c.add("sshUser", f"{user!r} is not a valid user name; use root")
+    elif user != "root":
+        # cloud-init authorises the key for root only, and the deploy runs without sudo.
+        c.add("sshUser", f"{user!r} is not supported: the deploy logs in as root (cloud-init installs the key "
+                         "for root, and no sudo is configured); use root")
 
-    private_network = raw.get("privateNetwork", DEFAULTS["privateNetwork"]) or None
-    if private_network is not None:
+
+def _check_network(v: V, c: _Checker) -> None:
+    private = v["private_network"] or None
+    if private is not None:
         try:
-            net = ipaddress.ip_network(str(private_network))
+            net = ipaddress.ip_network(private)
             if not net.is_private or net.version != 4 or net.num_addresses < 8:
                 raise ValueError
         except ValueError:
-            c.add("privateNetwork", f"{private_network!r} is not a private IPv4 network of at least 8 addresses; "
-                  "use e.g. 10.77.0.0/24")
-            private_network = None
-    if node_count > 1 and not private_network:
-        c.add("privateNetwork", f"nodeCount is {node_count} but no private network is set; several nodes need one "
-              "for Redis and node-to-node traffic, e.g. 10.77.0.0/24")
+            c.add("privateNetwork", f"{private!r} is not a private IPv4 network of at least 8 addresses; "
+                                    "use e.g. 10.77.0.0/24")
+            private = None
+    v["private_network"] = str(private) if private else None
+    if v["node_count"] > 1 and not private:
+        c.add("privateNetwork", f"nodeCount is {v['node_count']} but no private network is set; several nodes need "
+                                "one for Redis and node-to-node traffic, e.g. 10.77.0.0/24")
 
-    ice_mode = str(raw.get("iceMode", DEFAULTS["iceMode"]))
-    if ice_mode not in ("range", "mux"):
-        c.add("iceMode", f"{ice_mode!r} is not 'range' (port range) or 'mux' (one UDP port)")
-    ports = {k: c.int_in(raw, k, 1, 65535) for k in (
-        "icePortStart", "icePortEnd", "iceUdpPort", "livekitHttpPort", "livekitTcpPort",
-        "livekitPrometheusPort", "turnUdpPort", "turnTlsPort", "turnRelayStart", "turnRelayEnd", "redisPort")}
+
+def _check_ports(v: V, c: _Checker) -> None:
+    if v["ice_mode"] not in ("range", "mux"):
+        c.add("iceMode", f"{v['ice_mode']!r} is not 'range' (port range) or 'mux' (one UDP port)")
     for lo, hi in (("icePortStart", "icePortEnd"), ("turnRelayStart", "turnRelayEnd")):
-        if ports[lo] > ports[hi]:
-            c.add(lo, f"{ports[lo]} is above {hi} {ports[hi]}; the range must run upwards")
+        if v[BY_KEY[lo].attr] > v[BY_KEY[hi].attr]:
+            c.add(lo, f"{v[BY_KEY[lo].attr]} is above {hi} {v[BY_KEY[hi].attr]}; the range must run upwards")
     for key in ("icePortStart", "iceUdpPort", "livekitTcpPort", "turnRelayStart"):
-        if ports[key] < 1024:
-            c.add(key, f"{ports[key]} is a privileged port; LiveKit and coturn need 1024 or above here")
+        if v[BY_KEY[key].attr] < 1024:
+            c.add(key, f"{v[BY_KEY[key].attr]} is a privileged port; LiveKit and coturn need 1024 or above here")
 
-    webhook_urls = c.str_list(raw, "webhookUrls")
-    for url in webhook_urls:
-        if not re.match(r"^https?://[^\s/]+", url):
+
+def _check_urls(v: V, c: _Checker) -> None:
+    for url in v["webhook_urls"]:
+        if not _URL.match(url):
             c.add("webhookUrls", f"{url!r} is not an http(s) URL")
-    backend_urls = {}
     for key in ("sttUrl", "llmUrl", "ttsUrl"):
-        url = str(raw.get(key) or LOCAL_SPEECH_URL)
-        if not re.match(r"^https?://[^\s/]+", url):
-            c.add(key, f"{url!r} is not an http(s) URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
-        backend_urls[key] = url
+        attr = BY_KEY[key].attr
+        v[attr] = v[attr] or LOCAL_SPEECH_URL
+        if not _URL.match(v[attr]):
+            c.add(key, f"{v[attr]!r} is not an http(s) URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
 
-    acme_ca = str(raw.get("acmeCa", DEFAULTS["acmeCa"]))
-    if acme_ca not in ACME_CAS and not acme_ca.startswith("https://"):
-        c.add("acmeCa", f"{acme_ca!r} is not one of {', '.join(sorted(ACME_CAS))} or an https:// ACME directory URL")
 
-    api_key = str(raw.get("apiKey", DEFAULTS["apiKey"]))
-    if not _API_KEY.match(api_key):
-        c.add("apiKey", f"{api_key!r} must be 3-64 letters, digits, '-' or '_'")
-    secrets = {}
+def _check_acme(v: V, c: _Checker) -> None:
+    if v["acme_ca"] not in ACME_CAS and not (v["acme_ca"].startswith("https://") and _URL.match(v["acme_ca"])):
+        c.add("acmeCa", f"{v['acme_ca']!r} is not one of {', '.join(sorted(ACME_CAS))} or an https:// ACME "
+                        "directory URL")
+    if v["acme_email"] and not _EMAIL.match(v["acme_email"]):
+        c.add("acmeEmail", f"{v['acme_email']!r} is not an e-mail address; use e.g. ops@example.com")
+
+
+def _check_secrets(v: V, c: _Checker) -> None:
+    if not _API_KEY.match(v["api_key"]):
+        c.add("apiKey", f"{v['api_key']!r} must be 3-64 letters, digits, '-' or '_'")
     for key, minimum in (("apiSecret", MIN_API_SECRET), ("turnSecret", MIN_TURN_SECRET), ("tokenKey", MIN_TOKEN_KEY)):
-        value = _secret(raw.get(key))
-        secrets[key] = value
+        value: SecretValue = v[BY_KEY[key].attr]
         if value.plain is not None and len(value.plain) < minimum:
             c.add(key, f"is {len(value.plain)} characters; at least {minimum} are needed — generate one with "
-                  f"\"openssl rand -hex 32\" and store it with \"pulumi config set --secret {key} ...\"")
+                       f"\"openssl rand -hex 32\" and store it with \"pulumi config set --secret {key} ...\"")
 
-    hosts: list[HostEntry] = []
-    raw_hosts = raw.get("hosts", []) or []
+
+def _check_hosts(v: V, c: _Checker) -> None:
+    raw_hosts = v["hosts"]
     if not isinstance(raw_hosts, list):
         c.add("hosts", "must be a list of {name, publicIp, privateIp?}")
         raw_hosts = []
+    hosts: list[HostEntry] = []
     for i, entry in enumerate(raw_hosts):
         if not isinstance(entry, Mapping) or "publicIp" not in entry:
             c.add(f"hosts[{i}]", "needs at least publicIp (and name, privateIp when there are several)")
@@ -361,83 +460,56 @@ def parse(raw: Mapping[str, Any], env: str = "local") -> StackConfig:
         if not _NODE_NAME.match(name):
             c.add(f"hosts[{i}].name", f"{name!r} must be lower-case letters, digits and '-'")
         hosts.append(HostEntry(name, str(entry["publicIp"]), entry.get("privateIp")))
-    if provider.kind == "existing":
+    kind = PROVIDERS[v["provider"]].kind
+    if kind == "existing":
         if not hosts:
-            c.add("hosts", f"provider {provider.name} brings its own servers; list them as hosts: "
-                  "[{name: node-1, publicIp: 203.0.113.10}]")
-        elif len(hosts) != node_count:
-            c.add("nodeCount", f"is {node_count} but {len(hosts)} hosts are listed; make them agree")
+            c.add("hosts", f"provider {v['provider']} brings its own servers; list them as hosts: "
+                           "[{name: node-1, publicIp: 203.0.113.10}]")
+        elif len(hosts) != v["node_count"]:
+            c.add("nodeCount", f"is {v['node_count']} but {len(hosts)} hosts are listed; make them agree")
     elif hosts:
-        c.add("hosts", f"is only used with bring-your-own providers, not {provider.name}")
+        c.add("hosts", f"is only used with bring-your-own providers, not {v['provider']}")
+    v["hosts"] = tuple(hosts)
 
-    agent_workers = c.int_in(raw, "agentWorkers", 1, 64)
-    agent_name = str(raw.get("agentName", "") or "")
-    if agent_name and not re.match(r"^[A-Za-z0-9_-]{1,64}$", agent_name):
-        c.add("agentName", f"{agent_name!r} must be letters, digits, '-' or '_'")
 
-    cfg = StackConfig(
-        env=env,
-        provider=provider.name,
-        region=region,
-        server_type=server_type,
-        node_count=node_count,
-        domain=domain,
-        livekit_host=livekit_host,
-        turn_host=turn_host,
-        admin_cidrs=admin_cidrs,
-        allow_world_ssh=allow_world_ssh,
-        private_network=str(private_network) if private_network else None,
-        ice_mode=ice_mode,
-        ice_port_start=ports["icePortStart"],
-        ice_port_end=ports["icePortEnd"],
-        ice_udp_port=ports["iceUdpPort"],
-        livekit_http_port=ports["livekitHttpPort"],
-        livekit_tcp_port=ports["livekitTcpPort"],
-        livekit_prometheus_port=ports["livekitPrometheusPort"],
-        turn_udp_port=ports["turnUdpPort"],
-        turn_tls_port=ports["turnTlsPort"],
-        turn_relay_start=ports["turnRelayStart"],
-        turn_relay_end=ports["turnRelayEnd"],
-        redis_port=ports["redisPort"],
-        webhook_urls=webhook_urls,
-        stt_url=backend_urls["sttUrl"],
-        llm_url=backend_urls["llmUrl"],
-        tts_url=backend_urls["ttsUrl"],
-        agent_name=agent_name,
-        agent_workers=agent_workers,
-        acme_ca=acme_ca,
-        acme_email=str(raw.get("acmeEmail", "") or ""),
-        livekit_version=str(raw.get("livekitVersion", DEFAULTS["livekitVersion"])),
-        api_key=api_key,
-        api_secret=secrets["apiSecret"],
-        turn_secret=secrets["turnSecret"],
-        token_key=secrets["tokenKey"],
-        ssh_user=str(raw.get("sshUser", "root")),
-        ssh_public_key=str(raw.get("sshPublicKey", "") or ""),
-        hosts=tuple(hosts),
-        warnings=tuple(warnings),
-    )
-    from infra.spec import port_problems  # the spec owns the port plan; check it with everything else
+def _check_agent(v: V, c: _Checker) -> None:
+    if v["agent_name"] and not _AGENT_NAME.match(v["agent_name"]):
+        c.add("agentName", f"{v['agent_name']!r} must be letters, digits, '-' or '_'")
 
-    problems = c.problems + port_problems(cfg)
+
+def _check_versions(v: V, c: _Checker) -> None:
+    if not _VERSION.match(v["livekit_version"]):
+        c.add("livekitVersion", f"{v['livekit_version']!r} is not a release number; use e.g. 1.13.5")
+
+
+CHECKS: tuple[Callable[[V, _Checker], None], ...] = (
+    _check_provider, _check_names, _check_ssh, _check_network, _check_ports, _check_urls, _check_acme,
+    _check_secrets, _check_hosts, _check_agent, _check_versions)
+
+
+def check(raw: Mapping[str, Any], env: str = "local") -> tuple[StackConfig, list[tuple[str, str]]]:
+    """(config, problems): the settings checked on their own. The config is built even when there
+    are problems (bad values fall back to their defaults), so later checks (the port plan) can
+    still run and every problem is reported at once."""
+    c = _Checker()
+    for key in sorted(set(raw) - set(BY_KEY)):
+        c.add(key, f"unknown setting; known settings are: {', '.join(sorted(BY_KEY))}")
+    v: V = {s.attr: _coerce(s, raw, c) for s in SETTINGS}
+    v["warnings"] = []
+    for one in CHECKS:
+        one(v, c)
+    v["warnings"] = tuple(v["warnings"])
+    known = {f.name for f in fields(StackConfig)}
+    return StackConfig(env=env, **{k: val for k, val in v.items() if k in known}), c.problems
+
+
+def parse(raw: Mapping[str, Any], env: str = "local") -> StackConfig:
+    """Validate raw project keys into a StackConfig, or raise ConfigError with every problem.
+
+    The settings only: `infra.validate.load` adds the port plan and the artifact manifest and is
+    what the pipeline uses.
+    """
+    cfg, problems = check(raw, env)
     if problems:
         raise ConfigError(problems)
     return cfg
-
-
-def local_raw(env: str = "local", node_count: int = 1, admin_cidrs: tuple[str, ...] = (),
-              **overrides: Any) -> dict[str, Any]:
-    """The raw keys of the embedded default environment (kept in outputs so verify rebuilds the spec)."""
-    raw: dict[str, Any] = {"provider": "local", "domain": f"{env}.test", "nodeCount": node_count,
-                           "adminCidrs": list(admin_cidrs), "acmeCa": "local"}
-    raw.update(overrides)
-    return raw
-
-
-def local_defaults(env: str = "local", node_count: int = 1, admin_cidrs: tuple[str, ...] = (),
-                   **overrides: Any) -> StackConfig:
-    """The embedded default environment: local machines, a `<env>.test` zone, the local ACME CA.
-
-    `admin_cidrs` is the operator side of the emulated internet (the host), which deploys over SSH.
-    """
-    return parse(local_raw(env, node_count, admin_cidrs, **overrides), env=env)

@@ -1,29 +1,31 @@
-"""`make down ENV=<env>`: remove an environment (local machines, or `pulumi destroy` for a stack)."""
+"""`make down ENV=<env>`: remove an environment (local machines, or `pulumi destroy` for a stack).
+
+The provisioner is the one that made it: the stack's `provider` setting, else the provider the
+outputs recorded, else local (a local environment is found by its names, no file needed).
+"""
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 
+from infra import outputs, provision
+from infra.local.host import LocalEnvError
 from infra.outputs import ROOT
-from infra.steps import PYTHON, Progress, StepFailed, command
-from infra.up import stack_file
+from infra.steps import Progress, StepFailed, run
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--env", default="local")
+    ap.add_argument("--config", default=os.environ.get("CONFIG") or None)
     args = ap.parse_args(argv)
     os.chdir(ROOT)
-    p = Progress()
+    progress = Progress()
+    p = provision.get(provision.kind_of(args.env, args.config))
     try:
-        if stack_file(args.env) is None:
-            p.run("remove local environment", lambda: command([PYTHON, "-m", "infra.local", "down", "--env", args.env]))
-        else:
-            if shutil.which("pulumi") is None:
-                raise StepFailed("the pulumi CLI is not installed; see docs/cloud.md")
-            p.run("pulumi destroy", lambda: command(["pulumi", "destroy", "--yes", "--stack", args.env]))
+        run(progress, [(f"remove {args.env} ({p.name})", lambda: p.down(args.env, progress.child()))],
+            errors=(StepFailed, LocalEnvError, outputs.OutputsError))
     except StepFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

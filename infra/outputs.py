@@ -1,20 +1,61 @@
 """`.stack/<env>/outputs.json`: the one contract between provisioning, deploy and verify.
 
-Written by every provisioner (local machines, Pulumi stacks), read by deploy/inventory.py,
-the verification suite and the operator tools. It holds secrets, so it is written 0600.
+Both provisioners (local machines, Pulumi stacks) call `assemble`, which puts the *derived*
+spec (nodes and roles, every port, both firewalls, DNS records, TURN servers, the non-secret
+settings) next to the addresses and secrets. Downstream, `Outputs.spec` is the only way to get
+an environment spec: deploy, verify, preflight and the benchmarks read this file and nothing
+else, so a copy of `.stack/<env>/` drives them from any checkout. It holds secrets: written
+0600 in a 0700 directory, atomically.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra import spec as specmod
+from infra.codec import DecodeError, from_plain, to_plain
+from infra.files import write_private
+
 ROOT = Path(__file__).resolve().parent.parent
 STACK_DIR = ROOT / ".stack"
+#: Bumped whenever a reader of an older file would misread it.
+SCHEMA = 2
 
-REQUIRED = ("env", "livekit_url", "api_key", "api_secret", "turn_domain", "token_endpoint", "nodes")
+
+@dataclass(frozen=True)
+class EnvPaths:
+    """Every file of one environment under `.stack/<env>/` (paths only; nothing is created)."""
+
+    env: str
+
+    @property
+    def dir(self) -> Path:
+        return STACK_DIR / self.env
+
+    @property
+    def outputs(self) -> Path:
+        return self.dir / "outputs.json"
+
+    @property
+    def secrets(self) -> Path:
+        return self.dir / "secrets.json"
+
+    @property
+    def deploy_last(self) -> Path:
+        return self.dir / "deploy-last.json"
+
+    @property
+    def verify_results(self) -> Path:
+        """What the verify suite measured last (round trips), for make up's summary."""
+        return self.dir / "verify-results.json"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.dir / "known_hosts"
 
 
 @dataclass(frozen=True)
@@ -29,53 +70,128 @@ class NodeOut:
 
 
 @dataclass(frozen=True)
+class DeployInputs:
+    """What the deploy needs besides the spec and the addresses (all optional)."""
+
+    acme_directory: str | None = None      # the ACME server when acmeCa is "local"
+    artifacts: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {version, url, sha256}
+    apt_proxy: str | None = None           # http://host:port for the nodes' apt
+    pip_index: str | None = None           # Python package index for the agent's venv
+    known_hosts: str | None = None         # SSH known_hosts of the nodes (default .stack/<env>/known_hosts)
+    ssh_strict_host_key_checking: str = "accept-new"   # accept-new | yes | no
+
+
+@dataclass(frozen=True)
+class LocalInfo:
+    """Facts of a local environment (namespaces, networks): for operator tools and tests."""
+
+    operator_ip: str          # the host on the emulated internet (the deploy's SSH comes from it)
+    gateway: str              # the host on the machines' network (DNS, ACME, apt, artifacts)
+    public_network: str
+    internet_network: str
+    netns: dict[str, str]     # node name -> its network namespace
+
+
+@dataclass(frozen=True)
 class Outputs:
     env: str
+    provider: str
+    spec: specmod.EnvSpec
     livekit_url: str
-    api_key: str
-    api_secret: str
+    livekit_domain: str
     turn_domain: str
     token_endpoint: str
+    api_key: str
+    api_secret: str
+    turn_secret: str
+    token_key: str
     nodes: list[NodeOut]
-    livekit_domain: str = ""
-    turn_secret: str = ""
-    token_key: str = ""
-    config_file: str = ""          # the stack file the spec came from ("" = built-in local defaults)
-    ca_bundle: str | None = None   # local: the ACME root to trust
-    dns_server: str | None = None  # local: the environment's DNS server
+    deploy: DeployInputs = field(default_factory=DeployInputs)
+    ca_bundle: str | None = None     # local: the ACME root to trust
+    dns_server: str | None = None    # local: the environment's DNS server
     client_netns: str | None = None  # local: a namespace on the internet side of the cloud firewall
-    extra: dict[str, Any] = field(default_factory=dict)
+    local: LocalInfo | None = None
+    schema: int = SCHEMA
 
+    def __repr__(self) -> str:  # secrets inside
+        return f"Outputs(env={self.env!r}, provider={self.provider!r}, nodes={[n.name for n in self.nodes]})"
 
-def path_for(env: str) -> Path:
-    return STACK_DIR / env / "outputs.json"
+    @property
+    def paths(self) -> EnvPaths:
+        return EnvPaths(self.env)
 
-
-def write(out: Outputs) -> Path:
-    """Write atomically with mode 0600 (secrets inside); the directory is 0700."""
-    target = path_for(out.env)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(target.parent, 0o700)
-    tmp = target.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(asdict(out), fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, target)
-    return target
+    def node(self, name: str) -> NodeOut:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"no node {name!r} in the outputs of {self.env}")
 
 
 class OutputsError(Exception):
     pass
 
 
+def assemble(spec: specmod.EnvSpec, nodes: list[NodeOut], *, api_secret: str, turn_secret: str, token_key: str,
+             deploy: DeployInputs | None = None, ca_bundle: str | None = None, dns_server: str | None = None,
+             client_netns: str | None = None, local: LocalInfo | None = None) -> Outputs:
+    """The outputs of an environment, the same way for every provisioner."""
+    have = sorted(n.name for n in nodes)
+    want = sorted(n.name for n in spec.nodes)
+    if have != want:
+        raise OutputsError(f"the provisioner reports nodes {have} but the spec has {want}")
+    missing = [k for k, v in (("api_secret", api_secret), ("turn_secret", turn_secret), ("token_key", token_key))
+               if not v]
+    if missing:
+        raise OutputsError(f"no {', '.join(missing)}: the provisioner must resolve every secret")
+    cfg = spec.config
+    return Outputs(env=spec.env, provider=cfg.provider, spec=spec, livekit_url=spec.livekit_url,
+                   livekit_domain=cfg.livekit_host, turn_domain=cfg.turn_host, token_endpoint=spec.token_endpoint,
+                   api_key=cfg.api_key, api_secret=api_secret, turn_secret=turn_secret, token_key=token_key,
+                   nodes=list(nodes), deploy=deploy or DeployInputs(), ca_bundle=ca_bundle, dns_server=dns_server,
+                   client_netns=client_netns, local=local)
+
+
+def to_json(out: Outputs) -> dict[str, Any]:
+    return to_plain(dataclasses.replace(out, spec=specmod.without_secrets(out.spec)))
+
+
+def from_json(data: dict[str, Any], where: str = "outputs.json") -> Outputs:
+    schema = data.get("schema")
+    if schema != SCHEMA:
+        raise OutputsError(f"{where} has schema {schema or 'none (an older voicestack)'}, this checkout reads "
+                           f"schema {SCHEMA}; re-run 'make up ENV={data.get('env', '<env>')}' to rewrite it")
+    try:
+        return from_plain(Outputs, data, "outputs")
+    except (DecodeError, KeyError, TypeError, ValueError) as exc:
+        raise OutputsError(f"{where} is not a valid outputs file ({exc}); re-run 'make up ENV={data.get('env')}'") \
+            from exc
+
+
+def path_for(env: str) -> Path:
+    return EnvPaths(env).outputs
+
+
+def write(out: Outputs) -> Path:
+    """Write atomically with mode 0600 (secrets inside); the directory is 0700."""
+    target = out.paths.outputs
+    write_private(target, json.dumps(to_json(out), indent=2, sort_keys=True) + "\n")
+    return target
+
+
 def read(env: str) -> Outputs:
     target = path_for(env)
     if not target.is_file():
         raise OutputsError(f"{target} does not exist; run 'make up ENV={env}' first")
-    data = json.loads(target.read_text())
-    missing = [k for k in REQUIRED if not data.get(k)]
-    if missing:
-        raise OutputsError(f"{target} lacks {', '.join(missing)}; re-run 'make up ENV={env}'")
-    data["nodes"] = [NodeOut(**n) for n in data["nodes"]]
-    return Outputs(**data)
+    try:
+        data = json.loads(target.read_text())
+    except ValueError as exc:
+        raise OutputsError(f"{target} is not JSON ({exc}); re-run 'make up ENV={env}'") from exc
+    return from_json(data, str(target))
+
+
+def remove(env: str) -> bool:
+    target = path_for(env)
+    if target.exists():
+        os.unlink(target)
+        return True
+    return False

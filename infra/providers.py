@@ -1,7 +1,8 @@
 """What we know about each provider: where it can run, and whether UDP media works there.
 
-The UDP verdicts come from the seed document's provider table; a provider that blocks UDP
-cannot carry WebRTC media, so it is refused before anything is created.
+The UDP verdicts come from the provider table of the operator's guide the project grew from
+(reliability_security research: OVH throttles UDP); a provider that blocks UDP cannot carry
+WebRTC media, so it is refused before anything is created.
 """
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ class Provider:
     refused: str = ""
     #: Printed, not fatal: what the operator must set up by hand.
     warning: str = ""
+    #: Server types that are arm64 machines (the rest are amd64).
+    arm64_prefixes: tuple[str, ...] = ()
+
+    def architecture(self, server_type: str) -> str:
+        """Debian architecture of a server type: selects the release artifact to pin."""
+        return "arm64" if server_type.startswith(self.arm64_prefixes) and self.arm64_prefixes else "amd64"
 
 
 HETZNER = Provider(
@@ -36,6 +43,7 @@ HETZNER = Provider(
     }),
     default_region="nbg1",
     default_server_type="cx23",
+    arm64_prefixes=("cax",),
 )
 
 DIGITALOCEAN = Provider(

@@ -1,17 +1,19 @@
-"""Secrets of an environment that has no Pulumi state (local, existing hosts without Pulumi).
+"""Secrets of an environment that has no Pulumi state (local machines), and derived secrets.
 
 Generated once and kept in `.stack/<env>/secrets.json` (0600) so that a re-run, or a rebuild,
 keeps tokens valid. Values given in the stack config win over generated ones.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
-import os
 import secrets as _random
 from dataclasses import dataclass
 
 from infra.config import StackConfig
-from infra.outputs import STACK_DIR
+from infra.files import write_private
+from infra.outputs import EnvPaths
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class EnvSecrets:
 
 
 def load_or_create(cfg: StackConfig) -> EnvSecrets:
-    path = STACK_DIR / cfg.env / "secrets.json"
+    path = EnvPaths(cfg.env).secrets
     stored: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
     values = {
         "api_secret": cfg.api_secret.plain or stored.get("api_secret") or _random.token_hex(32),
@@ -33,10 +35,18 @@ def load_or_create(cfg: StackConfig) -> EnvSecrets:
         "token_key": cfg.token_key.plain or stored.get("token_key") or _random.token_urlsafe(32),
     }
     if values != stored:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
-        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(values, fh, indent=2)
-        os.replace(path.with_suffix(".tmp"), path)
+        write_private(path, json.dumps(values, indent=2) + "\n")
     return EnvSecrets(**values)
+
+
+def derived(api_secret: str, purpose: str) -> str:
+    """A secret derived from the API secret (HMAC), so no extra secret must be stored or shared.
+
+    It rotates with the API secret; `purpose` keeps derived secrets apart, e.g. "redis/requirepass".
+    """
+    return hmac.new(api_secret.encode(), f"voicestack/{purpose}".encode(), hashlib.sha256).hexdigest()
+
+
+def redis_password(api_secret: str) -> str:
+    """Redis' requirepass (every node's LiveKit and Redis derive the same one)."""
+    return derived(api_secret, "redis/requirepass")

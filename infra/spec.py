@@ -6,11 +6,14 @@ cloud firewall, the host firewall and the verification expectations are all read
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
-from infra.config import StackConfig
+from infra.codec import from_plain, to_plain
+from infra.config import SecretValue, StackConfig
 
 WORLD = ("0.0.0.0/0", "::/0")
 #: Where Caddy serves the token endpoint (behind HTTPS on the LiveKit name).
@@ -163,6 +166,34 @@ class EnvSpec:
         """TURN/TLS shares 443 with HTTPS: an SNI router on 443 sends the TURN name to coturn."""
         return self.config.turn_tls_port == 443
 
+    @property
+    def cloud_firewall_managed(self) -> bool:
+        """False for bring-your-own hosts: their security group is the operator's job."""
+        return self.config.provider_info.kind != "existing"
+
+    # ---- topology: decided once here, so deploy and verify agree ---------------------------
+    @property
+    def certificate_node(self) -> Node | None:
+        """The node that obtains the LiveKit certificate. The LiveKit name points at every LiveKit
+        node, but an ACME HTTP-01 validation reaches only one of them: the others relay the
+        challenges to this node and receive the certificate from the deploy."""
+        found = self.nodes_with(Role.LIVEKIT)
+        return found[0] if found else None
+
+    def turn_name_nodes(self) -> tuple[Node, ...]:
+        """Nodes the TURN name's DNS record points at (they obtain or hold its certificate)."""
+        record = next(r for r in self.dns_records if r.name == self.config.turn_host)
+        return tuple(n for n in self.nodes if n.name in record.nodes)
+
+    def serves_turn_name(self, node: Node) -> bool:
+        return node in self.turn_name_nodes()
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"no node named {name!r}; the spec has {', '.join(n.name for n in self.nodes)}")
+
 
 def _nodes(cfg: StackConfig) -> tuple[Node, ...]:
     names = [h.name for h in cfg.hosts] if cfg.hosts else [f"node-{i + 1}" for i in range(cfg.node_count)]
@@ -300,3 +331,23 @@ def derive(cfg: StackConfig) -> EnvSpec:
         dns_records=_dns(cfg, nodes),
         turn_servers=tuple(turn_servers),
     )
+
+
+_NO_SECRET = SecretValue()
+
+
+def without_secrets(spec: EnvSpec) -> EnvSpec:
+    """The spec with the config's secret values dropped: the outputs carry the resolved secrets
+    next to it, and the Pulumi program exports the spec in clear."""
+    cfg = dataclasses.replace(spec.config, api_secret=_NO_SECRET, turn_secret=_NO_SECRET, token_key=_NO_SECRET)
+    return dataclasses.replace(spec, config=cfg)
+
+
+def to_json(spec: EnvSpec) -> dict[str, Any]:
+    """The derived spec as JSON, secrets left out."""
+    return to_plain(without_secrets(spec))
+
+
+def from_json(data: Any) -> EnvSpec:
+    """The inverse of to_json (raises infra.codec.DecodeError naming the bad field)."""
+    return from_plain(EnvSpec, data, "spec")

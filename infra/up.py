@@ -1,83 +1,111 @@
-"""`make up ENV=<env>`: provision -> deploy -> verify, one progress line per step, then a summary.
+"""`make up ENV=<env> [CONFIG=<stack file>]`: validate -> provision -> deploy -> verify -> summary.
 
-ENV names a cloud stack when `Pulumi.<env>.yaml` exists (provisioned by `pulumi up`),
-otherwise a local environment of that name (machines on this host).
+One flat list for every environment. The settings come from CONFIG, else `Pulumi.<env>.yaml`,
+else the built-in local defaults; their `provider` picks the provisioner (local machines on
+this host, or the Pulumi program). Each step prints a line when it starts and when it ends.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from infra.outputs import ROOT, read
-from infra.steps import PYTHON, Progress, StepFailed, command
+from agent.tokens import mint
+from infra import outputs, provision, validate
+from infra.config import ConfigError
+from infra.local.host import LocalEnvError
+from infra.spec import EnvSpec
+from infra.steps import PYTHON, Progress, StepFailed, command, run
 
-
-def stack_file(env: str) -> Path | None:
-    path = ROOT / f"Pulumi.{env}.yaml"
-    return path if path.is_file() else None
-
-
-def provision(env: str) -> None:
-    if stack_file(env) is None:
-        command([PYTHON, "-m", "infra.local", "up", "--env", env])
-        return
-    if shutil.which("pulumi") is None:
-        raise StepFailed("the pulumi CLI is not installed; see docs/cloud.md (install it, then pulumi login)")
-    command([PYTHON, "-m", "infra.validate", str(stack_file(env))])
-    command(["pulumi", "up", "--yes", "--stack", env])
-    command([PYTHON, "-m", "infra.stack_outputs", "--stack", env])
+ROOT = outputs.ROOT
 
 
-def deploy(env: str) -> None:
-    command([PYTHON, "-m", "deploy", "--env", env])
+@dataclass
+class Run:
+    env: str
+    config: str | None = None
+    retain: bool = False
+    spec: EnvSpec | None = None
+    out: outputs.Outputs | None = None
+    progress: Progress = field(default_factory=Progress)
 
 
-def verify(env: str) -> None:
-    (ROOT / ".stack" / env / "roundtrip.json").unlink(missing_ok=True)  # only this run's results
-    command([PYTHON, "-m", "pytest", "tests/verify", f"--env={env}", "-q", "-p", "no:cacheprovider"])
+def load(env: str, config: str | Path | None = None, **overrides: Any) -> EnvSpec:
+    """The validated spec of an environment (ConfigError lists every problem); `overrides` are
+    settings by key that win over the file's (e.g. nodeCount from `infra.local up --nodes`)."""
+    raw, from_file = provision.read_settings(env, config)
+    return validate.load({**raw, **overrides}, env, from_file=from_file)
 
 
-def summary(env: str, p: Progress) -> None:
-    out = read(env)
-    token = command(["scripts/generate_livekit_token.sh", "--json", "voice-test"],
-                    env={**os.environ, "ENV": env}, capture=True)
-    p.line(f"environment {env} is up")
+def step_validate(r: Run) -> str:
+    try:
+        r.spec = load(r.env, r.config)
+    except ConfigError as exc:
+        raise StepFailed("the configuration has problems, nothing was created:\n" +
+                         "\n".join(f"  - {k}: {m}" for k, m in exc.problems)) from exc
+    for warning in r.spec.config.warnings:
+        r.progress.line(f"warning: {warning}")
+    return validate.summary(r.spec).replace("\n", "; ")
+
+
+def step_provision(r: Run) -> str:
+    assert r.spec is not None
+    p = provision.get("local" if r.spec.config.provider_info.kind == "local" else "pulumi")
+    if hasattr(p, "retain"):
+        p.retain = r.retain
+    r.out = p.up(r.spec, r.progress.child())
+    return f"{p.name}: {len(r.out.nodes)} node(s), outputs in {r.out.paths.outputs.relative_to(ROOT)}"
+
+
+def step_deploy(r: Run) -> str:
+    command([PYTHON, "-m", "deploy", "--env", r.env], cwd=str(ROOT))
+    return "converged"
+
+
+def step_verify(r: Run) -> str:
+    outputs.EnvPaths(r.env).verify_results.unlink(missing_ok=True)  # only this run's results
+    command([PYTHON, "-m", "pytest", "tests/verify", f"--env={r.env}", "-q", "-p", "no:cacheprovider"],
+            cwd=str(ROOT))
+    return "passed"
+
+
+def summary(out: outputs.Outputs, progress: Progress) -> None:
+    token = mint(out.api_key, out.api_secret, "user-summary", "voice-test", preset="speaker", ttl=3600)
+    progress.line(f"environment {out.env} is up")
     print(f"  LiveKit URL:     {out.livekit_url}")
     print(f"  token endpoint:  {out.token_endpoint}")
     print(f"  TURN:            {out.turn_domain}")
-    print(f"  test token:      {token.strip()}")
-    trips = ROOT / ".stack" / env / "roundtrip.json"
-    if trips.is_file():
-        for condition, r in json.loads(trips.read_text()).items():
+    print(f"  test token:      {token}  (room voice-test, 1 h)")
+    results = out.paths.verify_results
+    if results.is_file():
+        for condition, r in json.loads(results.read_text()).get("round_trips", {}).items():
             print(f"  round trip [{condition}]: agent answered {r['answer']!r} in {r['latency_s']}s (voice to voice)")
     if out.client_netns:
-        print(f"  try it:          ip netns exec {out.client_netns} curl --cacert {out.ca_bundle} "
-              f"https://{out.livekit_domain}/")
+        print(f"  try it:          make shell ENV={out.env}   (a shell on the emulated internet), then")
+        print(f"                   curl --cacert {out.ca_bundle} https://{out.livekit_domain}/")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--env", default="local")
+    ap.add_argument("--config", default=os.environ.get("CONFIG") or None,
+                    help="stack file (default Pulumi.<env>.yaml, else the built-in local defaults)")
     ap.add_argument("--skip-verify", action="store_true")
+    ap.add_argument("--retain", action="store_true", help="local: keep a half-made environment for debugging")
     args = ap.parse_args(argv)
     os.chdir(ROOT)
-    p = Progress()
+    r = Run(env=args.env, config=args.config, retain=args.retain)
+    steps = [("validate", lambda: step_validate(r)), ("provision", lambda: step_provision(r)),
+             ("deploy", lambda: step_deploy(r))]
+    if not args.skip_verify:
+        steps.append(("verify", lambda: step_verify(r)))
     try:
-        p.run("provision", lambda: provision(args.env))
-        if stack_file(args.env) is not None:
-            p.line("deploy ran inside pulumi up (its chained command); re-run alone with make deploy")
-        elif (ROOT / "deploy" / "__main__.py").is_file():
-            p.run("deploy", lambda: deploy(args.env))
-        else:
-            p.line("deploy is not built yet: stopping after provisioning")
-            return 0
-        if not args.skip_verify and (ROOT / "tests" / "verify" / "conftest.py").is_file():
-            p.run("verify", lambda: verify(args.env))
-        summary(args.env, p)
+        run(r.progress, steps, errors=(StepFailed, LocalEnvError, outputs.OutputsError))
+        summary(outputs.read(r.env), r.progress)
     except StepFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,25 +1,62 @@
-"""`make validate CONFIG=Pulumi.<stack>.yaml`: check a stack file, print every problem, create nothing."""
+"""Validation in one entry point, and `make validate CONFIG=Pulumi.<stack>.yaml`.
+
+`load` is the only way from raw settings to an environment spec: it collects the settings'
+problems (infra.config), the port plan's (infra.spec) and the artifact manifest's
+(deploy.artifacts), and raises one ConfigError listing all of them. Nothing is created.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any, Mapping
 
-from infra.config import ConfigError, load_stack_file, parse
-from infra.spec import EnvSpec, derive
+from deploy.artifacts import check_pinned
+from infra.config import ConfigError, check, load_stack_file, plain_secret_problems
+from infra.local.names import EnvNameError
+from infra.local.stack import local_raw
+from infra.spec import EnvSpec, derive, port_problems
 
 
-def load_spec(path: str) -> EnvSpec:
-    """Stack file -> validated spec (raises ConfigError listing every problem)."""
+def load(raw: Mapping[str, Any], env: str, *, from_file: bool = False) -> EnvSpec:
+    """Raw settings -> validated spec, or ConfigError with every problem.
+
+    from_file: the settings come from a stack file (plain-text secrets there are refused)."""
+    problems: list[tuple[str, str]] = plain_secret_problems(raw) if from_file else []
+    if str(raw.get("provider", "local")).lower() == "local":
+        try:
+            raw = local_raw(env, raw)
+        except EnvNameError as exc:
+            raise ConfigError([("env", str(exc))]) from exc
+    cfg, found = check(raw, env)
+    problems += found
+    problems += port_problems(cfg)
+    if cfg.provider_info.kind != "local" and not any(k == "livekitVersion" for k, _ in problems):
+        # A local environment builds its own artifact; a cloud node downloads the pinned release.
+        problems += check_pinned("livekit", cfg.livekit_version, cfg.provider_info.architecture(cfg.server_type))
+    if problems:
+        raise ConfigError(problems)
+    return derive(cfg)
+
+
+def load_file(path: str | Path, env: str | None = None) -> EnvSpec:
+    """A stack file -> validated spec (the env defaults to the stack name in the file name)."""
     stack, raw = load_stack_file(path)
-    return derive(parse(raw, env=stack))
+    return load(raw, env or stack, from_file=True)
 
 
 def summary(spec: EnvSpec) -> str:
     cfg = spec.config
     lines = [f"{cfg.env}: provider {cfg.provider} ({cfg.region}, {cfg.server_type}), "
-             f"{len(spec.nodes)} node(s), LiveKit {cfg.livekit_host}, TURN {cfg.turn_host}",
+             f"{len(spec.nodes)} node(s), LiveKit {cfg.livekit_host} {cfg.livekit_version}, TURN {cfg.turn_host}",
              "public ports: " + ", ".join(p.label for p in spec.public_ports())]
     return "\n".join(lines)
+
+
+def report(source: str, exc: ConfigError) -> None:
+    print(f"{source}: {len(exc.problems)} problem(s), nothing was created:", file=sys.stderr)
+    for key, msg in exc.problems:
+        print(f"  - {key}: {msg}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config", help="path of a Pulumi.<stack>.yaml")
     args = ap.parse_args(argv)
     try:
-        spec = load_spec(args.config)
+        spec = load_file(args.config)
     except ConfigError as exc:
-        print(f"{args.config}: {len(exc.problems)} problem(s), nothing was created:", file=sys.stderr)
-        for key, msg in exc.problems:
-            print(f"  - {key}: {msg}", file=sys.stderr)
+        report(args.config, exc)
         return 1
     for warning in spec.config.warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Install the Debian packages the operator machine needs: the local environment's tools
-# (infra/local/requirements.sh) and what the tests run for real (coturn for the TURN probe).
+# (infra/local/packages.txt) and what the tests run for real (coturn for the TURN probe).
 # Idempotent: only missing packages are installed.
+#
+# The operator host runs no daemon of these packages: Debian's coturn config has no
+# authentication (an open relay into private ranges and the cloud metadata address) and
+# apt-cacher-ng would listen on every address. The tests and the local environment start their
+# own instances with their own configs, so the packaged services are disabled, now and on every
+# run (a package upgrade may enable them again).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-read -r -a pkgs <<<"make git openssl coturn $(sh "$here/infra/local/requirements.sh")"
+read -r -a pkgs <<<"make git openssl coturn $(grep -v '^#' "$here/infra/local/packages.txt" | tr '\n' ' ')"
+no_daemons=(coturn apt-cacher-ng)
 missing=()
 for p in "${pkgs[@]}"; do
   # Go from /usr/local/go (newer than Debian's) satisfies golang-go.
@@ -15,8 +22,20 @@ if ((${#missing[@]})); then
   [ "$(id -u)" = 0 ] || { echo "error: need root to install ${missing[*]} (or install them yourself)" >&2; exit 1; }
   echo "==> apt-get install ${missing[*]}"
   apt-get update -qq
-  # No daemon may start from a package's postinst on the operator machine (coturn, apt-cacher-ng).
+  # No daemon may start from a package's postinst on the operator machine.
   printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ "$(id -u)" = 0 ]; then
+  for unit in "${no_daemons[@]}"; do
+    state="$(systemctl is-enabled "$unit" 2>/dev/null || true)"
+    case "$state" in
+      disabled|masked|"") ;;
+      *) echo "==> disabling the packaged $unit service on this host (the tests run their own)"
+         systemctl disable "$unit" >/dev/null 2>&1 || true
+         # With systemd as PID 1 it may be running too.
+         if [ -d /run/systemd/system ]; then systemctl stop "$unit" 2>/dev/null || true; fi ;;
+    esac
+  done
 fi

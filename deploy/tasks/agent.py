@@ -5,7 +5,7 @@ Layout on a node with Role.AGENT:
   /opt/voicestack/agent/requirements.txt   the pinned requirements (uploaded)
   /opt/voicestack/agent/venv               python3 -m venv; pip runs only when the requirements'
                                            sha256 differs from venv/.requirements.sha256
-  /opt/voicestack/agent/app/agent/         agent/*.py and agent/speech/*.py (no tests)
+  /opt/voicestack/agent/app/agent/         agent/*.py and agent/speech/*.py (no tests, no operator tools)
   /opt/voicestack/agent/app/.code.sha256   digest of the uploaded code (a restart input)
   /etc/voicestack/agent.env                every setting and secret, 0600 root (systemd reads it)
   /etc/systemd/system/voicestack-{speech,agent,token,webhooks}.service   User=voicestack, sandboxed
@@ -29,11 +29,18 @@ from pyinfra.facts.files import File, FileContents, FindFiles
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from deploy.inventory import InventoryError, NodeVars
+from deploy.inventory import DeployInputError, NodeVars
 from deploy.tasks._ops import install_packages, put_rendered, service_current
-from infra.spec import Role
+from infra.spec import TOKEN_PATH, Role
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def venv_stamp(venv: str) -> str:
+    """Holds the sha256 of the requirements the venv was built from (written last)."""
+    return f"{venv}/.requirements.sha256"
+
+
 SOURCE = ROOT / "agent"
 REQUIREMENTS_SRC = SOURCE / "requirements.txt"
 
@@ -43,8 +50,8 @@ OPT = "/opt/voicestack/agent"
 REQUIREMENTS = f"{OPT}/requirements.txt"
 VENV = f"{OPT}/venv"
 PYTHON = f"{VENV}/bin/python"
-VENV_STAMP = f"{VENV}/.requirements.sha256"
 APP = f"{OPT}/app"
+VENV_STAMP = venv_stamp(VENV)
 CODE_DIR = f"{APP}/agent"
 CODE_STAMP = f"{APP}/.code.sha256"
 CONF_DIR = "/etc/voicestack"
@@ -57,6 +64,11 @@ DRAIN_SECONDS = 60       # AGENT_DRAIN_TIMEOUT: running conversations get this l
 STOP_GRACE_SECONDS = 30  # systemd waits drain + this before SIGKILL
 READY_SECONDS = 180      # a cold start (imports, model load) on a 2-core node takes ~20 s
 
+#: Modules of agent/ that run on the operator's machine only (they import infra/ or are clients).
+OPERATOR_ONLY = frozenset({"admin.py", "token_cli.py", "roundtrip.py", "roundtrip_cli.py"})
+#: The worker has a template of its own (drain on stop); the others share voicestack-service.service.j2.
+OWN_TEMPLATE = frozenset({"voicestack-agent"})
+
 # unit name (without .service) -> (module, description)
 SERVICES = {
     "voicestack-speech": ("agent.speech_server", "voicestack offline speech server (STT, TTS, responder)"),
@@ -68,15 +80,17 @@ _SAFE_VALUE = re.compile(r"^[^\s\"'\\$`]*$")
 
 
 def code_files() -> list[Path]:
-    """The agent package as deployed: agent/*.py and agent/speech/*.py, sorted (no tests, no caches)."""
-    return sorted(SOURCE.glob("*.py")) + sorted((SOURCE / "speech").glob("*.py"))
+    """The agent package as deployed: agent/*.py and agent/speech/*.py, sorted (no tests, no caches,
+    no operator tools)."""
+    return sorted(p for p in SOURCE.glob("*.py") if p.name not in OPERATOR_ONLY) + \
+        sorted((SOURCE / "speech").glob("*.py"))
 
 
-def code_digest(paths: list[Path] | None = None) -> str:
+def code_digest(paths: list[Path] | None = None, root: Path = SOURCE) -> str:
     """sha256 over the deployed files' relative names and contents (changes when any file does)."""
     h = hashlib.sha256()
     for p in paths if paths is not None else code_files():
-        h.update(p.relative_to(SOURCE).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
 
 
@@ -88,7 +102,7 @@ def agent_env(vs: NodeVars) -> dict[str, str]:
     """Every variable of /etc/voicestack/agent.env, in file order (pure: the task and the tests)."""
     spec, cfg, sec = vs.spec, vs.cfg, vs.secrets
     if not sec.token_key:
-        raise InventoryError("the outputs have no token_key; the token endpoint needs it (re-run the provisioner)")
+        raise DeployInputError("the outputs have no token_key; the token endpoint needs it (re-run the provisioner)")
     speech, health, token, hooks = (spec.port(n) for n in ("speech", "agent-health", "token", "webhooks"))
     env = {
         # The worker talks to the LiveKit of its own node; browsers get the public URL from the token service.
@@ -122,7 +136,7 @@ def agent_env(vs: NodeVars) -> dict[str, str]:
     }
     for key, value in env.items():
         if not _SAFE_VALUE.match(value):
-            raise InventoryError(f"{key} contains whitespace, quotes, '$' or '\\'; systemd's EnvironmentFile "
+            raise DeployInputError(f"{key} contains whitespace, quotes, '$' or '\\'; systemd's EnvironmentFile "
                                  "would not read it back verbatim")
     return env
 
@@ -133,7 +147,7 @@ def agent_vars(vs: NodeVars) -> dict:
     health_urls = {
         "voicestack-speech": f"http://127.0.0.1:{spec.port('speech').start}/health",
         "voicestack-agent": f"http://127.0.0.1:{spec.port('agent-health').start}/",
-        "voicestack-token": f"http://127.0.0.1:{spec.port('token').start}/api/token/health",
+        "voicestack-token": f"http://127.0.0.1:{spec.port('token').start}{TOKEN_PATH}/health",
         "voicestack-webhooks": f"http://127.0.0.1:{spec.port('webhooks').start}/health",
     }
     return {
@@ -163,7 +177,7 @@ def pip_requirements(venv: str, requirements: str, sha256: str, index_url: str |
     + sha256: the requirements file's sha256 (the stamp's content)
     + index_url: pip --index-url (local wheelhouse); None: pip's default index
     """
-    stamp = f"{venv}/.requirements.sha256"
+    stamp = venv_stamp(venv)
     have = host.get_fact(FileContents, path=stamp)
     if have and have[0].strip() == sha256 and host.get_fact(File, path=f"{venv}/pyvenv.cfg"):
         return
@@ -236,7 +250,8 @@ def agent():
     put_rendered(name=f"Render {ENV_FILE}", service="agent", template="agent.env.j2", dest=ENV_FILE,
                  user="root", group="root", mode=ENV_MODE, variables=v)
     units = [put_rendered(name=f"Render {UNIT_DIR}/{name}.service", service="agent",
-                          template=f"{name}.service.j2", dest=f"{UNIT_DIR}/{name}.service", mode="644",
+                          template=f"{name if name in OWN_TEMPLATE else 'voicestack-service'}.service.j2",
+                          dest=f"{UNIT_DIR}/{name}.service", mode="644",
                           variables={**v, "service": v["services"][name], "name": name})
              for name in SERVICES]
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*units))

@@ -6,7 +6,8 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, server, systemd
 
 from deploy.inventory import NodeVars
-from deploy.tasks._ops import put_rendered, IsContainer, install_packages, service_current
+from deploy.tasks._facts import IsContainer
+from deploy.tasks._ops import install_packages, put_rendered, service_current
 
 PACKAGES = ["openssh-server", "unattended-upgrades", "apt-listchanges", "fail2ban", "python3-systemd",
             "nftables", "systemd-timesyncd", "curl", "ca-certificates"]

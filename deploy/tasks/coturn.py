@@ -4,23 +4,17 @@ from __future__ import annotations
 import io
 
 from pyinfra import host
-from pyinfra.api import deploy, operation
-from pyinfra.facts.files import Sha256File
+from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from deploy.inventory import InventoryError, NodeVars
-from deploy.tasks._ops import put_rendered, NewestFile, install_packages, service_current, unmask
-from deploy.tasks.caddy import STORAGE, placeholder_certificate
+from deploy.inventory import DeployInputError, NodeVars
+from deploy.tasks import certificates
+from deploy.tasks._ops import install_packages, put_rendered, service_current, unmask
 from infra.spec import Scope
 
 CONFIG = "/etc/turnserver.conf"
 DROPIN = "/etc/systemd/system/coturn.service.d/voicestack.conf"
-TLS_DIR = "/etc/coturn/tls"
-CERT = f"{TLS_DIR}/fullchain.pem"
-KEY = f"{TLS_DIR}/privkey.pem"
-CERT_SYNC = "/usr/local/sbin/voicestack-turn-cert"
-CERT_WAIT_SECONDS = 180
 
 # Quotas: a voice stack relays Opus audio only.
 USER_QUOTA = 12            # concurrent allocations per username (LiveKit's embedded TURN default)
@@ -28,8 +22,8 @@ TOTAL_QUOTA = 400          # allocations per server
 MAX_BPS = 32000            # bytes/s per session (~256 kbit/s)
 BPS_CAPACITY = 12500000    # bytes/s for all sessions (~100 Mbit/s)
 
-# On coturn 4.6.1 "denied-peer-ip=::" (or ::0) denies EVERY peer, IPv4 included (verified, see
-# docs/reference); the full IPv6 range written out does not. CVE-2026-27624 (fixed in 4.9.0) lets
+# On coturn 4.6.1 "denied-peer-ip=::" (or ::0) denies EVERY peer, IPv4 included (verified against a
+# real coturn: tests/unit/test_turn_probe.py); the full IPv6 range written out does not. CVE-2026-27624 (fixed in 4.9.0) lets
 # IPv4-mapped IPv6 peers (::ffff:a.b.c.d) past IPv4 deny rules: the IPv6 range covers them.
 DENY_ALL_V4 = "0.0.0.0-255.255.255.255"
 DENY_ALL_V6 = "::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
@@ -56,8 +50,8 @@ def coturn_vars(vs: NodeVars) -> dict:
         "listening_port": spec.port("turn-udp").start,
         "tls_port": tls.start,
         "tls": True,
-        "cert": CERT,
-        "pkey": KEY,
+        "cert": certificates.TURN_CERT,
+        "pkey": certificates.TURN_KEY,
         "min_port": relay.start,
         "max_port": relay.end,
         "secret": vs.secrets.turn_secret,
@@ -89,24 +83,8 @@ def render_config(vs: NodeVars) -> str:
     text = render("coturn", "turnserver.conf.j2", coturn_vars(vs))
     problems = lint(text)
     if problems:
-        raise InventoryError(f"{vs.node.name}: refusing to deploy {CONFIG}: " + "; ".join(problems))
+        raise DeployInputError(f"{vs.node.name}: refusing to deploy {CONFIG}: " + "; ".join(problems))
     return text
-
-
-@operation()
-def sync_certificate(domain: str, wait_seconds: int = CERT_WAIT_SECONDS):
-    """
-    Copy the certificate Caddy obtained for `domain` into coturn's TLS directory (waits for Caddy).
-
-    + domain: the TURN host name, e.g. "turn.example.com"
-    + wait_seconds: how long to wait for Caddy's first certificate
-    """
-    src = host.get_fact(NewestFile, pattern=f"{STORAGE}/certificates/*/{domain}/{domain}.crt")
-    if src and host.get_fact(Sha256File, path=src) == host.get_fact(Sha256File, path=CERT):
-        key = src[:-4] + ".key"
-        if host.get_fact(Sha256File, path=key) == host.get_fact(Sha256File, path=KEY):
-            return
-    yield f"{CERT_SYNC} --wait {int(wait_seconds)}"
 
 
 @deploy("Install and configure coturn")
@@ -122,26 +100,10 @@ def coturn():
               mode="640")
     dropin = put_rendered(name=f"Render {DROPIN}", service="coturn", template="coturn.service.conf.j2",
                           dest=DROPIN, mode="644", variables=v)
-    units = [dropin]
-    files.directory(name=f"Create {TLS_DIR}", path=TLS_DIR, user="root", group="turnserver", mode="750")
-    if not vs.serves_turn_name:
-        # The TURN name's certificate comes from the certificate node in the deploy's last pass.
-        placeholder_certificate(name="Create a placeholder TURN certificate (replaced at the end)", cert=CERT,
-                                key=KEY, domain=vs.cfg.turn_host, group="turnserver")
-    else:
-        put_rendered(name=f"Install {CERT_SYNC}", service="coturn", template="turn-cert.sh.j2", dest=CERT_SYNC,
-                     mode="755",
-                     variables={"turn_host": vs.cfg.turn_host, "storage": STORAGE, "cert": CERT, "key": KEY})
-        for unit in ("voicestack-turn-cert.service", "voicestack-turn-cert.timer"):
-            units.append(put_rendered(name=f"Render /etc/systemd/system/{unit}", service="coturn",
-                                      template=f"{unit}.j2", dest=f"/etc/systemd/system/{unit}", mode="644",
-                                      variables={"sync": CERT_SYNC}))
-        sync_certificate(name="Copy the TURN certificate from Caddy's storage", domain=vs.cfg.turn_host)
+    units = [dropin, *certificates.for_coturn(vs)]
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*units))
     unmask(name="Unmask coturn", service="coturn.service")
     service_current(name="Restart coturn if its config changed", service="coturn.service",
                     paths=(CONFIG, DROPIN))
     systemd.service(name="Enable coturn", service="coturn.service", enabled=True)
-    if vs.serves_turn_name:
-        systemd.service(name="Enable the TURN certificate refresh timer", service="voicestack-turn-cert.timer",
-                        running=True, enabled=True)
+    certificates.enable_turn_refresh(vs)

@@ -7,8 +7,8 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import systemd
 
-from deploy.inventory import InventoryError, NodeVars
-from deploy.tasks._ops import put_rendered, install_validated
+from deploy.inventory import DeployInputError, NodeVars
+from deploy.tasks._ops import install_validated, put_rendered
 
 STAGED = "/etc/nftables.conf.staged"
 LIVE = "/etc/nftables.conf"
@@ -33,7 +33,7 @@ def firewall_vars(vs: NodeVars) -> dict:
     """The rendered rules: one line per (rule, address family); pure, used by tests."""
     ssh = vs.spec.port("ssh")
     if not any(r.protocol == "tcp" and r.start <= ssh.start <= r.end for r in vs.spec.host_firewall):
-        raise InventoryError(f"the host firewall would not let SSH ({ssh.label}) in, locking the deploy out; "
+        raise DeployInputError(f"the host firewall would not let SSH ({ssh.label}) in, locking the deploy out; "
                              "set adminCidrs to the deploying machine's address")
     rules = []
     for r in vs.spec.host_firewall:

@@ -6,8 +6,9 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Arch
 from pyinfra.operations import files, server, systemd
 
-from deploy.inventory import ARCHES, InventoryError, NodeVars
-from deploy.tasks._ops import put_rendered, extract_once, fetch_verified, install_validated, service_current
+from deploy.artifacts import ARCHES, ArtifactError
+from deploy.inventory import DeployInputError, NodeVars
+from deploy.tasks._ops import extract_once, fetch_verified, install_validated, put_rendered, service_current
 from infra.spec import Role, Scope
 
 USER = "livekit"
@@ -32,7 +33,7 @@ def livekit_vars(vs: NodeVars) -> dict:
     prom = spec.port("livekit-prometheus")
     if prom.scope is not http.scope:
         # LiveKit binds its Prometheus listener on the same bind_addresses as its API.
-        raise InventoryError(f"livekit-prometheus is {prom.scope.value} but livekit-http is {http.scope.value}; "
+        raise DeployInputError(f"livekit-prometheus is {prom.scope.value} but livekit-http is {http.scope.value}; "
                              "LiveKit binds both on the same addresses, so give them the same scope")
     binds = ["127.0.0.1"]
     if http.scope is not Scope.LOOPBACK:
@@ -73,11 +74,14 @@ def webhook_urls(vs: NodeVars) -> list[str]:
 
 
 def artifact_for(vs: NodeVars, uname_arch: str) -> tuple[str, str]:
-    """(url, sha256) of the LiveKit release for a node's `uname -m`; InventoryError if not pinned."""
+    """(url, sha256) of the LiveKit release for a node's `uname -m`; DeployInputError if not pinned."""
     arch = ARCHES.get(uname_arch)
     if arch is None:
-        raise InventoryError(f"{vs.node.name}: unsupported architecture {uname_arch}")
-    return vs.artifacts["livekit"].for_arch(arch)
+        raise DeployInputError(f"{vs.node.name}: unsupported architecture {uname_arch}")
+    try:
+        return vs.artifacts["livekit"].for_arch(arch)
+    except ArtifactError as exc:
+        raise DeployInputError(f"{vs.node.name}: {exc}") from exc
 
 
 @deploy("Install and configure LiveKit")

@@ -1,39 +1,61 @@
-"""python -m infra.local up|down --env <env> [--nodes N] [--retain]"""
+"""python -m infra.local up|down|status --env <env> [--config F] [--nodes N] [--retain]
+
+`up` takes the same settings as `make up` (CONFIG, else Pulumi.<env>.yaml, else the built-in
+defaults); `--nodes` overrides nodeCount. `packages` prints the Debian packages the host needs,
+`livekit-bin` builds (or finds) the pinned livekit-server and prints its path.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
+from infra import up as pipeline
 from infra.config import DEFAULTS, ConfigError
-from infra.local import artifacts, down, host, up
+from infra.local import artifacts, host
 from infra.local.names import EnvNameError
+from infra.local.provisioner import LocalMachines
+from infra.steps import Progress, StepFailed
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.local", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m infra.local", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="create or reuse the local environment, write .stack/<env>/outputs.json")
     p_up.add_argument("--env", default="local")
-    p_up.add_argument("--nodes", type=int, default=1, help="number of machines (default 1)")
+    p_up.add_argument("--config", default=None, help="stack file (default Pulumi.<env>.yaml, else built-in defaults)")
+    p_up.add_argument("--nodes", type=int, default=None, help="number of machines (overrides nodeCount)")
     p_up.add_argument("--retain", action="store_true", help="keep a half-made environment when a step fails")
-    p_down = sub.add_parser("down", help="remove the environment (caches are kept)")
-    p_down.add_argument("--env", default="local")
+    for name, text in (("down", "remove the environment (caches are kept)"), ("status", "what is running")):
+        sub.add_parser(name, help=text).add_argument("--env", default="local")
     sub.add_parser("packages", help="print the Debian packages the host needs")
     sub.add_parser("livekit-bin", help="build/unpack the pinned livekit-server and print its path")
     args = parser.parse_args(argv)
+    machines = LocalMachines()
     try:
         if args.command == "up":
-            ctx = up.up(args.env, args.nodes, retain=args.retain)
-            print(f"env {args.env} is up: outputs in .stack/{args.env}/outputs.json; "
-                  f"ssh -i {ctx.ssh_key} -o UserKnownHostsFile={ctx.names.known_hosts} "
-                  f"root@{ctx.names.node_public_ip(0)}")
+            overrides = {"nodeCount": args.nodes} if args.nodes is not None else {}
+            spec = pipeline.load(args.env, args.config, **overrides)
+            if spec.config.provider_info.kind != "local":
+                raise ConfigError([("provider", f"is {spec.config.provider}, not local; use make up ENV={args.env}")])
+            machines.retain = args.retain
+            out = machines.up(spec, Progress())
+            node = out.nodes[0]
+            print(f"env {args.env} is up: outputs in {out.paths.outputs}; "
+                  f"ssh -i {node.ssh_key} -o UserKnownHostsFile={out.deploy.known_hosts} root@{node.public_ip}")
         elif args.command == "down":
-            down.down(args.env)
+            machines.down(args.env, Progress())
+        elif args.command == "status":
+            print(machines.status(args.env))
         elif args.command == "livekit-bin":
             print(artifacts.livekit_binary(DEFAULTS["livekitVersion"]))
         else:
             print(" ".join(host.HOST_PACKAGES))
-    except (host.LocalEnvError, EnvNameError, ConfigError) as exc:
+    except ConfigError as exc:
+        print("error: the configuration has problems:\n" + "\n".join(f"  - {k}: {m}" for k, m in exc.problems),
+              file=sys.stderr)
+        return 1
+    except (host.LocalEnvError, EnvNameError, StepFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -50,9 +50,10 @@ def _entries(root: Path = Path("/etc/apt")) -> list[tuple[str, list[str]]]:
     return found
 
 
-def host_mirrors() -> Mirrors:
+def host_mirrors(root: Path = Path("/etc/apt")) -> Mirrors:
+    """The host's own http:// Debian and security mirrors (from its apt sources under `root`)."""
     debian = security = ""
-    for uri, suites in _entries():
+    for uri, suites in _entries(root):
         uri = uri.rstrip("/")
         if not uri.startswith("http://"):
             continue  # https sources cannot go through an HTTP caching proxy
@@ -94,9 +95,9 @@ def start(names: EnvNames, mirrors: Mirrors) -> str:
         if f.is_file():
             shutil.copy(f, conf / f.name)
     # Requests for the host's mirror are served (and cached) from the host's mirror itself.
-    (conf / "backends_debian").write_text(m_slash(mirrors.debian))
+    (conf / "backends_debian").write_text(with_trailing_slash(mirrors.debian))
     if mirrors.security:
-        (conf / "backends_debvol").write_text(m_slash(mirrors.security))
+        (conf / "backends_debvol").write_text(with_trailing_slash(mirrors.security))
     cache = CACHE / "apt-cacher-ng" / names.env
     logs = names.run_dir / "acng-log"
     cache.mkdir(parents=True, exist_ok=True)
@@ -111,5 +112,5 @@ def start(names: EnvNames, mirrors: Mirrors) -> str:
     return proxy_url(names)
 
 
-def m_slash(uri: str) -> str:
+def with_trailing_slash(uri: str) -> str:
     return uri.rstrip("/") + "/\n"

@@ -7,33 +7,35 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from typing import Callable
 
-from infra import outputs
+from infra import outputs, steps
 from infra.local import firewall, host, machines, network
 from infra.local.names import EnvNames
 
 
-def down(env: str, print_fn: Callable[[str], None] = print) -> list[str]:
+def down(env: str, progress: steps.Progress | None = None) -> list[str]:
+    """Remove the environment; returns what was removed (empty when nothing was there)."""
     host.require_root()
+    progress = progress or steps.Progress()
     names = EnvNames(env)
-    start = time.monotonic()
     removed: list[str] = []
 
-    def step(label: str, fn: Callable[[], list[str]]) -> None:
-        t0 = time.monotonic()
-        done = fn()
-        removed.extend(done)
-        print_fn(f"[{time.monotonic() - start:6.1f}s] {label}: "
-                 f"{', '.join(done) if done else 'nothing to remove'} ({time.monotonic() - t0:.1f}s)")
+    def step(fn: Callable[[], list[str]]) -> Callable[[], str]:
+        def run() -> str:
+            done = fn()
+            removed.extend(done)
+            return ", ".join(done) if done else "nothing to remove"
+        return run
 
-    step("machines", lambda: machines.stop(names))
-    step("host services", lambda: _stop_services(names))
-    step("cloud firewall", lambda: firewall.remove(names))
-    step("networks", lambda: network.remove(names))
-    step("mounts", lambda: _unmount(names))
-    step("files", lambda: _remove_files(names))
+    steps.run(progress, [
+        ("machines", step(lambda: machines.stop(names))),
+        ("host services", step(lambda: _stop_services(names))),
+        ("cloud firewall", step(lambda: firewall.remove(names))),
+        ("networks", step(lambda: network.remove(names))),
+        ("mounts", step(lambda: _unmount(names))),
+        ("files", step(lambda: _remove_files(names))),
+    ], errors=(host.LocalEnvError,))
     return removed
 
 
@@ -73,8 +75,6 @@ def _remove_files(names: EnvNames) -> list[str]:
         if d.exists():
             shutil.rmtree(d, ignore_errors=True)
             done.append(str(d))
-    out = outputs.path_for(names.env)
-    if out.exists():
-        out.unlink()
-        done.append(str(out))
+    if outputs.remove(names.env):
+        done.append(str(outputs.path_for(names.env)))
     return done

@@ -32,9 +32,9 @@ TOOLS = {
     "curl": "curl",
 }
 
-# What `.ci/run` should apt-get install (also printed by requirements.sh).
-HOST_PACKAGES = ("systemd-container", "debootstrap", "nftables", "iproute2", "pebble", "apt-cacher-ng",
-                 "dnsmasq-base", "golang-go", "openssh-client", "curl", "ca-certificates")
+# The one list of host packages (scripts/install_host_deps.sh reads the same file).
+HOST_PACKAGES = tuple(line.strip() for line in (Path(__file__).parent / "packages.txt").read_text().splitlines()
+                      if line.strip() and not line.startswith("#"))
 
 
 class LocalEnvError(Exception):

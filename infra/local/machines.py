@@ -227,6 +227,16 @@ def remove(names: EnvNames, node_name: str) -> None:
     shutil.rmtree(names.machine_dir(node_name), ignore_errors=True)
 
 
+def running_machines(names: EnvNames) -> list[str]:
+    """Names of the env's machines whose nspawn runs (found by their root's path)."""
+    found = []
+    for pid in host.pids_matching(f"{names.state_dir}/"):
+        line = host.cmdline(pid)
+        if "systemd-nspawn" in line and "/rootfs " in line:
+            found.append(line.split("/rootfs ")[0].rsplit("/", 1)[-1])
+    return sorted(set(found))
+
+
 def stop(names: EnvNames, node_names: list[str] | None = None) -> list[str]:
     """Power off the env's machines (all of them when node_names is None)."""
     stopped = []

@@ -1,7 +1,8 @@
 """`up`: create (or reuse) a local environment, as a flat list of named steps.
 
 Every step is idempotent: on a running env it finds its piece in place and moves on, after
-a half-finished run it makes what is missing. The last step writes `.stack/<env>/outputs.json`.
+a half-finished run it makes what is missing. The spec comes in validated (infra.validate.load);
+the outputs are written twice: as soon as the machines answer, and with the artifacts at the end.
 """
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from infra import config, outputs, secrets, spec as specmod
-from infra.local import (acme, aptproxy, artifacts, dns, down, firewall, host, image, machines, network,
-                         wheelhouse)
+from infra import outputs, secrets, steps
+from infra import spec as specmod
+from infra.local import acme, aptproxy, artifacts, dns, down, firewall, host, image, machines, network, wheelhouse
 from infra.local.names import EnvNames
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +26,10 @@ class Context:
     spec: specmod.EnvSpec
     secrets: secrets.EnvSecrets
     log_dir: Path
-    extra: dict[str, Any] = field(default_factory=dict)
+    acme_directory: str | None = None
+    apt_proxy: str | None = None
+    pip_index: str | None = None
+    artifacts: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     ssh_key: Path | None = None
     public_key: str = ""
@@ -35,12 +39,6 @@ class Context:
     acme_server_ca: Path | None = None
     boot_s: dict[str, float] = field(default_factory=dict)
     reused_machines: int = 0
-
-
-def build_spec(env: str, node_count: int) -> specmod.EnvSpec:
-    names = EnvNames(env)
-    cfg = config.local_defaults(env, node_count, admin_cidrs=(f"{names.operator_ip}/32",))
-    return specmod.derive(cfg)
 
 
 # ---- steps -----------------------------------------------------------------------------------
@@ -80,16 +78,14 @@ def dns_server(ctx: Context) -> str:
 
 
 def acme_ca(ctx: Context) -> str:
-    url, ctx.ca_bundle = acme.start(ctx.names, ctx.spec.config.domain)
+    ctx.acme_directory, ctx.ca_bundle = acme.start(ctx.names, ctx.spec.config.domain)
     ctx.acme_server_ca = acme.server_ca(ctx.names, ctx.spec.config.domain)
-    ctx.extra.update(acme_directory=url, acme_server_ca=str(ctx.acme_server_ca))
-    return url
+    return ctx.acme_directory
 
 
 def apt_proxy(ctx: Context) -> str:
-    url = aptproxy.start(ctx.names, aptproxy.host_mirrors())
-    ctx.extra["apt_proxy"] = url
-    return url
+    ctx.apt_proxy = aptproxy.start(ctx.names, aptproxy.host_mirrors())
+    return ctx.apt_proxy
 
 
 def machines_up(ctx: Context) -> str:
@@ -138,20 +134,16 @@ def artifact_server(ctx: Context) -> str:
     url = artifacts.serve(ctx.names)
     version = ctx.spec.config.livekit_version
     tarball, sha, built = artifacts.livekit_tarball(version, ctx.log_dir / "go-install.log")
-    ctx.extra["artifacts"] = {"livekit": {"version": version, "url": artifacts.publish(ctx.names, tarball, "artifacts"),
-                                          "sha256": sha}}
-    ctx.extra["artifact_server"] = url
+    ctx.artifacts = {"livekit": {"version": version, "url": artifacts.publish(ctx.names, tarball, "artifacts"),
+                                 "sha256": sha}}
     return f"livekit {version} {'built' if built else 'cached'}, sha256 {sha[:12]}…, served at {url}"
 
 
 def python_wheels(ctx: Context) -> str:
     req = wheelhouse.requirements_file(REPO)
-    if not req.exists():
-        ctx.notes.append(f"no {req.relative_to(REPO)} yet: wheelhouse skipped")
-        return f"skipped: {req} does not exist yet"
     wheel_dir, built = wheelhouse.build(req, ctx.log_dir / "pip-wheel.log")
-    index, find_links = wheelhouse.publish(ctx.names, wheel_dir)
-    ctx.extra.update(pip_index=index, wheelhouse_url=find_links)
+    index, _find_links = wheelhouse.publish(ctx.names, wheel_dir)
+    ctx.pip_index = index
     return f"{'built' if built else 'cached'} {wheel_dir} ({len(list(wheel_dir.glob('*.whl')))} wheels), index {index}"
 
 
@@ -174,58 +166,38 @@ STEPS: list[tuple[str, Callable[[Context], str]]] = [
 
 
 def make_outputs(ctx: Context) -> outputs.Outputs:
-    cfg, names = ctx.spec.config, ctx.names
+    names = ctx.names
     nodes = [outputs.NodeOut(name=n.name, public_ip=names.node_public_ip(n.index), private_ip=n.private_ip,
                              ssh_user="root", ssh_key=str(ctx.ssh_key), roles=sorted(r.value for r in n.roles),
                              ssh_port=22)
              for n in ctx.spec.nodes]
-    extra = dict(ctx.extra)
-    extra.update(operator_ip=names.operator_ip, known_hosts=str(names.known_hosts), provider="local",
-                 netns={n.name: names.node_netns(n.name) for n in ctx.spec.nodes},
-                 public_network=str(names.public_net), internet_network=str(names.internet_net),
-                 gateway=names.gateway, client_ip=names.client_ip, nft_table=f"inet {names.nft_table}",
-                 notes=list(ctx.notes),
-                 config=config.local_raw(cfg.env, len(ctx.spec.nodes), cfg.admin_cidrs))
-    return outputs.Outputs(
-        env=cfg.env,
-        livekit_url=f"wss://{cfg.livekit_host}",
-        api_key=cfg.api_key,
-        api_secret=ctx.secrets.api_secret,
-        turn_domain=cfg.turn_host,
-        token_endpoint=f"https://{cfg.livekit_host}/api/token",
-        nodes=nodes,
-        livekit_domain=cfg.livekit_host,
-        turn_secret=ctx.secrets.turn_secret,
-        token_key=ctx.secrets.token_key,
-        config_file="",
-        ca_bundle=str(ctx.ca_bundle) if ctx.ca_bundle else None,
-        dns_server=ctx.dns_server or None,
-        client_netns=names.client_netns,
-        extra=extra,
-    )
+    deploy = outputs.DeployInputs(acme_directory=ctx.acme_directory, artifacts=ctx.artifacts, apt_proxy=ctx.apt_proxy,
+                                  pip_index=ctx.pip_index, known_hosts=str(names.known_hosts),
+                                  ssh_strict_host_key_checking="yes")
+    local = outputs.LocalInfo(operator_ip=names.operator_ip, gateway=names.gateway,
+                              public_network=str(names.public_net), internet_network=str(names.internet_net),
+                              netns={n.name: names.node_netns(n.name) for n in ctx.spec.nodes})
+    return outputs.assemble(ctx.spec, nodes, api_secret=ctx.secrets.api_secret, turn_secret=ctx.secrets.turn_secret,
+                            token_key=ctx.secrets.token_key, deploy=deploy,
+                            ca_bundle=str(ctx.ca_bundle) if ctx.ca_bundle else None,
+                            dns_server=ctx.dns_server or None, client_netns=names.client_netns, local=local)
 
 
-def up(env: str, node_count: int = 1, retain: bool = False, print_fn: Callable[[str], None] = print) -> Context:
+def up(spec: specmod.EnvSpec, progress: steps.Progress | None = None, retain: bool = False) -> Context:
+    """Bring the local environment of `spec` up (or in line with it); outputs.json is the last step."""
     host.require_root()
-    names = EnvNames(env)
-    spec = build_spec(env, node_count)
+    progress = progress or steps.Progress()
+    names = EnvNames(spec.env)
     existed = names.state_dir.exists()
-    ctx = Context(names=names, spec=spec, secrets=secrets.load_or_create(spec.config),
-                  log_dir=names.state_dir / "logs")
-    start = time.monotonic()
-    for label, step in STEPS:
-        t0 = time.monotonic()
-        try:
-            detail = step(ctx)
-        except Exception as exc:
-            print_fn(f"[{time.monotonic() - start:6.1f}s] {label}: FAILED after {time.monotonic() - t0:.1f}s")
-            if not retain and not existed:
-                print_fn("removing the half-made environment (pass --retain to keep it for debugging)")
-                down.down(env, print_fn=lambda _m: None)
-            if isinstance(exc, host.LocalEnvError):
-                raise host.LocalEnvError(f"failed to bring up env {env!r} at step '{label}': {exc}") from exc
-            raise
-        print_fn(f"[{time.monotonic() - start:6.1f}s] {label}: {detail} ({time.monotonic() - t0:.1f}s)")
+    ctx = Context(names=names, spec=spec, secrets=secrets.load_or_create(spec.config), log_dir=names.state_dir / "logs")
+
+    def cleanup(_label: str) -> None:
+        if not retain and not existed:
+            progress.line("removing the half-made environment (pass --retain to keep it for debugging)")
+            down.down(spec.env, progress=steps.Progress.quiet())
+
+    steps.run(progress, [(label, (lambda fn=fn: fn(ctx))) for label, fn in STEPS], errors=(host.LocalEnvError,),
+              on_failure=cleanup)
     for note in ctx.notes:
-        print_fn(f"note: {note}")
+        progress.line(f"note: {note}")
     return ctx

@@ -62,10 +62,17 @@ def publish(names: EnvNames, wheel_dir: Path) -> tuple[str, str]:
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(wheel_dir)
+    write_index(www / "simple", wheel_dir, "../../wheels")
+    stamp.write_text(str(wheel_dir))
+    return f"{base}/simple/", f"{base}/wheels/"
+
+
+def write_index(simple: Path, wheel_dir: Path, href: str) -> list[str]:
+    """A PEP 503 simple index of `wheel_dir` under `simple`, each link with its sha256 (pip checks
+    it); `href` is the wheels' URL relative to a project page. Returns the project names."""
     projects: dict[str, list[Path]] = {}
     for whl in sorted(wheel_dir.glob("*.whl")):
         projects.setdefault(_project(whl.name), []).append(whl)
-    simple = www / "simple"
     simple.mkdir(parents=True, exist_ok=True)
     top = ["<!DOCTYPE html><html><body>"]
     for proj, files in sorted(projects.items()):
@@ -73,9 +80,8 @@ def publish(names: EnvNames, wheel_dir: Path) -> tuple[str, str]:
         rows = ["<!DOCTYPE html><html><body>"]
         for f in files:
             sha = hashlib.sha256(f.read_bytes()).hexdigest()
-            rows.append(f'<a href="../../wheels/{html.escape(f.name)}#sha256={sha}">{html.escape(f.name)}</a><br>')
+            rows.append(f'<a href="{href}/{html.escape(f.name)}#sha256={sha}">{html.escape(f.name)}</a><br>')
         (simple / proj / "index.html").write_text("\n".join(rows + ["</body></html>"]) + "\n")
         top.append(f'<a href="{proj}/">{proj}</a><br>')
     (simple / "index.html").write_text("\n".join(top + ["</body></html>"]) + "\n")
-    stamp.write_text(str(wheel_dir))
-    return f"{base}/simple/", f"{base}/wheels/"
+    return sorted(projects)

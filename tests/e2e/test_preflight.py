@@ -6,12 +6,13 @@ rule taken out of the cloud firewall the verdict turns to BLOCKED with the provi
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.e2e import envs
 
 ENV = "e2epre"
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,17 +20,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def env():
-    if os.geteuid() != 0:
-        pytest.fail("the local environment needs root")
-    from infra.local import down, up
-    down.down(ENV, print_fn=lambda _m: None)
-    ctx = up.up(ENV, 1, print_fn=lambda _m: None)
+    envs.require_host()
+    envs.down(ENV)
+    ctx = envs.up(ENV, 1)
     yield ctx
-    down.down(ENV, print_fn=lambda _m: None)
+    envs.down(ENV)
 
 
 def preflight() -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tests.verify.preflight", "--env", ENV], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "infra.preflight", "--env", ENV], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

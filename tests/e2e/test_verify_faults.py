@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,30 +19,30 @@ from typing import Iterator
 
 import pytest
 
+from infra import outputs
+from tests.e2e import envs
+
 ENV = "e2everify"
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[object]:
-    if os.geteuid() != 0:
-        pytest.fail("the local environment needs root")
-    from infra.local import down, up
-    down.down(ENV, print_fn=lambda _m: None)
-    ctx = up.up(ENV, 1, print_fn=lambda _m: None)
-    deployed = subprocess.run([sys.executable, "-m", "deploy", "--env", ENV], cwd=ROOT, capture_output=True,
-                              text=True, timeout=1200)
+    envs.require_host()
+    envs.down(ENV)
+    ctx = envs.up(ENV, 1)
+    deployed = envs.deploy(ENV)
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     yield ctx
-    down.down(ENV, print_fn=lambda _m: None)
+    envs.down(ENV)
 
 
-def verify(*select: str) -> subprocess.CompletedProcess[str]:
+def verify(*select: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "pytest", "tests/verify", f"--env={ENV}", "-q", "-p", "no:cacheprovider",
             "-o", "addopts=", "--tb=line"]
     if select:
         argv += ["-k", " or ".join(select)]
-    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
 def node(env, command: str) -> str:
@@ -58,6 +58,22 @@ def failed(proc: subprocess.CompletedProcess[str]) -> str:
 def test_01_clean_stack_passes_verify(env) -> None:
     proc = verify()
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+
+
+def test_01b_the_outputs_alone_drive_verify_from_another_checkout(env, tmp_path: Path) -> None:
+    """Copy .stack/<env>/ to a checkout that has no stack file: verify needs nothing else."""
+    checkout = tmp_path / "checkout"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(checkout), "HEAD"], check=True,
+                   capture_output=True)
+    try:
+        for venv in (".venv", ".venv-agent"):
+            (checkout / venv).symlink_to((ROOT / venv).resolve())
+        shutil.copytree(outputs.EnvPaths(ENV).dir, checkout / ".stack" / ENV)
+        assert not list(checkout.glob(f"Pulumi.{ENV}.yaml"))
+        proc = verify("dns_01", "net_01", "tls_01", "turn_01", "host_01", cwd=checkout)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(checkout)], capture_output=True)
 
 
 def test_02_coturn_stopped_fails_turn_checks(env) -> None:
@@ -86,7 +102,7 @@ def test_03_closed_public_port_fails_reachability(env) -> None:
 
 
 def _outputs_path() -> Path:
-    return ROOT / ".stack" / ENV / "outputs.json"
+    return outputs.path_for(ENV)
 
 
 def test_04_untrusted_ca_fails_tls(env, tmp_path: Path) -> None:

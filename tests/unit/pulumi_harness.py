@@ -8,11 +8,10 @@ is the program's own input, recorded as the engine would see it (camelCase wire 
 from __future__ import annotations
 
 import asyncio
-import threading
-
 import ipaddress
 import json
 import secrets
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping

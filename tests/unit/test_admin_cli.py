@@ -6,91 +6,29 @@ binary fails the module rather than skipping it, so CI cannot pass without exerc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from livekit import api
 
 import infra.outputs
 from agent.admin import AdminError, http_url, resolve_target
+from tests.conftest import LOOPBACK_KEY as KEY
+from tests.conftest import LOOPBACK_SECRET as SECRET
+from tests.conftest import LiveKit, free_port
+from tests.unit.support import outputs_for, spec_of
 
 ROOT = Path(__file__).resolve().parents[2]
-KEY, SECRET = "APIadmintest", "a" * 40
-READY_DEADLINE = 30.0
-
-
-def livekit_binary() -> str:
-    path = os.environ.get("LIVEKIT_SERVER_BIN", "")
-    if not path:
-        proc = subprocess.run([sys.executable, "-m", "infra.local", "livekit-bin"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            pytest.fail(f"failed to get livekit-server: python -m infra.local livekit-bin: {proc.stderr.strip()}")
-        path = proc.stdout.strip().splitlines()[-1]
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"livekit-server binary {path!r} is missing or not executable; "
-                    "set LIVEKIT_SERVER_BIN or run 'python -m infra.local livekit-bin'")
-    return path
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("livekit")
-    port = free_port()
-    config = tmp / "livekit.yaml"
-    # Loopback only, no STUN lookup (use_external_ip false), one TCP + one UDP media port.
-    config.write_text(f"""port: {port}
-bind_addresses: [127.0.0.1]
-rtc:
-  tcp_port: {free_port()}
-  udp_port: {free_port(socket.SOCK_DGRAM)}
-  use_external_ip: false
-  node_ip: 127.0.0.1
-keys:
-  {KEY}: {SECRET}
-logging:
-  level: warn
-""")
-    log = open(tmp / "livekit.log", "wb")
-    proc = subprocess.Popen([livekit_binary(), "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + READY_DEADLINE
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/", timeout=1) as resp:
-                if resp.read().strip() == b"OK":
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log.close()
-            pytest.fail(f"livekit-server did not answer OK on {url} within {READY_DEADLINE:.0f} s; "
-                        f"log:\n{(tmp / 'livekit.log').read_text()[-2000:]}")
-        time.sleep(0.1)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+def server(livekit_server: LiveKit) -> str:
+    return livekit_server.url
 
 
 def admin(url: str, *args: str, secret: str = SECRET, wrapper: bool = False) -> subprocess.CompletedProcess[str]:
@@ -139,7 +77,7 @@ def test_admin_cli_unknown_room_is_a_one_line_error(server: str) -> None:
 def test_admin_cli_bad_secret_is_a_clear_error(server: str) -> None:
     res = admin(server, "rooms", secret="b" * 40)
     assert res.returncode == 1
-    assert "rejected API key 'APIadmintest'" in res.stderr
+    assert f"rejected API key '{KEY}'" in res.stderr
     assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1
 
 
@@ -162,13 +100,11 @@ def test_admin_cli_reads_credentials_and_ca_from_outputs(tmp_path: Path, monkeyp
     for var in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(infra.outputs, "STACK_DIR", tmp_path)
-    infra.outputs.write(infra.outputs.Outputs(
-        env="t1", livekit_url="wss://lk.t1.test", api_key=KEY, api_secret=SECRET, turn_domain="turn.t1.test",
-        token_endpoint="https://lk.t1.test/api/token", nodes=[infra.outputs.NodeOut(
-            name="n0", public_ip="192.0.2.1", private_ip=None, ssh_user="root", ssh_key="/k", roles=["livekit"])],
-        ca_bundle="/tmp/root.pem"))
+    out = outputs_for(spec_of(env="t1", livekitHost="lk.t1.test", apiKey="APIadmintest"))
+    infra.outputs.write(dataclasses.replace(out, ca_bundle="/tmp/root.pem"))
     t = resolve_target("t1", None, None)
-    assert (t.url, t.api_key, t.api_secret, t.ca_bundle) == ("https://lk.t1.test", KEY, SECRET, "/tmp/root.pem")
+    assert (t.url, t.api_key, t.api_secret, t.ca_bundle) == ("https://lk.t1.test", "APIadmintest", out.api_secret,
+                                                             "/tmp/root.pem")
     assert resolve_target("t1", "ws://127.0.0.1:7880", "/other.pem").url == "http://127.0.0.1:7880"
     with pytest.raises(AdminError, match="make up ENV=t2"):
         resolve_target("t2", None, None)

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from infra.config import ConfigError, parse
+from infra.validate import load
 from infra.validate import main as validate_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,12 +27,15 @@ def problems(**changes: object) -> dict[str, str]:
     raw = {**GOOD, **changes}
     raw = {k: v for k, v in raw.items() if v is not None}
     with pytest.raises(ConfigError) as exc:
-        parse(raw, env="t")
-    return dict(exc.value.problems)
+        load(raw, env="t")
+    found: dict[str, str] = {}
+    for key, msg in exc.value.problems:  # one key may have several problems
+        found[key] = f"{found[key]}; {msg}" if key in found else msg
+    return found
 
 
 def test_good_config_is_accepted() -> None:
-    cfg = parse(GOOD, env="t")
+    cfg = load(GOOD, env="t").config
     assert cfg.livekit_host == "livekit.example.com"
     assert cfg.turn_host == "turn.example.com"
 
@@ -61,6 +64,21 @@ CASES = [
     ("unknown-key", {"livekitPrt": 1}, "livekitPrt", "unknown setting"),
     ("bad-cidr", {"adminCidrs": ["10.0.0.300/32"]}, "adminCidrs", "not a CIDR"),
     ("privileged-ice", {"icePortStart": 80, "icePortEnd": 90}, "icePortStart", "privileged"),
+    # CIDR sets that add up to the whole internet are the whole internet.
+    ("world-ssh-split-v4", {"adminCidrs": ["0.0.0.0/1", "128.0.0.0/1"]}, "adminCidrs", "together are 0.0.0.0/0"),
+    ("world-ssh-split-v6", {"adminCidrs": ["::/1", "8000::/1"]}, "adminCidrs", "together are ::/0"),
+    # Control characters would reach rendered configs (Caddyfile, livekit.yaml).
+    ("newline-in-email", {"acmeEmail": "ops@example.com\n}\nimport evil"}, "acmeEmail", "control character"),
+    ("newline-in-webhook", {"webhookUrls": ["https://n8n.example.com/x\nurls:"]}, "webhookUrls", "control character"),
+    ("tab-in-domain", {"domain": "example.com\t"}, "domain", "control character"),
+    ("bad-email", {"acmeEmail": "not-an-address"}, "acmeEmail", "not an e-mail address"),
+    ("non-root-ssh-user", {"sshUser": "deploy"}, "sshUser", "use root"),
+    ("bad-ssh-user", {"sshUser": "Root Admin"}, "sshUser", "not a valid user name"),
+    ("bad-livekit-version", {"livekitVersion": "latest"}, "livekitVersion", "not a release number"),
+    ("unpinned-livekit-version", {"livekitVersion": "1.99.0"}, "livekitVersion", "not in deploy/artifacts.json"),
+    ("existing-without-admin", {"provider": "existing", "region": None, "serverType": None, "adminCidrs": [],
+                                "hosts": [{"name": "node-1", "publicIp": "203.0.113.5"}]}, "adminCidrs", "is empty"),
+    ("http-acme-directory", {"acmeCa": "http://ca.example.com/dir"}, "acmeCa", "https://"),
 ]
 
 
@@ -73,6 +91,7 @@ def test_invalid_config_names_key_and_fix(changes: dict, key: str, fragment: str
 
 def test_world_ssh_accepted_with_explicit_opt_in() -> None:
     cfg = parse({**GOOD, "adminCidrs": ["0.0.0.0/0", "::/0"], "allowWorldSsh": True}, env="t")
+    assert parse({**GOOD, "adminCidrs": ["0.0.0.0/1", "128.0.0.0/1"], "allowWorldSsh": True}, env="t")
     assert cfg.admin_cidrs == ("0.0.0.0/0", "::/0")
 
 
@@ -94,23 +113,41 @@ def test_encrypted_secret_is_not_length_checked() -> None:
     assert "abc" not in repr(cfg)
 
 
+def test_a_port_collision_and_a_field_problem_are_reported_together() -> None:
+    found = problems(domain="bad domain", livekitTcpPort=7880)
+    assert {"domain", "livekitHttpPort"} <= set(found)
+
+
+PLAIN = {k: v for k, v in GOOD.items() if k not in ("apiSecret", "turnSecret")}
+
+
 def _stack_file(tmp_path: Path, raw: dict) -> Path:
     path = tmp_path / "Pulumi.staging.yaml"
     path.write_text(yaml.safe_dump({"config": {f"voicestack:{k}": v for k, v in raw.items()}}))
     return path
 
 
+def test_plain_text_secrets_in_a_stack_file_are_refused_with_the_fix(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert validate_main([str(_stack_file(tmp_path, GOOD))]) == 1
+    err = capsys.readouterr().err
+    for key in ("apiSecret", "turnSecret"):
+        assert f"- {key}: is written in plain text" in err and f"pulumi config set --secret {key}" in err
+    encrypted = {**PLAIN, "apiSecret": {"secure": "v1:AAAA"}}
+    assert validate_main([str(_stack_file(tmp_path, encrypted))]) == 0
+
+
 def test_make_validate_prints_every_error_and_fails(tmp_path: Path) -> None:
-    path = _stack_file(tmp_path, {**GOOD, "domain": "bad domain", "apiSecret": "short", "nodeCount": 0})
+    path = _stack_file(tmp_path, {**PLAIN, "domain": "bad domain", "nodeCount": 0, "livekitVersion": "1.99.0"})
     proc = subprocess.run(["make", "-s", "validate", f"CONFIG={path}"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0
-    for key in ("domain", "apiSecret", "nodeCount"):
+    for key in ("domain", "nodeCount", "livekitVersion"):
         assert f"- {key}:" in proc.stderr
     assert "nothing was created" in proc.stderr
 
 
 def test_validate_accepts_good_stack_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert validate_main([str(_stack_file(tmp_path, GOOD))]) == 0
+    assert validate_main([str(_stack_file(tmp_path, PLAIN))]) == 0
     assert "valid" in capsys.readouterr().out
 
 

@@ -6,20 +6,18 @@ import re
 
 import pytest
 
-from deploy.inventory import InventoryError, node_vars
+from deploy.inventory import DeployInputError, node_vars
 from deploy.render import render
 from deploy.tasks import agent, livekit
-from infra.spec import Role, Scope
-from tests.unit.test_deploy_templates import SECRET, TURN_SECRET, _Anything, _Changed, _Host, outputs_for, spec_of
+from infra.spec import TOKEN_PATH, Role, Scope
+from tests.unit.support import SECRET, TOKEN_KEY, TURN_SECRET, outputs_for, spec_of
 
-TOKEN_KEY = "k" * 40
 UNITS = tuple(agent.SERVICES)
 
 
 def node(nodes: int = 1, name: str = "node-1", **changes):
     spec = spec_of(nodes, **changes)
-    out = dataclasses.replace(outputs_for(spec), token_key=TOKEN_KEY)
-    return spec, node_vars(out, spec)[name]
+    return spec, node_vars(outputs_for(spec))[name]
 
 
 def env_lines(vs) -> dict[str, str]:
@@ -29,7 +27,8 @@ def env_lines(vs) -> dict[str, str]:
 
 def units(vs) -> dict[str, str]:
     v = agent.agent_vars(vs)
-    return {name: render("agent", f"{name}.service.j2", {**v, "service": v["services"][name], "name": name})
+    return {name: render("agent", f"{name if name in agent.OWN_TEMPLATE else 'voicestack-service'}.service.j2",
+                         {**v, "service": v["services"][name], "name": name})
             for name in UNITS}
 
 
@@ -55,7 +54,8 @@ def test_env_file_takes_ports_and_urls_from_the_spec() -> None:
         assert env[key] == "http://127.0.0.1:8000/v1", key
     assert env["HF_HUB_OFFLINE"] == "1"
     assert env["AGENT_DRAIN_TIMEOUT"] == str(agent.DRAIN_SECONDS)
-    assert (env["LIVEKIT_API_KEY"], env["LIVEKIT_API_SECRET"], env["TOKEN_KEY"]) == ("APIkey", SECRET, TOKEN_KEY)
+    assert (env["LIVEKIT_API_KEY"], env["LIVEKIT_API_SECRET"], env["TOKEN_KEY"]) == ("APIvoicestack", SECRET,
+                                                                                      TOKEN_KEY)
     assert TURN_SECRET not in "".join(env.values())
 
 
@@ -77,9 +77,9 @@ def test_worker_connects_to_its_own_nodes_livekit_in_a_cluster() -> None:
 
 
 def test_missing_token_key_refuses_to_deploy() -> None:
-    spec = spec_of()
-    vs = node_vars(outputs_for(spec), spec)["node-1"]
-    with pytest.raises(InventoryError, match="token_key"):
+    out = outputs_for(spec_of())
+    vs = node_vars(dataclasses.replace(out, token_key=""))["node-1"]
+    with pytest.raises(DeployInputError, match="token_key"):
         agent.agent_vars(vs)
 
 
@@ -93,7 +93,7 @@ def test_units_are_sandboxed_and_hold_no_secrets(name: str) -> None:
                  f"ExecStart={agent.PYTHON} -m {agent.SERVICES[name][0]}\n", "WantedBy=multi-user.target"):
         assert line in unit, line
     assert "ReadWritePaths" not in unit and "Environment=" not in unit.replace("EnvironmentFile=", "")
-    for secret in (SECRET, TOKEN_KEY, TURN_SECRET, "APIkey"):
+    for secret in (SECRET, TOKEN_KEY, TURN_SECRET, "APIvoicestack"):
         assert secret not in unit
 
 
@@ -112,7 +112,7 @@ def test_worker_unit_waits_for_speech_and_livekit_and_drains() -> None:
 def test_livekit_posts_webhooks_to_the_local_receiver_and_the_spec_urls() -> None:
     spec, vs = node(webhookUrls=["https://n8n.example.net/webhook/lk"])
     lk = render("livekit", "livekit.yaml.j2", livekit.livekit_vars(vs))
-    assert (f"webhook:\n  api_key: APIkey\n  urls:\n    - http://127.0.0.1:{spec.port('webhooks').start}/webhook\n"
+    assert (f"webhook:\n  api_key: APIvoicestack\n  urls:\n    - http://127.0.0.1:{spec.port('webhooks').start}/webhook\n"
             "    - https://n8n.example.net/webhook/lk\n") in lk
 
 
@@ -120,7 +120,7 @@ def test_caddy_proxies_the_token_path_to_the_token_port() -> None:
     from deploy.tasks import caddy
     spec, vs = node()
     text = render("caddy", "Caddyfile.j2", caddy.caddy_vars(vs))
-    assert f"handle /api/token* {{\n\t\treverse_proxy 127.0.0.1:{spec.port('token').start}\n" in text
+    assert f"handle {TOKEN_PATH}* {{\n\t\treverse_proxy 127.0.0.1:{spec.port('token').start}\n" in text
 
 
 def test_readiness_waits_for_every_health_endpoint_with_a_deadline() -> None:
@@ -128,39 +128,26 @@ def test_readiness_waits_for_every_health_endpoint_with_a_deadline() -> None:
     cmd = agent._wait_command(agent.agent_vars(vs)["services"])
     for url in (f"http://127.0.0.1:{spec.port('speech').start}/health",
                 f"http://127.0.0.1:{spec.port('agent-health').start}/",
-                f"http://127.0.0.1:{spec.port('token').start}/api/token/health",
+                f"http://127.0.0.1:{spec.port('token').start}{TOKEN_PATH}/health",
                 f"http://127.0.0.1:{spec.port('webhooks').start}/health"):
         assert url in cmd
     assert f"+ {agent.READY_SECONDS} ))" in cmd and "--max-time" in cmd
 
 
-def test_only_the_agent_package_is_deployed() -> None:
+def test_only_the_agent_package_is_deployed_without_operator_tools() -> None:
     names = [p.relative_to(agent.SOURCE).as_posix() for p in agent.code_files()]
     assert "worker.py" in names and "speech/stt.py" in names and "__init__.py" in names
     assert all(n.endswith(".py") and "test" not in n and "__pycache__" not in n for n in names)
-    assert agent.code_digest() == agent.code_digest() and len(agent.code_digest()) == 64
+    # Operator tools import infra/ (absent on nodes) or are clients: never shipped.
+    assert not set(names) & agent.OPERATOR_ONLY and (agent.SOURCE / "admin.py").is_file()
 
 
-def test_env_file_is_written_owner_only_and_pip_uses_the_local_index(monkeypatch) -> None:
-    calls, pips = [], []
-    monkeypatch.setattr(agent, "put_rendered", lambda **kw: calls.append(kw) or _Changed())
-    monkeypatch.setattr(agent, "pip_requirements", lambda **kw: pips.append(kw) or _Changed())
-    for name in ("files", "systemd", "server"):
-        monkeypatch.setattr(agent, name, _Anything())
-    for name in ("install_packages", "service_current", "prune_files"):
-        monkeypatch.setattr(agent, name, lambda *a, **kw: _Changed())
-    monkeypatch.setattr(agent, "any_changed", lambda *ops: (lambda: True))
-    spec = spec_of()
-    out = dataclasses.replace(outputs_for(spec, pip_index="http://198.18.0.1:8808/simple/"), token_key=TOKEN_KEY)
-    vs = node_vars(out, spec)["node-1"]
-    monkeypatch.setattr(agent, "host", _Host(vs))
-    body = next(c.cell_contents for c in agent.agent.__closure__ or ()
-                if getattr(c.cell_contents, "__name__", "") == "agent")
-    body()
-    by_dest = {c["dest"]: c for c in calls}
-    env = by_dest[agent.ENV_FILE]
-    assert (env["mode"], env["user"], env["group"]) == ("600", "root", "root")
-    for name in UNITS:
-        assert by_dest[f"/etc/systemd/system/{name}.service"]["mode"] == "644"
-    assert pips[0]["index_url"] == "http://198.18.0.1:8808/simple/"
-    assert pips[0]["sha256"] == agent.requirements_sha256()
+def test_code_digest_changes_with_any_deployed_file(tmp_path) -> None:
+    files = [tmp_path / "a.py", tmp_path / "b.py"]
+    for f in files:
+        f.write_text("x = 1\n")
+    before = agent.code_digest(files, root=tmp_path)
+    files[1].write_text("x = 2\n")
+    assert agent.code_digest(files, root=tmp_path) != before
+    files[1].rename(tmp_path / "c.py")
+    assert agent.code_digest([files[0], tmp_path / "c.py"], root=tmp_path) != before

@@ -8,39 +8,19 @@ import subprocess
 
 import pytest
 
-from deploy.inventory import InventoryError, load_manifest, node_vars, redis_password
+from deploy.inventory import DeployInputError, node_vars
 from deploy.render import render
 from deploy.tasks import caddy, coturn, edge, firewall, livekit, redis
 from infra.config import parse
-from infra.outputs import NodeOut, Outputs
-from infra.spec import derive
-
-ADMIN = "198.51.100.7/32"
-PUBLIC = ["203.0.113.10", "203.0.113.11", "203.0.113.12"]
-SECRET = "s" * 40
-TURN_SECRET = "t" * 40
-ART = {"livekit": {"version": "1.13.5", "url": "http://198.18.0.1/livekit.tar.gz", "sha256": "ab" * 32}}
-
-
-def spec_of(nodes: int = 1, **changes):
-    raw = {"provider": "local", "domain": "example.test", "adminCidrs": [ADMIN], "acmeCa": "local",
-           "nodeCount": nodes, **changes}
-    return derive(parse(raw, env="t"))
-
-
-def outputs_for(spec, **extra) -> Outputs:
-    nodes = [NodeOut(name=n.name, public_ip=PUBLIC[n.index], private_ip=n.private_ip, ssh_user="root",
-                     ssh_key="/dev/null", roles=sorted(r.value for r in n.roles)) for n in spec.nodes]
-    return Outputs(env="t", livekit_url=f"wss://{spec.config.livekit_host}", api_key="APIkey", api_secret=SECRET,
-                   turn_domain=spec.config.turn_host, token_endpoint="https://x/api/token", nodes=nodes,
-                   turn_secret=TURN_SECRET,
-                   extra={"acme_directory": "https://198.18.0.1:14000/dir", "artifacts": ART, **extra})
+from infra.secrets import redis_password
+from infra.spec import TOKEN_PATH, derive
+from tests.unit.support import ADMIN, ART, PUBLIC, SECRET, TURN_SECRET, outputs_for, spec_of
 
 
 def rendered(nodes: int = 1, node: str = "node-1", **changes) -> dict[str, str]:
     """Every rendered file of one node, by a short name."""
     spec = spec_of(nodes, **changes)
-    vs = node_vars(outputs_for(spec), spec)[node]
+    vs = node_vars(outputs_for(spec))[node]
     files = {
         "livekit.yaml": render("livekit", "livekit.yaml.j2", livekit.livekit_vars(vs)),
         "livekit.service": render("livekit", "livekit.service.j2", livekit.livekit_vars(vs)),
@@ -94,9 +74,9 @@ def test_three_nodes_share_redis_on_the_private_network() -> None:
     assert f"ip saddr {{ 10.77.0.0/24 }} tcp dport {spec.port('redis').start} accept" in nft
 
 
-def test_redis_password_is_derived_not_the_api_secret() -> None:
-    assert redis_password(SECRET) == redis_password(SECRET) != redis_password(SECRET + "x")
-    assert SECRET not in redis_password(SECRET)
+def test_redis_password_is_derived_from_and_rotates_with_the_api_secret() -> None:
+    assert redis_password(SECRET) != redis_password(SECRET + "x")
+    assert SECRET not in redis_password(SECRET) and len(redis_password(SECRET)) == 64
 
 
 # (config key, new value, {file: text that must appear})
@@ -150,7 +130,7 @@ def test_caddyfile_proxies_livekit_and_the_token_endpoint_with_hsts() -> None:
     cf = rendered()["Caddyfile"]
     assert "acme_ca https://198.18.0.1:14000/dir" in cf
     assert f"{spec.config.livekit_host} {{" in cf
-    assert f"handle /api/token* {{\n\t\treverse_proxy 127.0.0.1:{spec.port('token').start}" in cf
+    assert f"handle {TOKEN_PATH}* {{\n\t\treverse_proxy 127.0.0.1:{spec.port('token').start}" in cf
     assert 'Strict-Transport-Security "max-age=31536000"' in cf
     assert f"{spec.config.turn_host} {{" in cf  # so Caddy obtains the TURN certificate
     assert "protocols h1 h2" in cf and "admin off" in cf
@@ -214,7 +194,7 @@ def test_coturn_peer_policy_allows_only_livekit_nodes() -> None:
 ], ids=["deny-colon-colon", "deny-colon-colon-0", "loopback-peers", "no-auth"])
 def test_coturn_lint_refuses_dangerous_settings(bad: str, problem: str) -> None:
     spec = spec_of()
-    vs = node_vars(outputs_for(spec), spec)["node-1"]
+    vs = node_vars(outputs_for(spec))["node-1"]
     text = render("coturn", "turnserver.conf.j2", coturn.coturn_vars(vs)) + bad + "\n"
     assert any(problem in p for p in coturn.lint(text))
     assert coturn.lint(text.replace(bad + "\n", "")) == []
@@ -231,8 +211,8 @@ def test_host_firewall_renders_exactly_the_spec_rules() -> None:
 
 def test_host_firewall_refuses_to_lock_ssh_out() -> None:
     spec = derive(parse({"provider": "local", "domain": "x.test", "acmeCa": "local"}, env="t"))
-    vs = node_vars(outputs_for(spec), spec)["node-1"]
-    with pytest.raises(InventoryError, match="locking the deploy out"):
+    vs = node_vars(outputs_for(spec))["node-1"]
+    with pytest.raises(DeployInputError, match="locking the deploy out"):
         firewall.firewall_vars(vs)
 
 
@@ -253,64 +233,21 @@ def test_livekit_unit_is_sandboxed_and_drains() -> None:
     assert int(re.search(r"LimitNOFILE=(\d+)", unit).group(1)) >= 500000
 
 
-def test_production_manifest_refuses_unpinned_sha256() -> None:
-    art = load_manifest()["livekit"]
-    assert art.urls["amd64"] == ("https://github.com/livekit/livekit/releases/download/v1.13.5/"
-                                 "livekit_1.13.5_linux_amd64.tar.gz")
-    with pytest.raises(InventoryError, match="refusing to install an unverified binary"):
-        art.for_arch("amd64")
-
-
-def test_local_artifact_override_and_version_mismatch() -> None:
-    spec = spec_of()
-    vs = node_vars(outputs_for(spec), spec)["node-1"]
+def test_local_artifact_override_stands_for_every_architecture() -> None:
+    vs = node_vars(outputs_for(spec_of()))["node-1"]
     assert livekit.artifact_for(vs, "x86_64") == (ART["livekit"]["url"], ART["livekit"]["sha256"])
-    with pytest.raises(InventoryError, match="manifest pins"):
-        node_vars(outputs_for(spec_of(livekitVersion="1.12.0")), spec_of(livekitVersion="1.12.0"))
+    assert livekit.artifact_for(vs, "aarch64") == (ART["livekit"]["url"], ART["livekit"]["sha256"])
+    with pytest.raises(DeployInputError, match="unsupported architecture"):
+        livekit.artifact_for(vs, "riscv64")
 
 
-def test_secret_files_are_written_owner_only_for_the_livekit_user(monkeypatch) -> None:
-    """The operations that write keys.yaml and turn-secret ask for mode 0600, owner livekit."""
-    calls = []
-    monkeypatch.setattr(livekit, "put_rendered", lambda **kw: calls.append(kw) or _Changed())
-    for name in ("files", "systemd", "server"):
-        monkeypatch.setattr(livekit, name, _Anything())
-    for name in ("fetch_verified", "extract_once", "install_validated", "service_current"):
-        monkeypatch.setattr(livekit, name, lambda **kw: _Changed())
-    spec = spec_of()
-    vs = node_vars(outputs_for(spec), spec)["node-1"]
-    monkeypatch.setattr(livekit, "host", _Host(vs))
-    _call_deploy_body(livekit)
-    by_dest = {c["dest"]: c for c in calls}
-    for path in (livekit.KEY_FILE, livekit.TURN_SECRET_FILE):
-        assert by_dest[path]["mode"] == "600" and by_dest[path]["user"] == "livekit", path
-    assert by_dest[livekit.CONFIG]["mode"] == "640"
+def test_an_override_for_another_version_is_refused() -> None:
+    with pytest.raises(DeployInputError, match="built livekit 1.13.5 but the spec asks for 1.9.11"):
+        node_vars(outputs_for(spec_of(livekitVersion="1.9.11")))
 
 
-class _Changed:
-    will_change = True
-
-    def did_change(self) -> bool:
-        return True
-
-
-class _Anything:
-    def __getattr__(self, _name):
-        return lambda *a, **kw: _Changed()
-
-
-class _Host:
-    def __init__(self, vs):
-        self.data = type("D", (), {"vs": vs})()
-
-    def get_fact(self, *_a, **_kw):
-        return "x86_64"
-
-
-def _call_deploy_body(module) -> None:
-    # @deploy wraps the function; its body is reachable as the closure's `func`.
-    wrapped = module.livekit
-    for cell in wrapped.__closure__ or ():
-        if callable(cell.cell_contents) and getattr(cell.cell_contents, "__name__", "") == "livekit":
-            return cell.cell_contents()
-    raise AssertionError("cannot reach the body of the livekit deploy")
+def test_without_override_the_production_pin_is_used() -> None:
+    vs = node_vars(outputs_for(spec_of(), artifacts={}))["node-1"]
+    url, sha = livekit.artifact_for(vs, "x86_64")
+    assert url == "https://github.com/livekit/livekit/releases/download/v1.13.5/livekit_1.13.5_linux_amd64.tar.gz"
+    assert sha == "c020fac437b7cc9b776eef1ad5ea8af77be9acfa07602eca20a3a44930dfbc70"

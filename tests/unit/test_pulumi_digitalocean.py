@@ -11,8 +11,16 @@ from infra.config import ConfigError
 from infra.spec import WORLD
 
 from . import pulumi_harness as harness
-from .pulumi_harness import (ADMIN, SSH_KEY, assert_same, assert_same_dns, expected_dns, expected_rules, run_stack,
-                             spec_for)
+from .pulumi_harness import (
+    ADMIN,
+    SSH_KEY,
+    assert_same,
+    assert_same_dns,
+    expected_dns,
+    expected_rules,
+    run_stack,
+    spec_for,
+)
 
 FIREWALL, DROPLET = "digitalocean:index/firewall:Firewall", "digitalocean:index/droplet:Droplet"
 RECORD, RESERVED = "digitalocean:index/dnsRecord:DnsRecord", "digitalocean:index/reservedIp:ReservedIp"
@@ -127,10 +135,10 @@ def test_secrets_are_secret_outputs_and_stay_out_of_user_data(shape):
         assert not [v for v in values if v in d.inputs["userData"]]
 
 
-def test_outputs_list_egress_addresses_for_the_deploy(shape):
+def test_outputs_give_each_node_its_reserved_ip(shape):
     _, run = shape
-    assert set(run.outputs["extra"]["egress_ips"].values()) == {d.state["ipv4Address"] for d in run.of(DROPLET)}
-    assert run.outputs["extra"]["cloud_firewall_managed"] is True
+    reserved = {r.state["ipAddress"] for r in run.of("digitalocean:index/reservedIp:ReservedIp")}
+    assert set(run.ip_of().values()) == reserved and len(reserved) == len(run.of(DROPLET))
 
 
 def test_invalid_config_creates_nothing():

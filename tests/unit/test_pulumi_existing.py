@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from infra import spec as specmod
 from infra.config import ConfigError
 
 from . import pulumi_harness as harness
@@ -11,7 +12,7 @@ from .pulumi_harness import ADMIN, expected_rules, run_stack, spec_for
 HOSTS = [{"name": "edge-a", "publicIp": "203.0.113.10", "privateIp": "10.1.0.5"},
          {"name": "edge-b", "publicIp": "203.0.113.11", "privateIp": "10.1.0.6"}]
 PAIR = {"provider": "existing", "domain": "example.net", "adminCidrs": [ADMIN], "nodeCount": 2, "hosts": HOSTS}
-ONE = {"provider": "scaleway", "domain": "example.net", "hosts": [{"publicIp": "203.0.113.20"}]}
+ONE = {"provider": "scaleway", "domain": "example.net", "adminCidrs": [ADMIN], "hosts": [{"publicIp": "203.0.113.20"}]}
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def pair():
 
 def test_no_cloud_resource_is_created(pair):
     kinds = {r.typ for r in pair.custom()}
-    assert kinds == {"random:index/randomPassword:RandomPassword", "command:local:Command"}
+    assert kinds == {"random:index/randomPassword:RandomPassword"}
 
 
 def test_nodes_come_from_the_host_list(pair):
@@ -31,9 +32,9 @@ def test_nodes_come_from_the_host_list(pair):
 
 
 def test_cloud_firewall_is_flagged_as_the_operators_job_with_the_rules_to_apply(pair):
-    extra = pair.outputs["extra"]
-    assert extra["cloud_firewall_managed"] is False
-    listed = [(r["protocol"], r["ports"], tuple(r["sources"])) for r in extra["cloud_firewall_rules"]]
+    assert specmod.from_json(pair.outputs["spec"]).cloud_firewall_managed is False
+    info = pair.outputs["info"]
+    listed = [(r["protocol"], r["ports"], tuple(r["sources"])) for r in info["cloud_firewall_rules"]]
     assert listed == expected_rules(spec_for(PAIR))
 
 
@@ -41,15 +42,15 @@ def test_secrets_are_generated_and_secret(pair):
     assert all(pair.secret[k] and len(pair.outputs[k]) >= 48 for k in ("api_secret", "turn_secret", "token_key"))
 
 
-def test_deploy_is_triggered_by_the_host_addresses(pair):
-    triggers = pair.one("command:local:Command").inputs["triggers"]
+def test_deploy_on_up_is_triggered_by_the_host_addresses():
+    triggers = run_stack({**PAIR, "deployOnUp": True}).one("command:local:Command").inputs["triggers"]
     assert triggers[:-1] == ["203.0.113.10", "203.0.113.11"]
 
 
 def test_a_provider_with_manual_udp_setup_carries_its_warning():
     run = run_stack(ONE)
     assert run.outputs["nodes"][0]["name"] == "node-1" and run.outputs["nodes"][0]["private_ip"] is None
-    assert any("UDP" in w for w in run.outputs["extra"]["warnings"])
+    assert any("UDP" in w for w in run.outputs["info"]["warnings"])
 
 
 def test_hosts_that_disagree_with_node_count_create_nothing():

@@ -9,12 +9,23 @@ import yaml
 from pulumi.runtime import rpc
 
 import infra.__main__ as program_main
+from infra import spec as specmod
+from infra.cloud import stack_outputs
+from infra.cloud.components import SKIP_CHAINED_DEPLOY_ENV
 from infra.config import ConfigError
 from infra.spec import WORLD
 
 from . import pulumi_harness as harness
-from .pulumi_harness import (ADMIN, SSH_KEY, assert_same, assert_same_dns, expected_dns, expected_rules, run_stack,
-                             spec_for)
+from .pulumi_harness import (
+    ADMIN,
+    SSH_KEY,
+    assert_same,
+    assert_same_dns,
+    expected_dns,
+    expected_rules,
+    run_stack,
+    spec_for,
+)
 
 FIREWALL, SERVER = "hcloud:index/firewall:Firewall", "hcloud:index/server:Server"
 RRSET, PRIMARY_IP = "hcloud:index/zoneRrset:ZoneRrset", "hcloud:index/primaryIp:PrimaryIp"
@@ -117,7 +128,7 @@ def test_secrets_are_secret_outputs_and_generated_once(shape):
     for key in ("api_secret", "turn_secret", "token_key"):
         assert run.secret[key] is True, key
         assert len(run.outputs[key]) >= 48 and run.outputs[key].isalnum()
-    assert run.secret["livekit_url"] is False
+    assert run.secret["spec"] is False and run.secret["nodes"] is False
     passwords = run.of("random:index/randomPassword:RandomPassword")
     assert len(passwords) == 3
     assert all(int(p.inputs["length"]) >= 48 and p.inputs["special"] is False for p in passwords)
@@ -149,19 +160,29 @@ def test_generated_secrets_stay_out_of_user_data(shape):
     assert all(s not in server.inputs["userData"] for server in run.of(SERVER) for s in generated)
 
 
-def test_stack_outputs_have_the_outputs_json_shape(shape):
+def test_stack_outputs_assemble_into_the_outputs_contract(shape):
+    """What the program exports is exactly what outputs.json is assembled from (the same spec)."""
     _, spec, run = shape
-    assert run.outputs["env"] == "test" and run.outputs["livekit_url"] == "wss://livekit.example.com"
-    assert run.outputs["token_endpoint"] == "https://livekit.example.com/api/token"
-    assert run.outputs["turn_domain"] == "turn.example.com" and run.outputs["livekit_domain"] == "livekit.example.com"
-    assert [n["name"] for n in run.outputs["nodes"]] == [n.name for n in spec.nodes]
-    assert run.outputs["extra"]["cloud_firewall_managed"] is True
+    out = stack_outputs.to_outputs(run.outputs, "/keys/deploy")
+    assert out.spec == specmod.without_secrets(spec)
+    assert out.livekit_url == "wss://livekit.example.com" and out.token_endpoint == "https://livekit.example.com/api/token"
+    assert out.turn_domain == "turn.example.com" and out.provider == "hetzner"
+    assert [n.name for n in out.nodes] == [n.name for n in spec.nodes]
+    assert {n.name: n.public_ip for n in out.nodes} == run.ip_of()
+    assert out.api_secret == run.outputs["api_secret"] and out.spec.cloud_firewall_managed
+    assert run.outputs["info"]["dns_nameservers"] == ["hydrogen.ns.hetzner.com", "oxygen.ns.hetzner.com"]
 
 
-def test_deploy_runs_after_the_servers_with_their_ids_as_triggers(shape):
-    _, spec, run = shape
+def test_no_deploy_runs_inside_pulumi_up_by_default(shape):
+    _, _, run = shape
+    assert not run.of("command:local:Command")
+
+
+def test_deploy_on_up_runs_after_the_servers_with_their_ids_as_triggers(shape):
+    config, spec, _ = shape
+    run = run_stack({**config, "deployOnUp": True})
     cmd = run.one("command:local:Command")
-    assert "-m infra.stack_outputs --from-env && " in cmd.inputs["create"]
+    assert "-m infra.cloud.stack_outputs --from-env && " in cmd.inputs["create"]
     assert cmd.inputs["create"].endswith("-m deploy --env test")
     server_ids = sorted(s.id for s in run.of(SERVER))
     assert sorted(cmd.inputs["triggers"][:-1]) == server_ids and len(cmd.inputs["triggers"][-1]) == 64
@@ -170,10 +191,15 @@ def test_deploy_runs_after_the_servers_with_their_ids_as_triggers(shape):
     assert json.loads(environment["value"]["VOICESTACK_OUTPUTS"]) == run.outputs
 
 
-def test_deploy_trigger_changes_with_the_spec():
-    from infra.program import deploy_digest
+def test_make_up_never_chains_a_second_deploy(monkeypatch):
+    monkeypatch.setenv(SKIP_CHAINED_DEPLOY_ENV, "1")
+    run = run_stack({**SINGLE, "deployOnUp": True})
+    assert not run.of("command:local:Command") and run.of(SERVER)
 
-    assert deploy_digest(spec_for(SINGLE)) == deploy_digest(spec_for(SINGLE))
+
+def test_deploy_trigger_changes_with_the_spec():
+    from infra.cloud.components import deploy_digest
+
     assert deploy_digest(spec_for(SINGLE)) != deploy_digest(spec_for({**SINGLE, "icePortEnd": 59999}))
 
 
@@ -215,10 +241,13 @@ def test_dns_comparison_fails_when_any_record_is_missing(index):
 
 
 def test_a_program_that_drops_a_spec_rule_fails_the_comparison(monkeypatch):
-    real_derive = program_main.derive
-    monkeypatch.setattr(program_main, "derive",
-                        lambda cfg: dataclasses.replace(real_derive(cfg),
-                                                        cloud_firewall=real_derive(cfg).cloud_firewall[1:]))
+    real_load = program_main.validate.load
+
+    def dropping(*args, **kwargs):
+        spec = real_load(*args, **kwargs)
+        return dataclasses.replace(spec, cloud_firewall=spec.cloud_firewall[1:])
+
+    monkeypatch.setattr(program_main.validate, "load", dropping)
     run = run_stack(SINGLE)
     with pytest.raises(AssertionError, match="missing"):
         assert_same(expected_rules(spec_for(SINGLE)), actual_rules(run), "firewall rules")

@@ -1,10 +1,12 @@
 """The spec derives ports, both firewalls and DNS from one config; a port change flows everywhere."""
 from __future__ import annotations
 
-import dataclasses
+import json
 
 import pytest
 
+from infra import spec as specmod
+from infra.codec import DecodeError
 from infra.config import parse
 from infra.spec import WORLD, Role, Scope, derive
 
@@ -107,7 +109,26 @@ def test_dns_records_cover_names_and_nodes() -> None:
     assert three.dns_records[0].relative_to("example.com") == "livekit"
 
 
-def test_spec_is_immutable() -> None:
-    spec = spec_of()
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        spec.nodes = ()  # type: ignore[misc]
+def test_topology_decides_certificate_and_turn_nodes_once() -> None:
+    one, three = spec_of(), spec_of(nodeCount=3)
+    assert one.certificate_node == one.nodes[0] and one.serves_turn_name(one.nodes[0])
+    assert three.certificate_node == three.node("node-1")
+    assert [n.name for n in three.turn_name_nodes()] == ["node-1"]
+    assert not three.serves_turn_name(three.node("node-2"))
+
+
+@pytest.mark.parametrize("changes", [{}, {"nodeCount": 3}, {"iceMode": "mux", "turnTlsPort": 5349}],
+                         ids=["one-node", "cluster", "mux-own-tls-port"])
+def test_the_spec_survives_its_json_form_exactly(changes) -> None:
+    """outputs.json carries the derived spec: reading it back must give the same object."""
+    spec = spec_of(**changes)
+    again = specmod.from_json(json.loads(json.dumps(specmod.to_json(spec))))
+    assert again == specmod.without_secrets(spec)
+    assert again.port("livekit-ice-udp") == spec.port("livekit-ice-udp") and again.nodes == spec.nodes
+
+
+def test_a_spec_with_a_wrong_field_type_names_the_field() -> None:
+    data = specmod.to_json(spec_of())
+    data["ports"][0]["start"] = "22"
+    with pytest.raises(DecodeError, match=r"spec.ports\[0\].start"):
+        specmod.from_json(data)

@@ -93,12 +93,14 @@ def test_script_defaults_follow_the_seed() -> None:
 
 
 def test_script_reads_outputs_of_the_env(tmp_path: Path) -> None:
-    from infra.outputs import NodeOut, Outputs, write
+    import dataclasses
+
+    from infra.outputs import write
+    from tests.unit.support import outputs_for, spec_of
 
     env = "unit-tokens"
-    path = write(Outputs(env=env, livekit_url="wss://livekit.unit.test", api_key=KEY, api_secret=SECRET,
-                         turn_domain="turn.unit.test", token_endpoint="https://livekit.unit.test/api/token",
-                         nodes=[NodeOut("node-1", "203.0.113.10", None, "root", "/dev/null", ["livekit"])]))
+    out = outputs_for(spec_of(env=env, domain="unit.test", apiKey=KEY))
+    path = write(dataclasses.replace(out, api_secret=SECRET))
     try:
         assert oct(path.stat().st_mode & 0o777) == "0o600"
         proc = _script("--json", "r1", "u1", env={"ENV": env})

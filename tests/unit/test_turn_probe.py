@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.verify.turn_probe import TurnSession, binding, rest_credentials
+from infra.probes.turn import TurnSession, binding, rest_credentials
 
 SECRET = "unit-test-secret-0123456789abcdef0123"
 ALLOWED = "192.0.2.5"  # TEST-NET-1: a permission only; nothing is ever sent there

@@ -1,20 +1,14 @@
 """Fixtures of the verification suite: everything comes from `.stack/<env>/outputs.json`."""
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from infra.envspec import spec_from_outputs
+from infra import probes
 from infra.outputs import Outputs, OutputsError, read
 from infra.spec import EnvSpec
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,7 +25,7 @@ def outputs(request: pytest.FixtureRequest) -> Outputs:
 
 @pytest.fixture(scope="session")
 def spec(outputs: Outputs) -> EnvSpec:
-    return spec_from_outputs(outputs)
+    return outputs.spec
 
 
 @pytest.fixture(scope="session")
@@ -42,20 +36,9 @@ def node_ips(outputs: Outputs) -> dict[str, str]:
 Probe = Callable[..., dict[str, Any]]
 
 
-def run_probe(outputs: Outputs, probe_name: str, **args: Any) -> dict[str, Any]:
-    """Run a probe on the operator's side; in local environments inside the client namespace."""
-    argv = [sys.executable, "-m", "tests.verify.outside", probe_name, json.dumps(args)]
-    if outputs.client_netns:
-        argv = ["ip", "netns", "exec", outputs.client_netns, *argv]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        raise RuntimeError(f"probe {probe_name} failed to run: {' '.join(argv)}\n{proc.stderr}")
-    return json.loads(proc.stdout)
-
-
 @pytest.fixture(scope="session")
 def probe(outputs: Outputs) -> Probe:
-    return lambda probe_name, **args: run_probe(outputs, probe_name, **args)
+    return lambda probe_name, **args: probes.run(outputs, probe_name, **args)
 
 
 @pytest.fixture(scope="session")

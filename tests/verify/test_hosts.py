@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 from pathlib import Path
+from typing import Iterator
 
+import paramiko
 import pytest
 import testinfra
 
 from infra.outputs import NodeOut, Outputs
 from infra.spec import EnvSpec, Role, Scope
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # Unit per role; `None` = every node.
 SERVICES: dict[str, Role | None] = {
@@ -31,26 +30,34 @@ SECRET_FILES = [  # path, owner, group, allowed modes
 WILDCARD = {"0.0.0.0", "::", "*", "[::]"}
 
 
-def _ssh_config(outputs: Outputs, node: NodeOut, tmp: Path) -> str:
-    known = outputs.extra.get("known_hosts")
-    lines = [f"Host {node.public_ip}", f"  User {node.ssh_user}", f"  Port {node.ssh_port}",
-             f"  IdentityFile {node.ssh_key}"]
-    if known:
-        lines.append(f"  UserKnownHostsFile {known}")
-    path = tmp / f"ssh_config_{node.name}"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+def _pinned_client(outputs: Outputs, node: NodeOut) -> paramiko.SSHClient:
+    """An SSH client that accepts only the host key the deploy recorded (testinfra's own paramiko
+    backend warns and goes on for an unknown key, and ignores UserKnownHostsFile)."""
+    known = Path(outputs.deploy.known_hosts or outputs.paths.known_hosts)
+    client = paramiko.SSHClient()
+    if known.is_file():
+        client.load_host_keys(str(known))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    try:
+        client.connect(node.public_ip, port=node.ssh_port, username=node.ssh_user, key_filename=node.ssh_key,
+                       timeout=10, allow_agent=False, look_for_keys=False)
+    except paramiko.SSHException as exc:
+        pytest.fail(f"SSH to {node.name} ({node.public_ip}) with the host key in {known} failed: {exc}; "
+                    "if the server was rebuilt, remove its old key (ssh-keygen -R) and run make deploy")
+    return client
 
 
 @pytest.fixture(scope="module")
-def hosts(outputs: Outputs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[NodeOut, object]]:
-    tmp = tmp_path_factory.mktemp("ssh")
+def hosts(outputs: Outputs) -> Iterator[dict[str, tuple[NodeOut, object]]]:
     found = {}
     for node in outputs.nodes:
-        host = testinfra.get_host(f"paramiko://{node.ssh_user}@{node.public_ip}:{node.ssh_port}",
-                                  ssh_config=_ssh_config(outputs, node, tmp), ssh_identity_file=node.ssh_key)
+        host = testinfra.get_host(f"paramiko://{node.ssh_user}@{node.public_ip}:{node.ssh_port}")
+        # testinfra's backend builds its client lazily (a cached property): hand it the pinned one.
+        host.backend.__dict__["client"] = _pinned_client(outputs, node)
         found[node.name] = (node, host)
-    return found
+    yield found
+    for _node, host in found.values():
+        host.backend.client.close()
 
 
 def _roles(node: NodeOut) -> set[str]:
@@ -87,7 +94,7 @@ def _listeners(host) -> list[tuple[str, str, int]]:
 
 def test_host_02_sockets_bound_as_the_spec_says(hosts, spec: EnvSpec) -> None:
     problems = []
-    deployed = {"livekit", "coturn", "caddy", "edge", "redis", "sshd"}
+    deployed = {"livekit", "coturn", "caddy", "edge", "redis", "sshd", "agent"}
     for node, host in hosts.values():
         listeners = _listeners(host)
         for port in spec.ports_for(next(n for n in spec.nodes if n.name == node.name)):
@@ -122,15 +129,13 @@ def test_host_03_secret_files_private(hosts) -> None:
     assert not problems, "; ".join(problems)
 
 
-def test_host_04_livekit_version_matches_manifest(hosts, outputs: Outputs) -> None:
-    manifest = json.loads((ROOT / "deploy" / "artifacts.json").read_text())
-    want = (outputs.extra.get("artifacts", {}).get("livekit", {}).get("version")
-            or manifest["livekit"]["version"])
+def test_host_04_livekit_version_matches_the_spec(hosts, spec: EnvSpec) -> None:
+    want = spec.config.livekit_version
     for node, host in hosts.values():
         if "livekit" not in _roles(node):
             continue
         got = host.check_output("/usr/local/bin/livekit-server --version")
-        assert got.strip().endswith(want), f"{node.name} runs '{got}', the manifest pins {want}: make deploy"
+        assert got.strip().endswith(want), f"{node.name} runs '{got}', the spec pins {want}: make deploy"
 
 
 def test_host_05_no_udp_buffer_warning(hosts) -> None:

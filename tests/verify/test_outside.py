@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from infra.outputs import Outputs
-from infra.spec import EnvSpec, Role, Scope
+from infra.spec import EnvSpec, Role
 
 OPEN_HINT = ("open it in the cloud firewall ({fw}) and the host firewall (make deploy), "
              "or the provider blocks it (make preflight)")
@@ -19,7 +19,7 @@ def test_dns_01_names_resolve_to_node_addresses(spec: EnvSpec, outputs: Outputs,
 
 
 def test_net_01_public_tcp_ports_reachable(spec: EnvSpec, outputs: Outputs, probe) -> None:
-    fw = "managed by pulumi" if outputs.extra.get("cloud_firewall_managed", True) else "yours to open"
+    fw = "managed by pulumi" if spec.cloud_firewall_managed else "yours to open"
     for node in outputs.nodes:
         for port in spec.public_ports():
             if port.protocol != "tcp" or (port.role and port.role.value not in node.roles):
@@ -65,7 +65,7 @@ def test_net_04_ssh_closed_outside_admin_cidrs(spec: EnvSpec, outputs: Outputs, 
 @pytest.mark.parametrize("which", ["livekit", "turn"])
 def test_tls_01_certificates_valid(spec: EnvSpec, outputs: Outputs, probe, cafile, which: str) -> None:
     name = spec.config.livekit_host if which == "livekit" else spec.config.turn_host
-    port = 443 if which == "livekit" else spec.config.turn_tls_port
+    port = spec.port("https").start if which == "livekit" else spec.config.turn_tls_port
     got = probe("tls", host=name, port=port, server_name=name, cafile=cafile)
     assert got["ok"], (f"TLS to {name}:{port} failed: {got.get('error')}; check the certificate (Caddy logs: "
                        "journalctl -u caddy) and that DNS points at the node")
@@ -78,5 +78,5 @@ def test_http_01_livekit_answers_ok(spec: EnvSpec, probe, cafile) -> None:
     got = probe("https_get", url=f"https://{spec.config.livekit_host}/", cafile=cafile)
     assert got["status"] == 200 and got["body"].strip() == "OK", (
         f"https://{spec.config.livekit_host}/ answered {got.get('status')} {got.get('body', got.get('error'))!r}; "
-        "LiveKit is down or Caddy does not reach it (systemctl status livekit-server caddy)")
+        "LiveKit is down or Caddy does not reach it (systemctl status livekit caddy on the node)")
     assert "max-age" in got["headers"].get("Strict-Transport-Security", ""), "HSTS header missing"

@@ -6,15 +6,13 @@ import secrets
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from livekit import api
 
 from agent.tokens import mint
-from infra.outputs import Outputs
-
-ROOT = Path(__file__).resolve().parents[2]
-AGENT_PY = ROOT / ".venv-agent" / "bin" / "python"
+from infra.outputs import ROOT, Outputs
+from infra.probes import in_client_side
+from infra.probes.roundtrip import AGENT_PY
 
 
 def test_token_01_endpoint_returns_the_seed_shape(outputs: Outputs, probe, cafile) -> None:
@@ -40,9 +38,7 @@ def test_token_02_endpoint_refuses_bad_key_and_bad_input(outputs: Outputs, probe
 
 
 def _admin(outputs: Outputs, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "agent.admin", "--env", outputs.env, "--json", *args]
-    if outputs.client_netns:
-        argv = ["ip", "netns", "exec", outputs.client_netns, *argv]
+    argv = in_client_side(outputs, [sys.executable, "-m", "agent.admin", "--env", outputs.env, "--json", *args])
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
@@ -51,9 +47,7 @@ def test_admin_01_lists_the_room_with_client_and_agent(outputs: Outputs) -> None
     room = f"verify-admin-{secrets.token_hex(4)}"
     token = mint(outputs.api_key, outputs.api_secret, "verify-admin-client", room, preset="speaker", ttl=600)
     args = {"url": outputs.livekit_url, "tokens": [token], "ca_bundle": outputs.ca_bundle, "timeout": 60}
-    argv = [str(AGENT_PY), "-m", "tests.verify.roundtrip_client", json.dumps(args)]
-    if outputs.client_netns:
-        argv = ["ip", "netns", "exec", outputs.client_netns, *argv]
+    argv = in_client_side(outputs, [str(AGENT_PY), "-m", "agent.roundtrip_cli", json.dumps(args)])
     client = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen: list[dict] = []
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from infra.outputs import Outputs
+from infra.probes.turn import rest_credentials
 from infra.spec import EnvSpec
-from tests.verify.turn_probe import rest_credentials
 
 FORBIDDEN_PEERS = ["127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.0.1", "169.254.169.254", "::1",
                    "::ffff:127.0.0.1", "::ffff:169.254.169.254"]

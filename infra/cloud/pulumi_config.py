@@ -16,10 +16,7 @@ from typing import Any, Mapping
 
 import pulumi
 
-from infra.config import DEFAULTS, PROJECT
-
-#: Keys whose values are secrets: never printed, exported only as secret outputs.
-SECRET_KEYS = ("apiSecret", "turnSecret", "tokenKey")
+from infra.config import DEFAULTS, PROJECT, SECRET_KEYS
 
 
 @dataclass(frozen=True)

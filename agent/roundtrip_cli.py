@@ -1,6 +1,6 @@
 """One spoken round trip from the client side; prints a JSON result. Runs in .venv-agent.
 
-    ip netns exec <client_netns> .venv-agent/bin/python -m tests.verify.roundtrip_client '<json>'
+    ip netns exec <client_netns> .venv-agent/bin/python -m agent.roundtrip_cli '<json>'
 
 The client's own voice and ears are the offline models in-process (piper, faster-whisper), so
 it needs nothing but the LiveKit URL: its traffic is exactly what a user's would be.

@@ -1,36 +1,39 @@
-"""What every Pulumi provider program shares: its Args, secrets, stack outputs and the chained deploy.
+"""What every Pulumi provider component shares: its Args, secrets, stack outputs and the opt-in deploy.
 
 The provider modules (hetzner, digitalocean, existing) only translate the spec into their
 cloud's resources and report, per node, where it can be reached (`NodeAddresses`). Everything
-else is computed once here, the same for every provider.
+else is computed once here, the same for every provider. The stack outputs are the raw
+material of outputs.json: `infra.cloud.stack_outputs` turns them into it with the same
+assembler the local environment uses.
 """
 from __future__ import annotations
 
-import dataclasses
-import enum
 import hashlib
 import json
 import os
 import re
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import pulumi
 import pulumi_command as command
 import pulumi_random as random
 
+from infra import spec as specmod
 from infra.config import ConfigError, StackConfig
-from infra.outputs import ROOT, Outputs
+from infra.outputs import ROOT
 from infra.spec import DnsRecord, EnvSpec, Node
 
 #: Length of generated secrets (letters and digits only: they go into YAML, URLs and env files).
 SECRET_LENGTH = 48
-#: The deploy helper's entry point, run once the servers exist.
+#: The deploy helper's entry point, run once the servers exist (deployOnUp only).
 DEPLOY_MODULE = "deploy"
-#: Environment variable that hands the resolved stack outputs to `python -m infra.stack_outputs --from-env`.
+#: Environment variable that hands the resolved stack outputs to `python -m infra.cloud.stack_outputs --from-env`.
 OUTPUTS_ENV = "VOICESTACK_OUTPUTS"
+#: Set by `make up`, which runs the deploy as its own step: the program then never chains one.
+SKIP_CHAINED_DEPLOY_ENV = "VOICESTACK_SKIP_CHAINED_DEPLOY"
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class ProgramArgs:
     """Inputs of every provider component (HetznerStack, DigitalOceanStack, ExistingHosts)."""
 
     spec: EnvSpec
-    """The validated environment spec (infra.spec.derive): nodes, cloud firewall, DNS records."""
+    """The validated environment spec (infra.validate.load): nodes, cloud firewall, DNS records."""
 
 
 @dataclass(frozen=True)
@@ -55,12 +58,13 @@ class ProviderComponent(pulumi.ComponentResource):
     """Base of the provider components: the same attributes whatever the cloud."""
 
     nodes: list[NodeAddresses]
-    extra: dict[str, Any]
+    #: Informational stack outputs for the operator (e.g. the zone's nameservers); the pipeline reads none.
+    info: dict[str, Any]
 
     def __init__(self, kind: str, name: str, args: ProgramArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(f"voicestack:cloud:{kind}", name, None, opts)
         self.nodes = []
-        self.extra = {"provider": args.spec.config.provider}
+        self.info = {"provider": args.spec.config.provider}
 
     def _child(self, **kwargs: Any) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=self, **kwargs)
@@ -83,8 +87,8 @@ def check_provisionable(cfg: StackConfig) -> None:
     """What a Pulumi stack needs beyond a valid config; raises before any resource is declared."""
     problems = []
     if cfg.provider_info.kind == "local":
-        problems.append(("provider", "local is not a Pulumi stack; run \"make up ENV=local\", or set provider "
-                         "to hetzner, digitalocean or existing for this stack"))
+        problems.append(("provider", "local is not a Pulumi stack; run \"make up ENV=<env>\" (it provisions local "
+                         "machines itself), or set provider to hetzner, digitalocean or existing for this stack"))
     if cfg.provider_info.kind in ("hetzner", "digitalocean") and not cfg.ssh_public_key:
         problems.append(("sshPublicKey", "is empty; the servers are created with this key — "
                          "pulumi config set sshPublicKey \"$(cat ~/.ssh/id_ed25519.pub)\""))
@@ -123,39 +127,27 @@ def dns_targets(spec: EnvSpec, nodes: list[NodeAddresses]) -> list[tuple[str, Dn
 
 
 def stack_outputs(spec: EnvSpec, nodes: list[NodeAddresses], secrets: StackSecrets,
-                  extra: Mapping[str, Any]) -> dict[str, Any]:
-    """The stack outputs: exactly the fields of infra.outputs.Outputs (ssh_key is the operator's
-    private key path, filled in by infra.stack_outputs on the machine that deploys)."""
+                  info: Mapping[str, Any]) -> dict[str, Any]:
+    """The stack outputs: the derived spec, each node's addresses and the secrets (secret outputs).
+
+    `infra.cloud.stack_outputs` assembles outputs.json from exactly these, plus the operator's
+    private key path, which belongs to the machine that deploys, not to the state."""
     cfg = spec.config
-    out: dict[str, Any] = {
-        "env": spec.env,
-        "livekit_url": spec.livekit_url,
-        "api_key": cfg.api_key,
-        "api_secret": secrets.api_secret,
-        "turn_domain": cfg.turn_host,
-        "token_endpoint": spec.token_endpoint,
+    return {
+        "spec": specmod.to_json(spec),
         "nodes": [{
             "name": n.node.name,
             "public_ip": n.public_ip,
             "private_ip": n.private_ip,
             "ssh_user": cfg.ssh_user,
-            "ssh_key": "",
             "roles": sorted(r.value for r in n.node.roles),
             "ssh_port": 22,
         } for n in nodes],
-        "livekit_domain": cfg.livekit_host,
+        "api_secret": secrets.api_secret,
         "turn_secret": secrets.turn_secret,
         "token_key": secrets.token_key,
-        "config_file": f"Pulumi.{spec.env}.yaml",
-        "ca_bundle": None,
-        "dns_server": None,
-        "client_netns": None,
-        "extra": dict(extra),
+        "info": dict(info),
     }
-    missing = {f.name for f in dataclasses.fields(Outputs)} ^ set(out)
-    if missing:
-        raise RuntimeError(f"stack outputs and infra.outputs.Outputs disagree on {sorted(missing)}")
-    return out
 
 
 def export(outputs: Mapping[str, Any]) -> None:
@@ -163,23 +155,9 @@ def export(outputs: Mapping[str, Any]) -> None:
         pulumi.export(key, value)
 
 
-def _canonical(value: Any) -> Any:
-    """JSON-able, order-stable form of the spec, secrets left out (they reach the deploy by env)."""
-    if dataclasses.is_dataclass(value):
-        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if f.name not in ("api_secret", "turn_secret", "token_key", "warnings")}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (frozenset, set)):
-        return sorted(_canonical(v) for v in value)
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    return value
-
-
 def deploy_digest(spec: EnvSpec, deploy_dir: str = DEPLOY_MODULE) -> str:
     """sha256 of what the deploy reads besides the outputs: the spec and the deploy/ tree."""
-    h = hashlib.sha256(json.dumps(_canonical(spec), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(specmod.to_json(spec), sort_keys=True).encode())
     root = ROOT / deploy_dir
     for path in sorted(root.rglob("*")) if root.is_dir() else []:
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
@@ -191,6 +169,12 @@ def _python() -> str:
     exe = os.path.abspath(sys.executable)
     # Relative to the checkout when it is the project's venv, so state does not pin one machine's path.
     return shlex.quote(os.path.relpath(exe, ROOT) if exe.startswith(str(ROOT) + os.sep) else exe)
+
+
+def wants_chained_deploy(cfg: StackConfig) -> bool:
+    """deployOnUp is for operators who run `pulumi up` alone. `make up` deploys as its own step
+    and sets VOICESTACK_SKIP_CHAINED_DEPLOY, so the deploy never runs twice."""
+    return cfg.deploy_on_up and not os.environ.get(SKIP_CHAINED_DEPLOY_ENV)
 
 
 def chain_deploy(name: str, spec: EnvSpec, component: ProviderComponent,
@@ -206,7 +190,7 @@ def chain_deploy(name: str, spec: EnvSpec, component: ProviderComponent,
     triggers.append(deploy_digest(spec))
     return command.local.Command(
         f"{name}-deploy",
-        create=f"{py} -m infra.stack_outputs --from-env && {py} -m {DEPLOY_MODULE} --env {shlex.quote(spec.env)}",
+        create=f"{py} -m infra.cloud.stack_outputs --from-env && {py} -m {DEPLOY_MODULE} --env {shlex.quote(spec.env)}",
         dir=str(ROOT),
         environment={OUTPUTS_ENV: pulumi.Output.secret(pulumi.Output.json_dumps(dict(outputs)))},
         triggers=triggers,

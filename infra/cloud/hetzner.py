@@ -4,8 +4,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_hcloud as hcloud
 
+from infra.cloud.components import NodeAddresses, ProgramArgs, ProviderComponent, cloud_name, dns_slug, dns_targets
 from infra.cloudinit import render_user_data
-from infra.program import NodeAddresses, ProgramArgs, ProviderComponent, cloud_name, dns_slug, dns_targets
 
 IMAGE = "debian-12"
 #: The network zone a location's servers can join (Hetzner networks are per zone).
@@ -80,10 +80,8 @@ class HetznerStack(ProviderComponent):
                              labels=labels, opts=self._child())
             for rel, rec, ips in dns_targets(spec, self.nodes)]
 
-        self.extra.update({
-            "region": cfg.region,
-            "cloud_firewall_managed": True,
-            "server_ids": {n: s.id for n, s in self.servers.items()},
+        # Delegate the zone to these (docs/cloud.md).
+        self.info.update({
             "dns_nameservers": self.zone.authoritative_nameservers.apply(
                 lambda ns: list(ns.assigneds or []) if ns else []),
         })

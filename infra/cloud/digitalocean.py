@@ -4,8 +4,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_digitalocean as do
 
+from infra.cloud.components import NodeAddresses, ProgramArgs, ProviderComponent, cloud_name, dns_slug, dns_targets
 from infra.cloudinit import render_user_data
-from infra.program import NodeAddresses, ProgramArgs, ProviderComponent, cloud_name, dns_slug, dns_targets
 from infra.spec import WORLD
 
 IMAGE = "debian-12-x64"
@@ -82,12 +82,6 @@ class DigitalOceanStack(ProviderComponent):
             resources=[*(d.droplet_urn for d in self.droplets.values()),
                        *(r.reserved_ip_urn for r in self.reserved_ips.values()), self.domain.domain_urn])
 
-        self.extra.update({
-            "region": cfg.region,
-            "cloud_firewall_managed": True,
-            "server_ids": {n: d.id for n, d in self.droplets.items()},
-            # Outbound traffic leaves from the droplet's own address, not the reserved IP.
-            "egress_ips": {n: d.ipv4_address for n, d in self.droplets.items()},
-            "dns_nameservers": NAMESERVERS,
-        })
+        # Delegate the zone to these (docs/cloud.md).
+        self.info.update({"dns_nameservers": NAMESERVERS})
         self._finish()

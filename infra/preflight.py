@@ -1,6 +1,6 @@
 """`make preflight ENV=<env>`: does UDP reach the media ports from outside, before we deploy?
 
-The seed's advice made automatic: a UDP echo runs on each node (over SSH) on the TURN port and
+The operator guide's `nc -u` advice made automatic: a UDP echo runs on each node (over SSH) on the TURN port and
 on ICE ports (both ends and the middle of the range, or the mux port), and the operator's side
 (in local: the client namespace) sends a nonce to each. Ports already bound by a running
 stack are skipped and left to `make verify`.
@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import paramiko
 
-from infra.envspec import spec_from_outputs
-from infra.outputs import NodeOut, OutputsError, read
+from infra import probes
+from infra.outputs import NodeOut, Outputs, OutputsError, read
 from infra.spec import EnvSpec
-from tests.verify.conftest import run_probe
 
 ADVICE = ("UDP is blocked on the way. Open the ports in the cloud firewall (make up does it on Hetzner and "
           "DigitalOcean) and the host firewall. Some providers block or throttle UDP (OVH often does; Hetzner, "
@@ -47,17 +47,23 @@ def sample_ports(spec: EnvSpec) -> list[int]:
     return sorted(ports)
 
 
-def _ssh(node: NodeOut) -> paramiko.SSHClient:
+def _ssh(out: Outputs, node: NodeOut) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # first contact with a fresh server
+    known = Path(out.deploy.known_hosts or out.paths.known_hosts)
+    if known.is_file():
+        client.load_host_keys(str(known))
+    # Before the first deploy a cloud server's key is not known yet: trust it on first use, as the
+    # deploy does (accept-new), and keep it for the deploy to pin.
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy() if out.deploy.ssh_strict_host_key_checking != "yes"
+                                       else paramiko.RejectPolicy())
     client.connect(node.public_ip, port=node.ssh_port, username=node.ssh_user, key_filename=node.ssh_key,
                    timeout=10, allow_agent=False, look_for_keys=False)
     return client
 
 
-def check_node(out, spec: EnvSpec, node: NodeOut) -> list[tuple[int, str]]:
+def check_node(out: Outputs, spec: EnvSpec, node: NodeOut) -> list[tuple[int, str]]:
     ports = sample_ports(spec)
-    client = _ssh(node)
+    client = _ssh(out, node)
     try:
         stdin, stdout, _ = client.exec_command(f"python3 -c '{ECHO}' " + " ".join(map(str, ports)), timeout=40,
                                              get_pty=True)  # a pty: the echo dies with the session
@@ -74,7 +80,7 @@ def check_node(out, spec: EnvSpec, node: NodeOut) -> list[tuple[int, str]]:
             if port in busy:
                 results.append((port, "in use by the running stack (checked by make verify)"))
                 continue
-            got = run_probe(out, "udp_echo", host=node.public_ip, port=port)
+            got = probes.run(out, "udp_echo", host=node.public_ip, port=port)
             results.append((port, "ok" if got["open"] else "BLOCKED"))
         return results
     finally:
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except OutputsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    spec = spec_from_outputs(out)
+    spec = out.spec
     blocked = False
     for node in out.nodes:
         for port, verdict in check_node(out, spec, node):

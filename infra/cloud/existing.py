@@ -1,13 +1,14 @@
 """Bring-your-own hosts (`hosts` in the stack config): no cloud resources, outputs from the host list.
 
-The cloud firewall (security group, provider panel) is the operator's job here; the outputs say
-so (`extra.cloud_firewall_managed: false`) and list the rules to apply, from the same spec.
+The cloud firewall (security group, provider panel) is the operator's job here; the spec says so
+(`cloud_firewall_managed` is false) and the stack output `info.cloud_firewall_rules` lists the
+rules to apply, from the same spec.
 """
 from __future__ import annotations
 
 import pulumi
 
-from infra.program import NodeAddresses, ProgramArgs, ProviderComponent
+from infra.cloud.components import NodeAddresses, ProgramArgs, ProviderComponent
 
 
 class ExistingHosts(ProviderComponent):
@@ -20,8 +21,7 @@ class ExistingHosts(ProviderComponent):
         for node in spec.nodes:
             self.nodes.append(NodeAddresses(node=node, public_ip=hosts[node.name].public_ip,
                                             private_ip=node.private_ip))
-        self.extra.update({
-            "cloud_firewall_managed": False,
+        self.info.update({
             "cloud_firewall_rules": [{"protocol": r.protocol, "ports": r.port_range, "sources": list(r.sources),
                                       "description": r.description} for r in spec.cloud_firewall],
             "warnings": list(spec.config.warnings),

@@ -1,17 +1,16 @@
-"""Turn a Pulumi stack's outputs into `.stack/<env>/outputs.json` (infra.outputs.write).
+"""Turn a Pulumi stack's outputs into `.stack/<env>/outputs.json`, with the shared assembler.
 
-    python -m infra.stack_outputs --stack prod        # runs `pulumi stack output --json --show-secrets`
-    pulumi stack output --json --show-secrets | python -m infra.stack_outputs -
-    python -m infra.stack_outputs --from-env          # inside `pulumi up` (the chained deploy command)
+    python -m infra.cloud.stack_outputs --stack prod    # runs `pulumi stack output --json --show-secrets`
+    pulumi stack output --json --show-secrets | python -m infra.cloud.stack_outputs -
+    python -m infra.cloud.stack_outputs --from-env      # inside `pulumi up` (deployOnUp)
 
-The stack outputs carry every field of infra.outputs.Outputs except the operator's private key
-path (it belongs to the machine that deploys, not to the state): `--ssh-key`, or
-$VOICESTACK_SSH_KEY, or ~/.ssh/id_ed25519.
+The stack outputs carry the derived spec, each node's addresses and the secrets
+(infra.cloud.components.stack_outputs). The operator's private key path belongs to the machine
+that deploys, not to the state: `--ssh-key`, or $VOICESTACK_SSH_KEY, or ~/.ssh/id_ed25519.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -19,37 +18,47 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from infra.outputs import REQUIRED, NodeOut, Outputs, write
-from infra.program import OUTPUTS_ENV
+from infra import outputs
+from infra import spec as specmod
+from infra.cloud.components import OUTPUTS_ENV
+from infra.codec import DecodeError
 
 DEFAULT_SSH_KEY = "~/.ssh/id_ed25519"
+EXPECTED = ("spec", "nodes", "api_secret", "turn_secret", "token_key")
 
 
 class StackOutputsError(Exception):
     pass
 
 
-def to_outputs(data: Mapping[str, Any], ssh_key: str) -> Outputs:
+def to_outputs(data: Mapping[str, Any], ssh_key: str) -> outputs.Outputs:
     """`pulumi stack output --json --show-secrets` (a mapping) -> Outputs, or StackOutputsError."""
-    fields = {f.name for f in dataclasses.fields(Outputs)}
-    missing = [k for k in REQUIRED if not data.get(k)]
+    missing = [k for k in EXPECTED if not data.get(k)]
     if missing:
         raise StackOutputsError(f"the stack outputs lack {', '.join(missing)}; run \"pulumi up\" for this stack "
-                                "first (or pass --show-secrets: secrets print as [secret] without it)")
+                                "first (is this a voicestack stack?)")
     masked = [k for k in ("api_secret", "turn_secret", "token_key") if data.get(k) == "[secret]"]
     if masked:
         raise StackOutputsError(f"{', '.join(masked)} came back as [secret]; read them with "
                                 "\"pulumi stack output --json --show-secrets\"")
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise StackOutputsError(f"unexpected stack outputs {', '.join(unknown)}; is this a voicestack stack?")
-    values = {k: v for k, v in data.items() if k in fields}
-    values["nodes"] = [NodeOut(**{**n, "ssh_key": n.get("ssh_key") or ssh_key}) for n in data["nodes"]]
-    values["extra"] = dict(data.get("extra") or {})
-    return Outputs(**values)
+    try:
+        spec = specmod.from_json(data["spec"])
+    except DecodeError as exc:
+        raise StackOutputsError(f"the stack's spec output does not fit this checkout ({exc}); "
+                                "run \"pulumi up\" with this checkout") from exc
+    nodes = [outputs.NodeOut(name=n["name"], public_ip=n["public_ip"], private_ip=n.get("private_ip"),
+                             ssh_user=n["ssh_user"], ssh_key=ssh_key, roles=list(n["roles"]),
+                             ssh_port=int(n.get("ssh_port", 22)))
+             for n in data["nodes"]]
+    try:
+        return outputs.assemble(spec, nodes, api_secret=data["api_secret"], turn_secret=data["turn_secret"],
+                                token_key=data["token_key"],
+                                deploy=outputs.DeployInputs(known_hosts=str(outputs.EnvPaths(spec.env).known_hosts)))
+    except outputs.OutputsError as exc:
+        raise StackOutputsError(str(exc)) from exc
 
 
-def _read_stack(stack: str) -> Mapping[str, Any]:
+def read_stack(stack: str) -> Mapping[str, Any]:
     argv = ["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", stack]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -60,25 +69,29 @@ def _read_stack(stack: str) -> Mapping[str, Any]:
     return json.loads(proc.stdout)
 
 
+def default_ssh_key() -> str:
+    return str(Path(os.environ.get("VOICESTACK_SSH_KEY", DEFAULT_SSH_KEY)).expanduser())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--stack", help="read the outputs of this stack with the pulumi CLI")
     src.add_argument("--from-env", action="store_true", help=f"read the outputs JSON from ${OUTPUTS_ENV}")
     src.add_argument("file", nargs="?", help="a file with `pulumi stack output --json --show-secrets`, or - for stdin")
-    ap.add_argument("--ssh-key", default=os.environ.get("VOICESTACK_SSH_KEY", DEFAULT_SSH_KEY),
+    ap.add_argument("--ssh-key", default=default_ssh_key(),
                     help="private key the deploy uses (default: $VOICESTACK_SSH_KEY or %(default)s)")
     args = ap.parse_args(argv)
     try:
         if args.stack:
-            data = _read_stack(args.stack)
+            data = read_stack(args.stack)
         elif args.from_env:
             if OUTPUTS_ENV not in os.environ:
                 raise StackOutputsError(f"${OUTPUTS_ENV} is not set; --from-env runs inside `pulumi up`")
             data = json.loads(os.environ[OUTPUTS_ENV])
         else:
             data = json.load(sys.stdin) if args.file == "-" else json.loads(Path(args.file).read_text())
-        path = write(to_outputs(data, str(Path(args.ssh_key).expanduser())))
+        path = outputs.write(to_outputs(data, str(Path(args.ssh_key).expanduser())))
     except (StackOutputsError, ValueError) as exc:
         print(f"failed to write the outputs file: {exc}", file=sys.stderr)
         return 1

@@ -1,6 +1,6 @@
 """Probes run from the operator's side of the internet (in local: inside `client_netns`).
 
-`python -m tests.verify.outside <probe> <json args>` prints a JSON result; the verify suite
+`python -m infra.probes.outside <probe> <json args>` prints a JSON result; the verify suite
 runs it through `ip netns exec` so the traffic really crosses the emulated cloud firewall.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import urllib.request
 from datetime import datetime, timezone
 from typing import Any
 
-from tests.verify.turn_probe import TurnSession, binding
+from infra.probes.turn import TurnSession, binding
 
 
 def tcp(host: str, port: int, timeout: float = 3.0) -> dict[str, Any]:

@@ -1,0 +1,28 @@
+"""Probes from the operator's side of the internet: what a client out there would see.
+
+In a local environment they run inside its client network namespace (`client_netns`), so the
+traffic really crosses the emulated cloud firewall; elsewhere on this machine. The verify
+suite, `make preflight` and the benchmarks use them as a library.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from infra.outputs import ROOT, Outputs
+
+
+def in_client_side(outputs: Outputs, argv: list[str]) -> list[str]:
+    """`argv` run on the internet side: inside the client namespace of a local environment."""
+    return ["ip", "netns", "exec", outputs.client_netns, *argv] if outputs.client_netns else list(argv)
+
+
+def run(outputs: Outputs, probe: str, timeout: float = 120, **args: Any) -> dict[str, Any]:
+    """Run one probe of infra.probes.outside from the client side; its JSON result."""
+    argv = in_client_side(outputs, [sys.executable, "-m", "infra.probes.outside", probe, json.dumps(args)])
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"probe {probe} failed to run: {' '.join(argv)}\n{proc.stderr}")
+    return json.loads(proc.stdout)

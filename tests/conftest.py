@@ -1,0 +1,115 @@
+"""Test support shared by every suite and both venvs: standard library only.
+
+free_port, wait_until (a deadline poll, never a fixed sleep) and a real livekit-server on
+loopback (`livekit_server` fixture), the binary from LIVEKIT_SERVER_BIN or built by
+`python -m infra.local livekit-bin`.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_DEADLINE = 30.0
+#: The loopback server's key pair (tests mint tokens with it).
+LOOPBACK_KEY = "devkey"
+LOOPBACK_SECRET = "loopback-secret-0123456789abcdef0123456789"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str, proc: subprocess.Popen | None = None,
+               interval: float = 0.1) -> None:
+    """Poll `check` until truthy; fail at the deadline, or at once when `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_ok(url: str, body: bytes | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200 and (body is None or resp.read().strip() == body)
+    except OSError:
+        return False
+
+
+def livekit_binary() -> str:
+    path = os.environ.get("LIVEKIT_SERVER_BIN", "")
+    if not path:
+        proc = subprocess.run([sys.executable, "-m", "infra.local", "livekit-bin"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            pytest.fail(f"failed to get livekit-server: python -m infra.local livekit-bin: {proc.stderr.strip()}")
+        path = proc.stdout.strip().splitlines()[-1]
+    if not os.access(path, os.X_OK):
+        # Fail, never skip: `make test` provides it.
+        pytest.fail(f"livekit-server binary {path!r} is missing or not executable; "
+                    "set LIVEKIT_SERVER_BIN or run 'python -m infra.local livekit-bin'")
+    return path
+
+
+@dataclass(frozen=True)
+class LiveKit:
+    url: str          # http://127.0.0.1:<port>
+    api_key: str
+    api_secret: str
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://")
+
+
+@pytest.fixture(scope="module")
+def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKit]:
+    """A real livekit-server on loopback: no STUN lookup, one TCP and one UDP media port."""
+    tmp = tmp_path_factory.mktemp("livekit")
+    server = LiveKit(f"http://127.0.0.1:{free_port()}", LOOPBACK_KEY, LOOPBACK_SECRET)
+    port = int(server.url.rsplit(":", 1)[1])
+    config = tmp / "livekit.yaml"
+    config.write_text(f"""port: {port}
+bind_addresses: [127.0.0.1]
+rtc:
+  tcp_port: {free_port()}
+  udp_port: {free_port(socket.SOCK_DGRAM)}
+  use_external_ip: false
+  node_ip: 127.0.0.1
+keys:
+  {server.api_key}: {server.api_secret}
+logging:
+  level: warn
+""")
+    log = open(tmp / "livekit.log", "wb")
+    proc = subprocess.Popen([livekit_binary(), "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: http_ok(server.url + "/", b"OK"), READY_DEADLINE, f"livekit-server on {server.url}", proc)
+    except (TimeoutError, RuntimeError) as exc:
+        proc.kill()
+        log.close()
+        pytest.fail(f"{exc}; log:\n{(tmp / 'livekit.log').read_text()[-2000:]}")
+    try:
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -1,0 +1,33 @@
+"""Specs and outputs for unit tests (operator venv): built the way the provisioners build them."""
+from __future__ import annotations
+
+from typing import Any
+
+from infra import outputs
+from infra.config import parse
+from infra.spec import EnvSpec, derive, port_problems
+
+ADMIN = "198.51.100.7/32"
+PUBLIC = ["203.0.113.10", "203.0.113.11", "203.0.113.12"]
+SECRET = "s" * 40
+TURN_SECRET = "t" * 40
+TOKEN_KEY = "k" * 40
+ART = {"livekit": {"version": "1.13.5", "url": "http://198.18.0.1/livekit.tar.gz", "sha256": "ab" * 32}}
+ACME = "https://198.18.0.1:14000/dir"
+
+
+def spec_of(nodes: int = 1, env: str = "t", **changes: Any) -> EnvSpec:
+    """A local-provider spec (no operator CIDR added: the tests name their admin network)."""
+    raw = {"provider": "local", "domain": "example.test", "adminCidrs": [ADMIN], "acmeCa": "local",
+           "nodeCount": nodes, **changes}
+    cfg = parse(raw, env=env)
+    assert not port_problems(cfg), port_problems(cfg)
+    return derive(cfg)
+
+
+def outputs_for(spec: EnvSpec, *, token_key: str = TOKEN_KEY, **deploy: Any) -> outputs.Outputs:
+    nodes = [outputs.NodeOut(name=n.name, public_ip=PUBLIC[n.index], private_ip=n.private_ip, ssh_user="root",
+                             ssh_key="/dev/null", roles=sorted(r.value for r in n.roles)) for n in spec.nodes]
+    inputs = outputs.DeployInputs(**{"acme_directory": ACME, "artifacts": ART, **deploy})
+    return outputs.assemble(spec, nodes, api_secret=SECRET, turn_secret=TURN_SECRET, token_key=token_key or "x",
+                            deploy=inputs)

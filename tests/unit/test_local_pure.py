@@ -1,0 +1,115 @@
+"""The local environment's pure parts, without root: names, cloud firewall, DNS, apt sources, wheels, packing."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import ipaddress
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from infra.cloudinit import etc_hosts, render_user_data
+from infra.local import aptproxy, artifacts, dns, firewall, wheelhouse
+from infra.local.names import EnvNameError, EnvNames
+from infra.spec import WORLD, FirewallRule
+from tests.unit.support import spec_of
+
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVvaWNlc3RhY2t0ZXN0a2V5MDAwMDAwMDAwMDAw op@host"
+
+
+def test_names_are_derived_from_the_env_alone_and_fit_kernel_limits() -> None:
+    a, b = EnvNames("local"), EnvNames("e2edeploy")
+    assert a == EnvNames("local") and a.public_net != b.public_net and a.tag != b.tag
+    for names in (a, b):
+        links = [names.public_bridge, names.private_bridge, names.client_link, names.node_public_link(19),
+                 names.node_private_link(19)]
+        assert all(len(link) <= 15 for link in links), links  # IFNAMSIZ
+        assert ipaddress.ip_address(names.gateway) in names.public_net
+        assert ipaddress.ip_address(names.operator_ip) in names.internet_net
+        assert names.node_public_ip(0) != names.gateway
+
+
+@pytest.mark.parametrize("bad", ["Local", "1env", "a" * 25, "env_1", ""])
+def test_bad_env_names_are_refused_with_the_rule(bad: str) -> None:
+    with pytest.raises(EnvNameError, match="lower-case"):
+        EnvNames(bad)
+
+
+def test_cloud_firewall_accepts_exactly_the_spec_rules_and_drops_the_rest() -> None:
+    names, spec = EnvNames("unit"), spec_of(env="unit")
+    text = firewall.render(names, spec)
+    accepts = [line.strip() for line in text.splitlines() if line.strip().endswith("\"") and " accept comment" in line
+               and "saddr" in line]
+    assert len(accepts) == sum(len(firewall._rule(r)) for r in spec.cloud_firewall)  # a line per family
+    for rule in spec.cloud_firewall:
+        assert any(f"{rule.protocol} dport {rule.port_range} accept" in a for a in accepts), rule
+    assert 'counter drop comment "default deny"' in text
+    assert text.startswith(f"table inet {names.nft_table}\ndelete table inet {names.nft_table}\n")
+
+
+def test_cloud_firewall_splits_sources_by_family_and_sanitises_comments() -> None:
+    rule = FirewallRule("tcp", 22, 22, ("198.51.100.7/32", "2001:db8::/48"), 'ssh: "admin" only')
+    lines = firewall._rule(rule)
+    assert lines == ['ip saddr { 198.51.100.7/32 } tcp dport 22 accept comment "ssh: \'admin\' only"',
+                     'ip6 saddr { 2001:db8::/48 } tcp dport 22 accept comment "ssh: \'admin\' only"']
+    assert len(firewall._rule(FirewallRule("udp", 1, 2, WORLD, "x"))) == 2
+
+
+def test_dns_records_map_every_name_to_node_addresses_and_the_acme_server() -> None:
+    names, spec = EnvNames("unit"), spec_of(3, env="unit")
+    got = dns.records(names, spec)
+    assert got[spec.config.livekit_host] == [names.node_public_ip(i) for i in range(3)]
+    assert got[spec.config.turn_host] == [names.node_public_ip(0)]
+    assert got[f"acme.{spec.config.domain}"] == [names.gateway]
+
+
+def test_apt_sources_are_read_in_both_formats(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list").write_text("# comment\ndeb [arch=amd64] http://mirror.example/debian bookworm main\n"
+                                           "deb-src http://mirror.example/debian bookworm main\n")
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n\n"
+        "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nEnabled: no\n")
+    assert aptproxy._entries(tmp_path) == [("http://mirror.example/debian", ["bookworm"]),
+                                           ("http://mirror.example/debian-security", ["bookworm-security"])]
+    m = aptproxy.host_mirrors(tmp_path)
+    assert (m.debian, m.security) == ("http://mirror.example/debian", "http://mirror.example/debian-security")
+    assert "URIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates" in aptproxy.machine_sources(m)
+
+
+def test_a_host_without_an_http_mirror_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "sources.list").write_text("deb https://tls.example/debian bookworm main\n")
+    with pytest.raises(aptproxy.host.LocalEnvError, match="no http:// 'bookworm' Debian mirror"):
+        aptproxy.host_mirrors(tmp_path)
+
+
+def test_wheel_index_links_every_wheel_with_its_sha256(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name in ("Foo_Bar-1.0-py3-none-any.whl", "foo_bar-1.1-py3-none-any.whl", "baz-2.0-py3-none-any.whl"):
+        (wheels / name).write_bytes(name.encode())
+    projects = wheelhouse.write_index(tmp_path / "simple", wheels, "../../wheels")
+    assert projects == ["baz", "foo-bar"]
+    page = (tmp_path / "simple" / "foo-bar" / "index.html").read_text()
+    sha = hashlib.sha256(b"foo_bar-1.1-py3-none-any.whl").hexdigest()
+    assert f'href="../../wheels/foo_bar-1.1-py3-none-any.whl#sha256={sha}"' in page and "Foo_Bar-1.0" in page
+
+
+def test_packed_release_is_reproducible_in_the_upstream_layout() -> None:
+    one, two = artifacts._pack({"livekit-server": b"\x7fELF..."}), artifacts._pack({"livekit-server": b"\x7fELF..."})
+    assert one == two and artifacts._pack({"livekit-server": b"other"}) != one
+    with tarfile.open(fileobj=io.BytesIO(one)) as tar:
+        member = tar.getmember("livekit-server")
+        assert member.mode == 0o755 and tar.extractfile(member).read() == b"\x7fELF..."
+    assert gzip.decompress(one)  # a plain .tar.gz
+
+
+def test_user_data_is_the_same_cloud_config_with_no_secret() -> None:
+    spec = spec_of(env="unit", apiSecret="x" * 40)
+    text = render_user_data(spec, spec.nodes[0], SSH_KEY)
+    assert text.startswith("#cloud-config\n") and SSH_KEY in text and "x" * 40 not in text
+    with pytest.raises(ValueError, match="one OpenSSH public key line"):
+        render_user_data(spec, spec.nodes[0], SSH_KEY + "\n" + SSH_KEY)
+    assert etc_hosts("node-1", "node-1.unit.test").startswith("127.0.1.1 node-1.unit.test node-1\n")
