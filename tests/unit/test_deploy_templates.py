@@ -251,3 +251,26 @@ def test_without_override_the_production_pin_is_used() -> None:
     url, sha = livekit.artifact_for(vs, "x86_64")
     assert url == "https://github.com/livekit/livekit/releases/download/v1.13.5/livekit_1.13.5_linux_amd64.tar.gz"
     assert sha == "c020fac437b7cc9b776eef1ad5ea8af77be9acfa07602eca20a3a44930dfbc70"
+
+
+def test_the_production_manifest_pins_every_version_for_every_architecture() -> None:
+    from deploy.artifacts import load_manifest
+
+    manifest = load_manifest()
+    assert manifest["livekit"], "no LiveKit version pinned"
+    for name, versions in manifest.items():
+        for version, art in versions.items():
+            assert set(art.sha256) == {"amd64", "arm64"}, (name, version)
+            for arch in art.sha256:
+                url, sha = art.for_arch(arch)  # raises when not pinned
+                assert len(sha) == 64 and url.endswith(f"_{version}_linux_{arch}.tar.gz")
+
+
+def test_an_unknown_or_unpinned_version_is_a_config_problem() -> None:
+    from deploy.artifacts import Artifact, check_pinned
+
+    assert check_pinned("livekit", "1.13.5", "amd64") == []
+    assert "not in deploy/artifacts.json" in check_pinned("livekit", "1.2.3", "amd64")[0][1]
+    unpinned = {"livekit": {"9.9.9": Artifact("livekit", "9.9.9", "livekit-server", {"amd64": "u"}, {"amd64": None})}}
+    (key, msg), = check_pinned("livekit", "9.9.9", "amd64", manifest=unpinned)
+    assert key == "livekitVersion" and "refusing to install an unverified binary" in msg

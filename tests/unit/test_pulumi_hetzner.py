@@ -206,9 +206,9 @@ def test_deploy_trigger_changes_with_the_spec():
 @pytest.mark.parametrize("bad", [
     {"region": "mars1"}, {"adminCidrs": []}, {"sshPublicKey": ""}, {"apiSecret": "short"},
     {"livekitHost": "livekit.other.org"}, {"nodeCount": 0}, {"livekitPrometheusPort": 7880},
-    {"provider": "local"}, {"nodeCoutn": 2},
+    {"provider": "local"}, {"nodeCoutn": 2}, {"livekitVersion": "1.99.0"}, {"serverType": "cax11", "livekitVersion": "1.9.11"},
 ], ids=["region", "no-admin", "no-ssh-key", "short-secret", "host-outside-zone", "node-count", "port-clash",
-        "local-is-no-stack", "typo-key"])
+        "local-is-no-stack", "typo-key", "unpinned-livekit", "unpinned-arm64"])
 def test_invalid_config_creates_nothing(bad):
     with pytest.raises(ConfigError) as err:
         run_stack({**SINGLE, **bad}, secret_keys=[k for k in bad if k == "apiSecret"])
