@@ -19,10 +19,15 @@ def in_client_side(outputs: Outputs, argv: list[str]) -> list[str]:
     return ["ip", "netns", "exec", outputs.client_netns, *argv] if outputs.client_netns else list(argv)
 
 
-def run(outputs: Outputs, probe: str, timeout: float = 120, **args: Any) -> dict[str, Any]:
-    """Run one probe of infra.probes.outside from the client side; its JSON result."""
+#: Seconds a probe process may take in all (its own `timeout` argument bounds each network wait).
+PROBE_DEADLINE = 120
+
+
+def run(outputs: Outputs, probe: str, **args: Any) -> dict[str, Any]:
+    """Run one probe of infra.probes.outside from the client side; its JSON result. `args` go to
+    the probe as they are (e.g. host, port, timeout)."""
     argv = in_client_side(outputs, [sys.executable, "-m", "infra.probes.outside", probe, json.dumps(args)])
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=PROBE_DEADLINE)
     if proc.returncode != 0:
         raise RuntimeError(f"probe {probe} failed to run: {' '.join(argv)}\n{proc.stderr}")
     return json.loads(proc.stdout)
