@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Install the Debian packages the operator machine needs: the local environment's tools
-# (infra/local/requirements.sh) and what the tests run for real (coturn for the TURN probe).
+# (infra/local/requirements.sh) and what the tests run for real (coturn for the TURN probe;
+# Debian's chromium + chromium-driver for the voice page's browser test, libnss3-tools so that
+# test can make Chromium trust a local environment's CA).
 # Idempotent: only missing packages are installed.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-read -r -a pkgs <<<"make git openssl coturn $(sh "$here/infra/local/requirements.sh")"
+read -r -a pkgs <<<"make git openssl coturn chromium chromium-driver libnss3-tools $(sh "$here/infra/local/requirements.sh")"
 missing=()
 for p in "${pkgs[@]}"; do
   # Go from /usr/local/go (newer than Debian's) satisfies golang-go.
