@@ -220,3 +220,66 @@ def test_browser_call_explains_when_no_agent_joins(loopback: LoopbackStack) -> N
         page.wait_for_function("() => document.querySelector('#message').textContent.includes('No agent joined')",
                                timeout=30_000)
         assert "within 3 s" in diagnostics(page)["message"]
+
+
+def _https_page(root: Path, tmp: Path) -> tuple[str, Path, "object"]:
+    """The built page over HTTPS on 127.0.0.1 with a certificate from a throwaway CA: (url, ca.pem, server)."""
+    import datetime
+    import functools
+    import http.server
+    import ipaddress
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "voicestack test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(hours=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    (tmp / "ca.pem").write_bytes(pem(ca))
+    (tmp / "leaf.pem").write_bytes(pem(leaf))
+    (tmp / "leaf.key").write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp / "leaf.pem", tmp / "leaf.key")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"https://127.0.0.1:{server.server_address[1]}/", tmp / "ca.pem", server
+
+
+def test_browser_call_target_trusts_exactly_the_given_ca(page_root: Path, tmp_path: Path) -> None:
+    """The deployed-environment mode: Chromium trusts the environment's CA bundle and nothing else."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    url, ca, server = _https_page(page_root, tmp_path)
+    try:
+        with chromium(Target(url=url, ca_bundle=str(ca)), audio_file=None) as browser:
+            page, _ = open_page(browser, Target(url=url))
+            assert page.title() == "Voice agent" and page.is_visible("#connect")
+        with chromium(Target(url=url), audio_file=None) as browser:
+            with pytest.raises(PlaywrightError, match="ERR_CERT_AUTHORITY_INVALID"):
+                open_page(browser, Target(url=url))
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
