@@ -105,9 +105,12 @@ class LoopbackStack:
         # agent name no worker serves (so no agent ever joins).
         dead_lk = self.token_service("token-nolk", LIVEKIT_WS_URL=f"ws://127.0.0.1:{free_port()}")
         no_agent = self.token_service("token-noagent", AGENT_NAME="nobody-serves-this")
+        # Public demo mode: keyless tokens for fresh rooms (the page server sends no key there).
+        public = self.token_service("token-public", TOKEN_PUBLIC="1")
         self.spawn("page", [sys.executable, "-m", "tests.browser.page_server", "--root", str(page_root),
                             "--port", str(self.page_port), "--route", f"/call/={main}",
-                            "--route", f"/nolk/call/={dead_lk}", "--route", f"/noagent/call/={no_agent}"],
+                            "--route", f"/nolk/call/={dead_lk}", "--route", f"/noagent/call/={no_agent}",
+                            "--public-route", f"/demo/call/={public}"],
                    {"TOKEN_KEY": self.token_key})
         wait_until(lambda: http_ok(self.page_url()), 30, "the page server", self.procs["page"])
         wait_until(lambda: http_ok(f"http://127.0.0.1:{self.speech_port}/health"), 90, "the speech server", speech)

@@ -1,12 +1,14 @@
 """A loopback stand-in for Caddy's /call/ routes, for the browser test only (never deployed).
 
     TOKEN_KEY=... python -m tests.browser.page_server --root DIR --port P \
-        --route /call/=http://127.0.0.1:8090 [--route /other/call/=http://127.0.0.1:8091 ...]
+        --route /call/=http://127.0.0.1:8090 [--route /other/call/=http://127.0.0.1:8091 ...] \
+        [--public-route /demo/call/=http://127.0.0.1:8092]
 
 For each route prefix it does what the deploy's Caddy does in private mode: serves the built
 page (index.html, app.js, app.css) under the prefix, and proxies POST <prefix>token to the
 upstream token service's /call/token, replacing the browser's Authorization header with
-`Authorization: Bearer $TOKEN_KEY` and appending the peer to X-Forwarded-For. Basic auth is
+`Authorization: Bearer $TOKEN_KEY` and appending the peer to X-Forwarded-For. A public route
+(Caddy in public demo mode) strips the Authorization header instead of adding the key. Basic auth is
 Caddy's job and is tested against the real Caddy, not here. TOKEN_KEY comes from the
 environment, never argv. Binds 127.0.0.1 only.
 """
@@ -24,7 +26,8 @@ FILES = {"": "index.html", "index.html": "index.html", "app.js": "app.js", "app.
 TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 
 
-def create_app(root: Path, routes: dict[str, str], token_key: str) -> web.Application:
+def create_app(root: Path, routes: dict[str, str], token_key: str,
+               public: frozenset[str] = frozenset()) -> web.Application:
     app = web.Application()
 
     async def on_startup(app: web.Application) -> None:
@@ -45,10 +48,13 @@ def create_app(root: Path, routes: dict[str, str], token_key: str) -> web.Applic
             return web.Response(body=path.read_bytes(), content_type=TYPES[path.suffix],
                                 headers={"Cache-Control": "no-cache"})
 
-        async def token(request: web.Request, upstream: str = upstream) -> web.StreamResponse:
+        async def token(request: web.Request, upstream: str = upstream, keyed: bool = prefix not in public
+                        ) -> web.StreamResponse:
             forwarded = ", ".join(v for v in (request.headers.get("X-Forwarded-For"), request.remote) if v)
             headers = {"Content-Type": request.headers.get("Content-Type", "application/json"),
-                       "Authorization": f"Bearer {token_key}", "X-Forwarded-For": forwarded}
+                       "X-Forwarded-For": forwarded}
+            if keyed:
+                headers["Authorization"] = f"Bearer {token_key}"
             async with request.app["http"].post(f"{upstream}/call/token", data=await request.read(),
                                                 headers=headers) as resp:
                 return web.Response(status=resp.status, body=await resp.read(),
@@ -65,13 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, required=True, help="the built page (web/build.py prints it)")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--route", action="append", required=True, metavar="PREFIX=UPSTREAM")
+    ap.add_argument("--public-route", action="append", default=[], metavar="PREFIX=UPSTREAM",
+                    help="a route whose token requests go upstream without the key")
     args = ap.parse_args(argv)
     key = os.environ.get("TOKEN_KEY", "")
     if not key:
         print("error: TOKEN_KEY is not set; the page server adds it to the token requests", file=sys.stderr)
         return 2
-    routes = dict(r.split("=", 1) for r in args.route)
-    web.run_app(create_app(args.root, routes, key), host="127.0.0.1", port=args.port, print=None)
+    public = dict(r.split("=", 1) for r in args.public_route)
+    routes = {**dict(r.split("=", 1) for r in args.route), **public}
+    web.run_app(create_app(args.root, routes, key, frozenset(public)), host="127.0.0.1", port=args.port, print=None)
     return 0
 
 

@@ -262,7 +262,11 @@ def _https_page(root: Path, tmp: Path) -> tuple[str, Path, "object"]:
                                                           serialization.NoEncryption()))
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(tmp / "leaf.pem", tmp / "leaf.key")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -283,3 +287,16 @@ def test_browser_call_target_trusts_exactly_the_given_ca(page_root: Path, tmp_pa
                 open_page(browser, Target(url=url))
     finally:
         server.shutdown()  # type: ignore[attr-defined]
+
+
+def test_browser_call_public_demo_mode_needs_no_key(loopback: LoopbackStack) -> None:
+    """Public mode: the page gets a keyless token for a fresh server-chosen room, and the agent greets."""
+    target = target_for(loopback, "/demo/call/")
+    with chromium(target, audio_file=None) as browser:
+        page, _ = open_page(browser, target)
+        page.click("#connect")
+        greeting = wait_for_segment(page, "agent", "assistant", timeout_s=60)
+        diag = diagnostics(page)
+        page.click("#connect")
+    assert "voice assistant" in greeting.lower()
+    assert diag["room"].startswith("call-") and diag["identity"].startswith("user-")
