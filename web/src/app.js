@@ -6,7 +6,7 @@
 // mints keyless short-lived demo tokens). Nothing here is LiveKit-Cloud-only (no Krisp, no sandbox).
 import './app.css';
 import {
-  ConnectionState, DisconnectReason, MediaDeviceFailure, ParticipantKind, Room, RoomEvent, Track, TokenSource, createAudioAnalyser,
+  ConnectionState, DisconnectReason, MediaDeviceFailure, ParticipantKind, Room, RoomEvent, Track, TokenSource,
 } from 'livekit-client';
 
 const TRANSCRIPTION_TOPIC = 'lk.transcription';   // livekit-agents' text streams (user and agent)
@@ -28,7 +28,7 @@ const ui = {
 };
 
 // Read-only diagnostics for people and tests (timings in ms since navigation start).
-const diag = { timings: { loaded: performance.now() }, errors: [] };
+const diag = { timings: { loaded: performance.now() }, errors: [], audioContextState: () => audioCtx && audioCtx.state };
 window.voicestackCall = diag;
 
 const tokenSource = TokenSource.endpoint(new URL('token', document.baseURI).href);
@@ -75,10 +75,26 @@ function explainTokenError(err) {
 
 // --- levels -----------------------------------------------------------------------------------------
 
+// One AudioContext for every meter, created and resumed inside the Connect click: browsers start
+// audio only with a user gesture, and a context made later (on TrackSubscribed) stays suspended
+// in Firefox.
+let audioCtx = null;
+
+function unlockAudio() {
+  const Ctx = window.AudioContext || window.webkitAudioContext;
+  if (!audioCtx && Ctx) audioCtx = new Ctx();
+  if (audioCtx && audioCtx.state === 'suspended') audioCtx.resume().catch(() => {});
+}
+
 function startMeter(kind, track) {
   stopMeter(kind);
-  const { analyser, cleanup } = createAudioAnalyser(track, { cloneTrack: kind === 'user' });
-  analyser.context.resume().catch(() => {});
+  if (!audioCtx) return;
+  // The user's meter reads a clone, so it keeps reading while LiveKit mutes or swaps the original.
+  const media = kind === 'user' ? track.mediaStreamTrack.clone() : track.mediaStreamTrack;
+  const source = audioCtx.createMediaStreamSource(new MediaStream([media]));
+  const analyser = audioCtx.createAnalyser();
+  analyser.fftSize = 2048;
+  source.connect(analyser);
   const samples = new Float32Array(analyser.fftSize);
   const el = ui.levels[kind];
   let peak = Number(el.dataset.peak) || 0;
@@ -97,7 +113,13 @@ function startMeter(kind, track) {
     raf = requestAnimationFrame(tick);
   };
   tick();
-  meters[kind] = () => { cancelAnimationFrame(raf); el.style.width = '0'; el.dataset.level = '0'; cleanup(); };
+  meters[kind] = () => {
+    cancelAnimationFrame(raf);
+    source.disconnect();
+    if (kind === 'user') media.stop();
+    el.style.width = '0';
+    el.dataset.level = '0';
+  };
 }
 
 function stopMeter(kind) {
@@ -271,6 +293,7 @@ function teardown() {
 }
 
 async function connect() {
+  unlockAudio();   // first, while the click's user activation is fresh
   ui.connect.disabled = true;
   showMessage('');
   setStatus('Getting a call token…');
@@ -332,6 +355,7 @@ ui.connect.addEventListener('click', async () => {
 });
 
 ui.startAudio.addEventListener('click', async () => {
+  unlockAudio();
   if (room) await room.startAudio();
   ui.startAudio.hidden = !room || room.canPlaybackAudio;
 });
