@@ -7,19 +7,21 @@ standard endpoint format, and the room limits in the token are enforced by LiveK
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from livekit import api, rtc
+from livekit import api
 
 from agent.token_policy import RECORDING_ATTRIBUTE
 from agent.token_service import (Buckets, ConfigError, ServiceConfig, TokenBucket, client_address, create_app,
@@ -27,6 +29,7 @@ from agent.token_service import (Buckets, ConfigError, ServiceConfig, TokenBucke
 from agent.tokens import mint
 from tests.unit.test_agent_roundtrip import SERVER_BIN, free_port, http_ok, wait_until
 
+REPO = Path(__file__).resolve().parents[2]
 KEY, SECRET = "APItestkey", "s" * 40
 TOKEN_KEY = "k" * 32
 AUTH = {"Authorization": f"Bearer {TOKEN_KEY}"}
@@ -77,6 +80,26 @@ async def post(client: TestClient, body: Any = None, *, headers: dict[str, str] 
     resp = await (client.post(path, data=data, headers={**hdrs, "Content-Type": "application/json"})
                   if data is not None else client.post(path, json=body, headers=hdrs))
     return resp.status, dict(resp.headers), await resp.json()
+
+
+@contextlib.asynccontextmanager
+async def participant(url: str, token: str) -> AsyncIterator[dict[str, Any]]:
+    """Someone in the room while the block runs (tests/rtc_participant.py, in its own process)."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.rtc_participant", cwd=REPO,
+                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdin and proc.stdout
+    try:
+        proc.stdin.write(json.dumps({"url": url, "token": token}).encode() + b"\n")
+        await proc.stdin.drain()
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        yield json.loads(line or b'{"joined": false, "error": "the participant process exited"}')
+    finally:
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 20)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 def claims_of(token: str) -> api.Claims:
@@ -179,15 +202,12 @@ def test_agent_token_service_refuses_an_identity_already_in_the_room(cfg: Servic
     async def go(c: TestClient) -> list[int]:
         first = await post(c, {"participant_identity": "carol", "room_name": "seat-test"})
         assert first[0] == 201, first
-        room = rtc.Room()
-        await room.connect(first[2]["server_url"], first[2]["participant_token"])
-        try:
+        async with participant(first[2]["server_url"], first[2]["participant_token"]) as joined:
+            assert joined["joined"], joined
             taken = await post(c, {"participant_identity": "carol", "room_name": "seat-test"})
             legacy = await post(c, {"identity": "carol", "room": "seat-test"})
             elsewhere = await post(c, {"participant_identity": "carol", "room_name": "other-room"})
             other = await post(c, {"participant_identity": "dave", "room_name": "seat-test"})
-        finally:
-            await room.disconnect()
         assert "already in room" in taken[2]["error"]
         return [taken[0], legacy[0], elsewhere[0], other[0]]
     assert run(go, cfg) == [409, 409, 201, 201]
@@ -275,17 +295,14 @@ def test_agent_token_service_python_client_joins_with_a_standard_format_token(cf
         url, token = await standard_client(str(c.make_url("/api/token")), TOKEN_KEY, room_name="py-client",
                                            participant_identity="gina", participant_name="Gina",
                                            participant_attributes={"lang": "de"})
-        room = rtc.Room()
-        await room.connect(url, token)
-        try:
+        async with participant(url, token) as joined:
+            assert joined["joined"], joined
             lk = api.LiveKitAPI(cfg.ws_url.replace("ws://", "http://"), KEY, SECRET)
             try:
                 seen = (await lk.room.list_participants(api.ListParticipantsRequest(room="py-client"))).participants
                 rooms = (await lk.room.list_rooms(api.ListRoomsRequest(names=["py-client"]))).rooms
             finally:
                 await lk.aclose()
-        finally:
-            await room.disconnect()
         return seen, rooms
     seen, rooms = run(go, cfg)
     assert [(p.identity, p.name, dict(p.attributes)) for p in seen] == [("gina", "Gina", {"lang": "de"})]
@@ -352,19 +369,12 @@ def test_agent_token_service_public_room_admits_only_caller_and_agent(cfg: Servi
     async def go(c: TestClient) -> list[str]:
         _, _, body = await post(c, {}, headers={}, path="/call/token")
         room_name = claims_of(body["participant_token"]).video.room
-        rooms, outcome = [], []
-        for i, token in enumerate([body["participant_token"],
-                                   mint(KEY, SECRET, "second", room_name, preset="voice", ttl=60),
-                                   mint(KEY, SECRET, "third", room_name, preset="voice", ttl=60)]):
-            room = rtc.Room()
-            try:
-                await room.connect(body["server_url"], token)
-                rooms.append(room)
-                outcome.append("joined")
-            except rtc.ConnectError as exc:
-                outcome.append(f"refused: {exc}")
-        for room in rooms:
-            await room.disconnect()
+        async with contextlib.AsyncExitStack() as stack:
+            outcome = []
+            for token in [body["participant_token"], mint(KEY, SECRET, "second", room_name, preset="voice", ttl=60),
+                          mint(KEY, SECRET, "third", room_name, preset="voice", ttl=60)]:
+                joined = await stack.enter_async_context(participant(body["server_url"], token))
+                outcome.append("joined" if joined["joined"] else f"refused: {joined['error']}")
         return outcome
     outcome = run(go, with_(cfg, public=True))
     assert outcome[:2] == ["joined", "joined"] and outcome[2].startswith("refused"), outcome
@@ -393,19 +403,30 @@ def test_agent_token_service_rate_limits_per_client_with_retry_after(cfg: Servic
 
 
 def test_agent_token_service_wrong_key_flood_cannot_stop_another_address(cfg: ServiceConfig) -> None:
-    """The audit's H2 reproduction: wrong keys from A, then the right key from A and from B."""
+    """The audit's H2 reproduction: wrong keys from A, then the right key from B (and from A)."""
     async def go(c: TestClient) -> dict[str, list[int]]:
         flood = [(await post(c, {"identity": "x"}, headers=xff("203.0.113.66", "guess")))[0] for _ in range(8)]
-        a_right = (await post(c, {"identity": "x"}, headers=xff("203.0.113.66")))[0]
         b_right = [(await post(c, {"identity": "y"}, headers=xff("198.51.100.9")))[0] for _ in range(3)]
-        b_one_typo = (await post(c, {"identity": "y"}, headers=xff("198.51.100.9", "typo")))[0]
+        b_typo = (await post(c, {"identity": "y"}, headers=xff("198.51.100.9", "typo")))[0]
         b_after = (await post(c, {"identity": "y"}, headers=xff("198.51.100.9")))[0]
-        return {"flood": flood, "a": [a_right], "b": b_right + [b_one_typo, b_after]}
+        # Callers behind one address (a proxy that hides them): the key holder still gets through.
+        a_right = (await post(c, {"identity": "x"}, headers=xff("203.0.113.66")))[0]
+        a_still_guessing = (await post(c, {"identity": "x"}, headers=xff("203.0.113.66", "guess")))[0]
+        return {"flood": flood, "b": b_right + [b_typo, b_after], "a": [a_right, a_still_guessing]}
     buckets = Buckets(ok=TokenBucket(10, 5), failed=TokenBucket(1, 3), public=TokenBucket(10, 5))
     got = run(go, cfg, buckets=buckets)
-    assert got["flood"] == [401, 401, 401] + [429] * 5   # guessing stops after the failure burst
-    assert got["a"] == [429]                             # the flooding address stays refused, key or not
+    assert got["flood"] == [401, 401, 401] + [429] * 5   # wrong keys are cut off after their burst
     assert got["b"] == [200, 200, 200, 401, 200]         # another address is untouched
+    assert got["a"] == [200, 429]                        # the right key is never refused for others' failures
+
+
+def test_agent_token_service_wrong_keys_do_not_spend_the_key_holders_bucket(cfg: ServiceConfig) -> None:
+    async def go(c: TestClient) -> list[int]:
+        wrong = [(await post(c, {"identity": "x"}, headers=xff("192.0.2.7", "guess")))[0] for _ in range(4)]
+        right = [(await post(c, {"identity": "x"}, headers=xff("192.0.2.7")))[0] for _ in range(3)]
+        return wrong + right
+    buckets = Buckets(ok=TokenBucket(1, 2), failed=TokenBucket(1, 2), public=TokenBucket(1, 2))
+    assert run(go, cfg, buckets=buckets) == [401, 401, 429, 429, 200, 200, 429]
 
 
 def test_agent_token_service_public_route_rate_limits_per_client(cfg: ServiceConfig) -> None:
