@@ -1,15 +1,17 @@
 """LiveKit access tokens, minted with pyjwt in exactly the claim layout livekit-server expects.
 
-LiveKit reads `iss` (API key), `sub` (identity), `nbf`/`exp`, `name` and a `video` grant with
-camelCase keys. A grant that leaves canPublish/canSubscribe out is treated as "allowed", so
-every preset spells both out.
+LiveKit reads `iss` (API key), `sub` (identity), `nbf`/`exp`, `name`, `metadata`, `attributes`,
+a `video` grant with camelCase keys and an optional `roomConfig` (RoomConfiguration in protobuf
+JSON). A grant that leaves canPublish/canSubscribe out is treated as "allowed", so every preset
+spells both out; canUpdateOwnMetadata is spelled out too, because a participant that may rewrite
+its own attributes could fake the attributes other participants rely on.
 """
 from __future__ import annotations
 
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import jwt
 
@@ -30,11 +32,17 @@ class Preset:
     can_subscribe: bool
     can_publish_data: bool
     room_admin: bool = False
+    # None: every source LiveKit knows; otherwise only these ("microphone", "camera", ...).
+    publish_sources: tuple[str, ...] | None = None
 
 
 PRESETS: dict[str, Preset] = {
     "listener": Preset("listener", can_publish=False, can_subscribe=True, can_publish_data=False),
     "speaker": Preset("speaker", can_publish=True, can_subscribe=True, can_publish_data=True),
+    # What a person talking to the agent needs and nothing more: the microphone, what others
+    # publish, and data (chat / text input to the agent). No camera, no screen share.
+    "voice": Preset("voice", can_publish=True, can_subscribe=True, can_publish_data=True,
+                    publish_sources=("microphone",)),
     "admin": Preset("admin", can_publish=True, can_subscribe=True, can_publish_data=True, room_admin=True),
 }
 
@@ -46,7 +54,10 @@ def video_grant(preset: Preset, room: str) -> dict[str, Any]:
         "canPublish": preset.can_publish,
         "canSubscribe": preset.can_subscribe,
         "canPublishData": preset.can_publish_data,
+        "canUpdateOwnMetadata": preset.room_admin,
     }
+    if preset.publish_sources is not None:
+        grant["canPublishSources"] = list(preset.publish_sources)
     if preset.room_admin:
         grant["roomAdmin"] = True
         grant["roomList"] = True
@@ -64,9 +75,17 @@ def mint(
     name: str | None = None,
     ttl: int = DEFAULT_TTL,
     agent_name: str | None = None,
+    metadata: str | None = None,
+    attributes: Mapping[str, str] | None = None,
+    room_config: Mapping[str, Any] | None = None,
     now: float | None = None,
 ) -> str:
-    """Return a signed HS256 JWT for `identity` in `room` with the given preset's grant."""
+    """Return a signed HS256 JWT for `identity` in `room` with the given preset's grant.
+
+    `room_config` is a RoomConfiguration in protobuf JSON (camelCase keys, e.g.
+    {"maxParticipants": 2, "emptyTimeout": 60}); LiveKit applies it when this token's join
+    creates the room. `agent_name` adds an explicit dispatch of that agent to it.
+    """
     if not api_key or not api_secret:
         raise TokenError("API key and secret are required (LIVEKIT_API_KEY / LIVEKIT_API_SECRET)")
     if preset not in PRESETS:
@@ -86,8 +105,15 @@ def mint(
         "name": name or identity,
         "video": video_grant(PRESETS[preset], room),
     }
+    if metadata:
+        claims["metadata"] = metadata
+    if attributes:
+        claims["attributes"] = dict(attributes)
+    config: dict[str, Any] = dict(room_config or {})
     if agent_name:
-        claims["roomConfig"] = {"agents": [{"agentName": agent_name}]}
+        config["agents"] = [{"agentName": agent_name}]
+    if config:
+        claims["roomConfig"] = config
     return jwt.encode(claims, api_secret, algorithm="HS256")
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the operator machine needs: the local environment's tools
-# (infra/local/packages.txt) and what the tests run for real (coturn for the TURN probe).
+# (infra/local/packages.txt) and what the tests run for real (coturn for the TURN probe;
+# Debian's chromium + chromium-driver for the voice page's browser test, libnss3-tools so that
+# test can make Chromium trust a local environment's CA).
 # Idempotent: only missing packages are installed.
 #
 # The operator host runs no daemon of these packages: Debian's coturn config has no
@@ -10,7 +12,7 @@
 # run (a package upgrade may enable them again).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-read -r -a pkgs <<<"make git openssl coturn $(grep -v '^#' "$here/infra/local/packages.txt" | tr '\n' ' ')"
+read -r -a pkgs <<<"make git openssl coturn chromium chromium-driver libnss3-tools $(grep -v '^#' "$here/infra/local/packages.txt" | tr '\n' ' ')"
 no_daemons=(coturn apt-cacher-ng)
 missing=()
 for p in "${pkgs[@]}"; do

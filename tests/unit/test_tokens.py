@@ -37,6 +37,25 @@ def test_publish_and_subscribe_are_always_explicit() -> None:
     assert raw["exp"] - raw["nbf"] == 3600
 
 
+def test_voice_preset_publishes_only_the_microphone() -> None:
+    claims = api.TokenVerifier(KEY, SECRET).verify(mint(KEY, SECRET, "v", "r", preset="voice"))
+    assert claims.video.can_publish and claims.video.can_publish_sources == ["microphone"]
+    assert claims.video.can_subscribe and not claims.video.room_admin
+    # Nobody but an admin may rewrite their own name/metadata/attributes after joining.
+    assert not claims.video.can_update_own_metadata
+
+
+def test_metadata_attributes_and_room_config_claims() -> None:
+    token = mint(KEY, SECRET, "u", "r", preset="voice", metadata='{"a": 1}', attributes={"lang": "en"},
+                 room_config={"maxParticipants": 2, "emptyTimeout": 30, "departureTimeout": 5},
+                 agent_name="voice-agent")
+    claims = api.TokenVerifier(KEY, SECRET).verify(token)
+    assert claims.metadata == '{"a": 1}' and claims.attributes == {"lang": "en"}
+    rc = claims.room_config
+    assert (rc.max_participants, rc.empty_timeout, rc.departure_timeout) == (2, 30, 5)
+    assert [a.agent_name for a in rc.agents] == ["voice-agent"]
+
+
 def test_agent_dispatch_claim() -> None:
     raw = jwt.decode(mint(KEY, SECRET, "u", "r", agent_name="voice-agent"), options={"verify_signature": False})
     assert raw["roomConfig"] == {"agents": [{"agentName": "voice-agent"}]}

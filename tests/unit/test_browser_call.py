@@ -1,0 +1,302 @@
+"""The voice page in real Chromium: a person connects, hears the greeting, speaks, hears the answer.
+
+By default against a loopback stack this test starts itself (livekit-server, speech server,
+agent worker, token services, a page server standing in for Caddy). Point it at a deployed
+environment instead with
+    VOICESTACK_CALL_URL=https://<livekit name>/call/  VOICESTACK_CALL_CA=<ca_bundle>
+    VOICESTACK_CALL_NETNS=<client_netns>  VOICESTACK_CALL_USER=... VOICESTACK_CALL_PASSWORD=...
+(the error-message and recording cases need the loopback stack and are skipped then).
+Figures (page load -> greeting, bundle size) are printed; the test does not pass or fail on time.
+Needs Debian's chromium (scripts/install_host_deps.sh) and npm (web/build.py builds the page).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.browser.loopback import API_KEY, LoopbackStack, http_ok, wait_until
+from tests.browser.voice_page import (CHROMIUM, Target, chromium, diagnostics, open_page, padded_wav,
+                                      start_agent_recording, stop_agent_recording, transcript, wait_for_segment)
+
+REPO = Path(__file__).resolve().parents[2]
+PHRASE = "turn on the lights"
+SCREENSHOT = Path(os.environ.get("VOICESTACK_CALL_SCREENSHOT") or REPO / "build" / "browser-call.png")
+
+
+def _speech_request(base: str, path: str, body: bytes, content_type: str) -> bytes:
+    req = urllib.request.Request(f"{base}{path}", data=body, headers={"Content-Type": content_type})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return resp.read()
+
+
+def synthesize(speech_url: str, text: str) -> bytes:
+    return _speech_request(speech_url, "/audio/speech", json.dumps({"input": text, "response_format": "wav"}).encode(),
+                           "application/json")
+
+
+def transcribe(speech_url: str, audio: bytes, filename: str = "agent.webm") -> str:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + audio + \
+        f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"response_format\"\r\n\r\ntext\r\n" \
+        f"--{boundary}--\r\n".encode()
+    return _speech_request(speech_url, "/audio/transcriptions", body,
+                           f"multipart/form-data; boundary={boundary}").decode().strip()
+
+
+@pytest.fixture(scope="module")
+def page_root() -> Path:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: run scripts/install_host_deps.sh (Debian chromium)")
+    proc = subprocess.run([sys.executable, str(REPO / "web" / "build.py")], capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, f"web/build.py failed:\n{proc.stderr}"
+    root = Path(proc.stdout.strip().splitlines()[-1])
+    facts = json.loads((root / "BUILD.json").read_text())["files"]
+    print(f"\nbundle: app.js {facts['app.js']['bytes']} B ({facts['app.js']['gzip_bytes']} B gzip), "
+          f"app.css {facts['app.css']['bytes']} B ({facts['app.css']['gzip_bytes']} B gzip), "
+          f"index.html {facts['index.html']['bytes']} B")
+    return root
+
+
+@pytest.fixture(scope="module")
+def stack(page_root: Path) -> Iterator[LoopbackStack | None]:
+    if Target.from_env():
+        yield None
+        return
+    keep = os.environ.get("VOICESTACK_CALL_LOGDIR")
+    with tempfile.TemporaryDirectory(prefix="browser-call-") as tmp:
+        logdir = Path(keep or tmp)
+        logdir.mkdir(parents=True, exist_ok=True)
+        running = LoopbackStack(logdir)
+        try:
+            running.start(page_root)
+            yield running
+        except Exception:
+            for log in logdir.glob("*.log"):
+                sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}\n")
+            raise
+        finally:
+            running.stop()
+
+
+@pytest.fixture(scope="module")
+def speech_url(stack: LoopbackStack | None) -> Iterator[str]:
+    """The speech server for the fake microphone's phrase and for transcribing what the page played."""
+    if stack is not None:
+        yield stack.speech_url
+        return
+    from tests.browser.loopback import AGENT_PY, free_port
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([AGENT_PY, "-m", "agent.speech_server"], cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, "SPEECH_PORT": str(port)})
+        try:
+            wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), 90, "the speech server", proc)
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+
+
+def target_for(stack: LoopbackStack | None, prefix: str = "/call/") -> Target:
+    target = Target.from_env()
+    if target is not None:
+        return target
+    assert stack is not None
+    return Target(url=stack.page_url(prefix))
+
+
+async def _set_room_metadata(stack: LoopbackStack, room: str, metadata: str) -> None:
+    from livekit import api
+    lk = api.LiveKitAPI(stack.lk_url.replace("ws://", "http://"), API_KEY, stack.api_secret)
+    try:
+        await lk.room.update_room_metadata(api.UpdateRoomMetadataRequest(room=room, metadata=metadata))
+    finally:
+        await lk.aclose()
+
+
+def test_browser_call_greets_hears_the_phrase_and_answers(stack: LoopbackStack | None, speech_url: str,
+                                                          tmp_path: Path) -> None:
+    wav = tmp_path / "phrase.wav"
+    # 9 s lead: the agent joins and finishes its greeting before the user speaks.
+    wav.write_bytes(padded_wav(synthesize(speech_url, PHRASE), lead_s=9.0, tail_s=3.0))
+    target = target_for(stack)
+    with chromium(target, audio_file=wav) as browser:
+        page, console = open_page(browser, target)
+        try:
+            page.click("#connect")
+            greeting = wait_for_segment(page, "agent", "assistant", timeout_s=60)
+            start_agent_recording(page)
+            heard = wait_for_segment(page, "user", "light", timeout_s=60)
+            after = len(transcript(page)) - 1
+            answer = wait_for_segment(page, "agent", "lights", timeout_s=60, after=after)
+            page.wait_for_function("() => document.querySelector('#agent-state').dataset.state === 'listening'",
+                                   timeout=30_000)
+            recorded = stop_agent_recording(page)
+            if stack is not None:
+                # The stack marks the call as recorded: the page must say so.
+                # (in a thread: Playwright's sync API already runs an event loop in this one)
+                room = diagnostics(page)["room"]
+                with ThreadPoolExecutor(1) as pool:
+                    pool.submit(asyncio.run, _set_room_metadata(
+                        stack, room, json.dumps({"voicestack.recording": "true"}))).result(timeout=30)
+                page.wait_for_selector("#recording", state="visible", timeout=15_000)
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            diag = diagnostics(page)
+            page.click("#connect")   # disconnect
+            page.wait_for_function("() => document.querySelector('main').dataset.state === 'idle'", timeout=15_000)
+        except Exception:
+            sys.stderr.write("--- browser console\n" + "\n".join(console[-60:]) + "\n")
+            raise
+    spoken = transcribe(speech_url, recorded)
+    timings = diag["timings"]
+    print(f"\npage load -> agent greeting (final transcript): {timings['greeting'] / 1000:.2f} s; "
+          f"-> first agent audio: {timings['agentAudio'] / 1000:.2f} s; connect -> agent joined: "
+          f"{(timings['agentJoined'] - timings['connected']) / 1000:.2f} s")
+    print(f"greeting: {greeting!r}; heard: {heard!r}; answer: {answer!r}; answer audio transcribed: {spoken!r}; "
+          f"peaks user {diag['userPeak']:.3f} agent {diag['agentPeak']:.3f}; screenshot {SCREENSHOT}")
+    assert "voice assistant" in greeting.lower()
+    assert "light" in heard.lower()
+    assert "turned on the lights" in answer.lower()
+    # The agent's audio track really carried the answer: what the page played, transcribed.
+    assert "lights" in spoken.lower(), f"the recorded agent audio transcribes as {spoken!r}"
+    assert diag["agentPeak"] > 0.01 and diag["userPeak"] > 0.01, diag
+    assert diag["errors"] == [], diag["errors"]
+    if stack is not None:
+        assert diag["recordingShown"]
+
+
+@pytest.fixture
+def loopback(stack: LoopbackStack | None) -> LoopbackStack:
+    if stack is None:
+        pytest.skip("error-message cases need the loopback stack (VOICESTACK_CALL_URL is set)")
+    return stack
+
+
+def test_browser_call_explains_a_denied_microphone(loopback: LoopbackStack) -> None:
+    target = target_for(loopback)
+    with chromium(target, audio_file=None, allow_microphone=False) as browser:
+        page, _ = open_page(browser, target)
+        page.click("#connect")
+        page.wait_for_function("() => document.querySelector('#message').textContent.includes('denied')",
+                               timeout=30_000)
+        diag = diagnostics(page)
+        assert "Allow the microphone" in diag["message"]
+        assert page.get_attribute("#mic", "aria-pressed") == "false"
+        assert diag["room"]   # still in the call: the user can listen
+
+
+def test_browser_call_explains_a_failed_connection(loopback: LoopbackStack) -> None:
+    target = target_for(loopback, "/nolk/call/")
+    with chromium(target, audio_file=None) as browser:
+        page, _ = open_page(browser, target)
+        page.click("#connect")
+        page.wait_for_function("() => document.querySelector('#message').textContent.includes('Could not connect')",
+                               timeout=60_000)
+        assert "server may be down" in diagnostics(page)["message"]
+        assert page.text_content("#connect") == "Connect"
+
+
+def test_browser_call_explains_when_no_agent_joins(loopback: LoopbackStack) -> None:
+    target = target_for(loopback, "/noagent/call/")
+    with chromium(target, audio_file=None) as browser:
+        page, _ = open_page(browser, target, url=target.url + "?agent_timeout=3")
+        page.click("#connect")
+        page.wait_for_function("() => document.querySelector('#message').textContent.includes('No agent joined')",
+                               timeout=30_000)
+        assert "within 3 s" in diagnostics(page)["message"]
+
+
+def _https_page(root: Path, tmp: Path) -> tuple[str, Path, "object"]:
+    """The built page over HTTPS on 127.0.0.1 with a certificate from a throwaway CA: (url, ca.pem, server)."""
+    import datetime
+    import functools
+    import http.server
+    import ipaddress
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "voicestack test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(hours=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    (tmp / "ca.pem").write_bytes(pem(ca))
+    (tmp / "leaf.pem").write_bytes(pem(leaf))
+    (tmp / "leaf.key").write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp / "leaf.pem", tmp / "leaf.key")
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"https://127.0.0.1:{server.server_address[1]}/", tmp / "ca.pem", server
+
+
+def test_browser_call_target_trusts_exactly_the_given_ca(page_root: Path, tmp_path: Path) -> None:
+    """The deployed-environment mode: Chromium trusts the environment's CA bundle and nothing else."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    url, ca, server = _https_page(page_root, tmp_path)
+    try:
+        with chromium(Target(url=url, ca_bundle=str(ca)), audio_file=None) as browser:
+            page, _ = open_page(browser, Target(url=url))
+            assert page.title() == "Voice agent" and page.is_visible("#connect")
+        with chromium(Target(url=url), audio_file=None) as browser:
+            with pytest.raises(PlaywrightError, match="ERR_CERT_AUTHORITY_INVALID"):
+                open_page(browser, Target(url=url))
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+
+
+def test_browser_call_public_demo_mode_needs_no_key(loopback: LoopbackStack) -> None:
+    """Public mode: the page gets a keyless token for a fresh server-chosen room, and the agent greets."""
+    target = target_for(loopback, "/demo/call/")
+    with chromium(target, audio_file=None) as browser:
+        page, _ = open_page(browser, target)
+        page.click("#connect")
+        greeting = wait_for_segment(page, "agent", "assistant", timeout_s=60)
+        diag = diagnostics(page)
+        page.click("#connect")
+    assert "voice assistant" in greeting.lower()
+    assert diag["room"].startswith("call-") and diag["identity"].startswith("user-")
