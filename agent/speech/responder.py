@@ -43,7 +43,7 @@ _TIME = re.compile(
     r"\bwhat(?:'s| is)?\s+the\s+time\b|\bwhat\s+time\b|\btell me the time\b|\bthe time please\b"
 )
 _DATE = re.compile(
-    r"\bwhat(?:'s| is)?\s+(?:the\s+|today's\s+)date\b|\bwhat\s+day\b|\btoday's date\b"
+    r"\bwhat(?:'s| is)?\s+(?:the\s+|today's\s+)(?:date|day)\b|\bwhat\s+day\b|\btoday's date\b"
     r"|\bwhich day\b"
 )
 _HELP = re.compile(r"\bwhat can you do\b|\bwhat do you do\b|\bhow can you help\b|\bhelp me\b"

@@ -70,6 +70,7 @@ def test_agent_responder_reads_only_the_last_user_message() -> None:
         ("Turn the heating up.", "Okay, I turned the heating up."),
         ("It's too warm, make it cooler.", "Okay, I turned the heating down."),
         ("What day is it today?", "Today is Friday, January 2."),
+        ("What is the day today?", "Today is Friday, January 2."),
         ("What can you do?", "I can switch the lights, set the thermostat and tell you the time or the date."),
         ("Thank you.", "You're welcome."),
         ("Goodbye.", "Goodbye!"),
@@ -78,7 +79,7 @@ def test_agent_responder_reads_only_the_last_user_message() -> None:
         ("Set the thermostat to 21°.", "Okay, I set the thermostat to 21 degrees."),
         ("Switch the bedroom lights off.", "Okay, I turned off the lights in the bedroom."),
     ],
-    ids=["heating-up", "heating-down", "date", "help", "thanks", "goodbye",
+    ids=["heating-up", "heating-down", "date", "date-the-day", "help", "thanks", "goodbye",
          "thermostat-and-a-half", "thermostat-point-five", "thermostat-degree-sign", "lights-room-before"],
 )
 def test_agent_responder_answers_extended_intents(said: str, answer: str) -> None:
