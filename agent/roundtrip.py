@@ -128,6 +128,17 @@ class _Recorder:
     def last_voiced_between(self, t0: float, t1: float) -> float | None:
         return next((f.t for f in reversed(self.frames) if t0 <= f.t <= t1 and f.voiced), None)
 
+    def voiced_runs(self, t0: float, t1: float, gap: float = 0.15) -> list[tuple[float, float]]:
+        """(start, end) of voiced stretches between t0 and t1; pauses under `gap` join them."""
+        runs: list[list[float]] = []
+        for f in self.frames:
+            if t0 <= f.t <= t1 and f.voiced:
+                if runs and f.t - runs[-1][1] <= gap:
+                    runs[-1][1] = f.t
+                else:
+                    runs.append([f.t, f.t])
+        return [(a, b) for a, b in runs]
+
     def voiced_seconds_between(self, t0: float, t1: float) -> float:
         return sum(len(f.pcm) // 2 for f in self.frames
                    if t0 <= f.t <= t1 and f.voiced) / RECORD_RATE
@@ -299,6 +310,9 @@ TRANSCRIPTION_TOPIC = "lk.transcription"        # livekit-agents' TOPIC_TRANSCRI
 TURN_METRICS_TOPIC = "voicestack.turn-metrics"  # agent.turn_metrics.TOPIC (the worker's breakdown)
 TRANSCRIPTION_FINAL = "lk.transcription_final"  # attribute set on a segment's closing stream
 STOPPED_QUIET_S = 0.5  # barge-in: the agent counts as stopped after this long without voice
+# The agent closes its transcript when an utterance has played out; then this much silence
+# lets the audio's tail arrive (jitter buffer) before the next turn may start.
+ANSWER_QUIET_S = 0.3
 
 
 def voiced_span(pcm: bytes, rate: int) -> tuple[float, float]:
@@ -347,6 +361,8 @@ class BargeIn:
     played_s: float          # voiced seconds of the interrupted utterance that reached us
     interrupted_text: str    # what the agent's transcript says it got to say
     turn: Turn               # the answer to what we said over it
+    # the agent's voiced stretches, seconds from the start of our voice, until its answer
+    timeline: list[tuple[float, float]] = field(default_factory=list)
 
 
 class Conversation:
@@ -358,6 +374,7 @@ class Conversation:
         self.t_connect, self.gap = t_connect, gap
         self.transcripts: list[Transcript] = []
         self.turn_metrics: list[tuple[float, dict[str, float]]] = []  # (arrival, record)
+        self._metrics_used = 0  # records before this index belong to earlier turns
         self._mic = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._silence = rtc.AudioFrame(bytes(2 * rate // 50), rate, 1, rate // 50)  # 20 ms
@@ -392,8 +409,15 @@ class Conversation:
 
         self._spawn(read())
 
-    def _metrics_after(self, t: float) -> dict[str, float] | None:
-        return next((r for at, r in self.turn_metrics if at >= t), None)
+    def _metrics_after(self, t: float, take: bool = False) -> dict[str, float] | None:
+        """The first record of a later turn that arrived after `t` (and consume it)."""
+        for i in range(self._metrics_used, len(self.turn_metrics)):
+            at, record = self.turn_metrics[i]
+            if at >= t:
+                if take:
+                    self._metrics_used = i + 1
+                return record
+        return None
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -441,10 +465,28 @@ class Conversation:
         return t0 + v0, t1 - (duration - v1)
 
     # turns -------------------------------------------------------------------------------
+    async def _agent_utterance(self, start: float, deadline: float, what: str) -> tuple[float, float]:
+        """(first, last) voiced time of the agent's next utterance after `start`. It has ended
+        when the agent closed a transcript opened after `start` and ANSWER_QUIET_S passed
+        without voice, or, without transcripts, after `gap` seconds of silence."""
+        await _poll(lambda: self.rec.first_voiced_after(start), deadline, f"the agent's {what}")
+        first = self.rec.first_voiced_after(start)
+        assert first is not None
+
+        def ended() -> bool:
+            last = self.rec.last_voiced_after(first)
+            quiet = time.monotonic() - (last if last is not None else first)
+            said = self._agent_text(start, time.monotonic())
+            return quiet > self.gap or (said is not None and quiet > ANSWER_QUIET_S)
+
+        await _poll(ended, deadline, f"the end of the agent's {what}")
+        last = self.rec.last_voiced_after(first)
+        return first, last if last is not None else first
+
     async def greeting(self, timeout: float = 30.0) -> tuple[float, str]:
         """Wait for the agent's first utterance to end: (voiced seconds, its text)."""
         deadline = time.monotonic() + timeout
-        g0, g1 = await _utterance(self.rec, self.t_connect, deadline, "greeting", self.gap)
+        g0, g1 = await self._agent_utterance(self.t_connect, deadline, "greeting")
         text = self._agent_text(self.t_connect, g1)
         return self.rec.voiced_seconds_between(g0, g1), text.text if text else ""
 
@@ -457,7 +499,7 @@ class Conversation:
     async def _answer(self, phrase: str, s0: float, s1: float, deadline: float) -> Turn:
         overlap = self.rec.voiced_seconds_between(s0, s1)
         try:
-            a0, a1 = await _utterance(self.rec, s1, deadline, "answer", self.gap)
+            a0, a1 = await self._agent_utterance(s1, deadline, "answer")
         except TimeoutError as exc:
             return Turn(phrase, None, self._user_text(s0), "", 0.0, overlap, s1 - s0, error=str(exc))
         # The agent closes its transcript stream once the audio has played out.
@@ -468,10 +510,10 @@ class Conversation:
         with contextlib.suppress(TimeoutError):
             await _poll(lambda: self._metrics_after(a0) is not None,
                         min(deadline, time.monotonic() + 2), "the agent's turn metrics")
-        said = self._agent_text(s0, a1)
+        said = self._agent_text(s1, a1)
         return Turn(phrase, a0 - s1, self._user_text(s0), said.text if said else "",
                     self.rec.voiced_seconds_between(a0, a1), overlap, s1 - s0,
-                    agent_metrics=self._metrics_after(a0) or {})
+                    agent_metrics=self._metrics_after(a0, take=True) or {})
 
     async def barge_in(self, pcm: bytes, rate: int, *, phrase: str = "", after_s: float = 0.5,
                        trigger: tuple[bytes, int] | None = None, timeout: float = 40.0) -> BargeIn:
@@ -492,8 +534,10 @@ class Conversation:
         stop_s = max(0.0, stop - s0) if stopped and stop is not None else (0.0 if stopped else None)
         played = self.rec.voiced_seconds_between(a0, stop if stop is not None else s0)
         turn = await self._answer(phrase, s0, s1, deadline)
-        cut = self._agent_text(since, s1)
-        return BargeIn(s0 - a0, stop_s, played, cut.text if cut else "", turn)
+        cut = self._agent_text(since, s1 + 1.0)
+        end = s1 + (turn.latency_s or 0.0) + turn.answer_audio_s + 0.5
+        timeline = [(a - s0, b - s0) for a, b in self.rec.voiced_runs(a0, end)]
+        return BargeIn(s0 - a0, stop_s, played, cut.text if cut else "", turn, timeline)
 
 
 @contextlib.asynccontextmanager

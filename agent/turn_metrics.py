@@ -168,7 +168,7 @@ class TurnRecorder:
                 await self.room.local_participant.send_text(
                     json.dumps({**turn.stages(), "interrupted": turn.interrupted}), topic=TOPIC)
             except Exception as exc:  # noqa: BLE001 - a closed room just loses the record
-                log.debug("failed to publish turn metrics: %s", exc)
+                log.warning("failed to publish turn metrics to the room: %s", exc)
 
         task = asyncio.ensure_future(send())
         self._tasks.add(task)

@@ -98,7 +98,7 @@ def synthesize_clips(phrases: list[dict[str, str]], voices: list[str], outdir: P
 
         # The user's voice: the bundled piper voice, untrimmed, deterministic (noise 0).
         cfg = TtsConfig.from_env()
-        joe = Synthesizer(TtsConfig(cfg.model_path, cfg.config_path, first_clause=False,
+        joe = Synthesizer(TtsConfig(cfg.model_path, cfg.config_path, by_clause=False,
                                     trim_lead=False))
     if "espeak" in voices and not shutil.which("espeak-ng"):
         raise SystemExit("espeak-ng is not installed: apt-get install -y espeak-ng "

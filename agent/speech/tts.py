@@ -21,7 +21,7 @@ OUTPUT_SAMPLE_RATE = 24000
 SILENCE_LEVEL = 200
 # Silence left before the first voiced sample when trimming: a hard start can click.
 KEEP_LEAD_S = 0.01
-# The first clause ends at , ; : . ! ? followed by a space ("Okay, | I turned on the lights.").
+# A clause ends at , ; : . ! ? followed by a space ("Okay, | I turned on the lights.").
 _CLAUSE_END = re.compile(r"(?<=[,;:.!?])\s+")
 
 
@@ -48,10 +48,13 @@ class TtsConfig:
     # "lights" about once in 30 runs). Set the voice's own values (0.667/0.8) for livelier speech.
     noise_scale: float = 0.0
     noise_w_scale: float = 0.0
-    # TTS_FIRST_CLAUSE: synthesise the first clause on its own and send it before the rest,
-    # so audio starts after ~0.09 s ("Okay,") instead of 0.21-0.41 s (the whole answer). The
-    # seam is piper's own clause pause (~0.28 s vs 0.30 s at a comma inside one sentence).
-    first_clause: bool = True
+    # TTS_STREAM_CLAUSES: synthesise clause by clause and send each as soon as it is ready,
+    # so audio starts after ~0.09 s ("Okay,") instead of 0.21-0.41 s (the whole answer), and
+    # each next clause (piper runs at ~0.15x real time) is ready before the previous one has
+    # played. Sending only the first clause early left a stutter after "Sorry," when the long
+    # rest took longer to make than "Sorry," to play. The seam is piper's own clause pause
+    # (~0.28 s vs 0.30 s at a comma inside one synthesis).
+    by_clause: bool = True
     # TTS_TRIM_LEADING_SILENCE: cut piper's 50-60 ms of silence before the first voice.
     trim_lead: bool = True
 
@@ -64,7 +67,7 @@ class TtsConfig:
             paths = bundled_voice()
         return cls(*paths, noise_scale=float(os.environ.get("TTS_NOISE_SCALE", "0")),
                    noise_w_scale=float(os.environ.get("TTS_NOISE_W_SCALE", "0")),
-                   first_clause=_flag("TTS_FIRST_CLAUSE", cls.first_clause),
+                   by_clause=_flag("TTS_STREAM_CLAUSES", cls.by_clause),
                    trim_lead=_flag("TTS_TRIM_LEADING_SILENCE", cls.trim_lead))
 
 
@@ -75,10 +78,9 @@ def _flag(name: str, default: bool) -> bool:
     return value in ("1", "true", "yes", "on")
 
 
-def split_first_clause(text: str) -> list[str]:
-    """["Okay,", "I turned on the lights."]: the first clause alone, then the rest."""
-    parts = _CLAUSE_END.split(text.strip(), maxsplit=1)
-    return [p for p in parts if p]
+def split_clauses(text: str) -> list[str]:
+    """["Okay,", "I turned on the lights."]: the text cut after every clause."""
+    return [p for p in _CLAUSE_END.split(text.strip()) if p]
 
 
 def trim_leading_silence(samples: np.ndarray, rate: int = OUTPUT_SAMPLE_RATE) -> np.ndarray:
@@ -127,13 +129,13 @@ class Synthesizer:
                     for chunk in self.voice.synthesize(text, syn_config=syn)]
 
     def sentences_pcm(self, text: str, speed: float = 1.0) -> Iterator[bytes]:
-        """24 kHz s16le audio in the order it can be sent: the first clause (if
-        first_clause), then one chunk per sentence of the rest. Each step synthesises only
-        when asked for, so a caller that sends a chunk before pulling the next streams."""
+        """24 kHz s16le audio in the order it can be sent: one chunk per clause (by_clause) or
+        per sentence. Each step synthesises only when asked for, so a caller that sends a
+        chunk before pulling the next streams."""
         syn = SynthesisConfig(length_scale=1.0 / max(0.25, min(4.0, speed)),
                               noise_scale=self.config.noise_scale,
                               noise_w_scale=self.config.noise_w_scale)
-        pieces = split_first_clause(text) if self.config.first_clause else [text]
+        pieces = split_clauses(text) if self.config.by_clause else [text]
         first = True
         for piece in pieces:
             for samples in self._synthesize(piece, syn):
