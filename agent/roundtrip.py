@@ -8,6 +8,11 @@ by the token's roomConfig), waits for the agent's audio track and its greeting, 
 the synthesised `phrase`, records the agent's answer and transcribes both. The latency is
 voice to voice as a user hears it: from the end of our speech leaving the client to the
 first voiced frame of the answer arriving back.
+
+`Conversation` keeps one room open for many turns (the benchmark speaks a whole phrase set
+in it) and reads what the agent heard and answered from the room's `lk.transcription` text
+streams, which livekit-agents publishes for every user and agent turn; `barge_in` speaks
+while the agent is talking and measures when its audio stops.
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import logging
 import os
 import time
 import wave
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import AsyncIterator, Callable, Protocol
 
 import aiohttp
 import numpy as np
@@ -119,6 +125,24 @@ class _Recorder:
     def last_voiced_after(self, t0: float) -> float | None:
         return next((f.t for f in reversed(self.frames) if f.t >= t0 and f.voiced), None)
 
+    def last_voiced_between(self, t0: float, t1: float) -> float | None:
+        return next((f.t for f in reversed(self.frames) if t0 <= f.t <= t1 and f.voiced), None)
+
+    def voiced_runs(self, t0: float, t1: float, gap: float = 0.15) -> list[tuple[float, float]]:
+        """(start, end) of voiced stretches between t0 and t1; pauses under `gap` join them."""
+        runs: list[list[float]] = []
+        for f in self.frames:
+            if t0 <= f.t <= t1 and f.voiced:
+                if runs and f.t - runs[-1][1] <= gap:
+                    runs[-1][1] = f.t
+                else:
+                    runs.append([f.t, f.t])
+        return [(a, b) for a, b in runs]
+
+    def voiced_seconds_between(self, t0: float, t1: float) -> float:
+        return sum(len(f.pcm) // 2 for f in self.frames
+                   if t0 <= f.t <= t1 and f.voiced) / RECORD_RATE
+
     def audio_between(self, t0: float, t1: float) -> tuple[bytes, float]:
         chosen = [f for f in self.frames if t0 <= f.t <= t1]
         voiced = sum(len(f.pcm) // 2 for f in chosen if f.voiced) / RECORD_RATE
@@ -134,15 +158,17 @@ async def _poll(predicate: Callable[[], object], deadline: float, what: str,
         await asyncio.sleep(interval)
 
 
-async def _utterance(rec: _Recorder, start: float, deadline: float, what: str) -> tuple[float, float]:
-    """(first, last) voiced time of the agent's next utterance starting after `start`."""
+async def _utterance(rec: _Recorder, start: float, deadline: float, what: str,
+                     gap: float = END_OF_SPEECH_GAP) -> tuple[float, float]:
+    """(first, last) voiced time of the agent's next utterance starting after `start`;
+    it ends with `gap` seconds of silence."""
     await _poll(lambda: rec.first_voiced_after(start), deadline, f"the agent's {what}")
     first = rec.first_voiced_after(start)
     assert first is not None
 
     def ended() -> bool:
         last = rec.last_voiced_after(first)
-        return last is not None and time.monotonic() - last > END_OF_SPEECH_GAP
+        return last is not None and time.monotonic() - last > gap
 
     await _poll(ended, deadline, f"the end of the agent's {what}")
     last = rec.last_voiced_after(first)
@@ -276,3 +302,286 @@ async def round_trip(
 def run(url: str, token: str, **kwargs: object) -> RoundTripResult:
     """Synchronous wrapper for pytest/testinfra callers."""
     return asyncio.run(round_trip(url, token, **kwargs))  # type: ignore[arg-type]
+
+
+# --- many turns in one room -------------------------------------------------------------
+
+TRANSCRIPTION_TOPIC = "lk.transcription"        # livekit-agents' TOPIC_TRANSCRIPTION
+TURN_METRICS_TOPIC = "voicestack.turn-metrics"  # agent.turn_metrics.TOPIC (the worker's breakdown)
+TRANSCRIPTION_FINAL = "lk.transcription_final"  # attribute set on a segment's closing stream
+STOPPED_QUIET_S = 0.5  # barge-in: the agent counts as stopped after this long without voice
+# The agent closes its transcript when an utterance has played out; then this much silence
+# lets the audio's tail arrive (jitter buffer) before the next turn may start.
+ANSWER_QUIET_S = 0.3
+
+
+def voiced_span(pcm: bytes, rate: int) -> tuple[float, float]:
+    """(start, end) in seconds of the voiced part of a mono s16le clip. TTS voices pad both
+    sides with silence; a user's speech starts and ends where the voice does."""
+    samples = np.frombuffer(pcm, dtype=np.int16)
+    step = max(1, rate // 100)
+    n = samples.size // step
+    if n == 0:
+        return 0.0, 0.0
+    frames = samples[:n * step].reshape(n, step).astype(np.float64)
+    voiced = np.nonzero(np.sqrt((frames ** 2).mean(axis=1)) > VOICED_RMS)[0]
+    if voiced.size == 0:
+        return 0.0, n / 100
+    return voiced[0] / 100, (voiced[-1] + 1) / 100
+
+
+@dataclass
+class Transcript:
+    """One closed `lk.transcription` stream: a user transcript or an agent's spoken text."""
+
+    sender: str
+    text: str
+    final: bool
+    opened: float  # monotonic arrival of the stream header
+    closed: float  # monotonic arrival of its end
+
+
+@dataclass
+class Turn:
+    phrase: str                # what we said (reference text, for the caller's scoring)
+    latency_s: float | None    # end of our voiced speech -> first voiced answer frame; None: no answer
+    heard: str                 # the agent's final transcript(s) of what we said
+    answer: str                # the agent's answer as it spoke it (its own transcript)
+    answer_audio_s: float      # voiced seconds of the answer
+    overlap_s: float           # agent voice while we were still speaking (a premature reply)
+    speech_s: float            # voiced length of what we said
+    error: str = ""
+    agent_metrics: dict[str, float] = field(default_factory=dict)  # the worker's breakdown
+
+
+@dataclass
+class BargeIn:
+    into_s: float            # how far into the agent's utterance our voice started
+    stop_s: float | None     # our voice starts -> the agent's last voiced frame; None: it kept talking
+    played_s: float          # voiced seconds of the interrupted utterance that reached us
+    interrupted_text: str    # what the agent's transcript says it got to say
+    turn: Turn               # the answer to what we said over it
+    # the agent's voiced stretches, seconds from the start of our voice, until its answer
+    timeline: list[tuple[float, float]] = field(default_factory=list)
+
+
+class Conversation:
+    """A client in one room with the agent: speak clips, get turns. Use `conversation()`."""
+
+    def __init__(self, room: rtc.Room, rec: _Recorder, source: rtc.AudioSource, rate: int,
+                 t_connect: float, gap: float) -> None:
+        self.room, self.rec, self.source, self.rate = room, rec, source, rate
+        self.t_connect, self.gap = t_connect, gap
+        self.transcripts: list[Transcript] = []
+        self.turn_metrics: list[tuple[float, dict[str, float]]] = []  # (arrival, record)
+        self._metrics_used = 0  # records before this index belong to earlier turns
+        self._mic = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._silence = rtc.AudioFrame(bytes(2 * rate // 50), rate, 1, rate // 50)  # 20 ms
+
+    @property
+    def identity(self) -> str:
+        return self.room.local_participant.identity
+
+    # transcripts -------------------------------------------------------------------------
+    def on_text_stream(self, reader: rtc.TextStreamReader, sender: str) -> None:
+        opened = time.monotonic()
+
+        async def read() -> None:
+            try:
+                text = await reader.read_all()
+            except Exception as exc:  # noqa: BLE001 - a broken stream only loses one transcript
+                log.warning("failed to read a transcription stream from %s: %s", sender, exc)
+                return
+            final = (reader.info.attributes or {}).get(TRANSCRIPTION_FINAL) == "true"
+            self.transcripts.append(Transcript(sender, text.strip(), final, opened, time.monotonic()))
+
+        self._spawn(read())
+
+    def on_turn_metrics(self, reader: rtc.TextStreamReader, _sender: str) -> None:
+        async def read() -> None:
+            try:
+                record = json.loads(await reader.read_all())
+            except Exception as exc:  # noqa: BLE001 - a broken record only loses one breakdown
+                log.warning("failed to read a turn-metrics record: %s", exc)
+                return
+            self.turn_metrics.append((time.monotonic(), record))
+
+        self._spawn(read())
+
+    def _metrics_after(self, t: float, take: bool = False) -> dict[str, float] | None:
+        """The first record of a later turn that arrived after `t` (and consume it)."""
+        for i in range(self._metrics_used, len(self.turn_metrics)):
+            at, record = self.turn_metrics[i]
+            if at >= t:
+                if take:
+                    self._metrics_used = i + 1
+                return record
+        return None
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _user_text(self, since: float) -> str:
+        return " ".join(t.text for t in self.transcripts
+                        if t.sender == self.identity and t.final and t.closed >= since and t.text)
+
+    def _agent_text(self, opened_after: float, opened_before: float) -> Transcript | None:
+        found = [t for t in self.transcripts if t.sender != self.identity and t.final
+                 and opened_after <= t.opened <= opened_before]
+        return found[-1] if found else None
+
+    # the microphone ----------------------------------------------------------------------
+    async def keep_mic_open(self) -> None:
+        """Feed silence whenever we are not speaking: the agent's VAD ends a turn only on
+        silence it receives, and a track without frames never ends one."""
+        while True:
+            async with self._mic:
+                if self.source.queued_duration < 0.1:
+                    await self.source.capture_frame(self._silence)
+                    continue
+            await asyncio.sleep(0.01)
+
+    def _resampled(self, pcm: bytes, rate: int) -> bytes:
+        if rate == self.rate:
+            return pcm
+        resampler = rtc.AudioResampler(rate, self.rate, num_channels=1)
+        frames = resampler.push(rtc.AudioFrame(pcm, rate, 1, len(pcm) // 2)) + resampler.flush()
+        return b"".join(bytes(f.data) for f in frames)
+
+    async def speak(self, pcm: bytes, rate: int) -> tuple[float, float]:
+        """Say a mono s16le clip; return the monotonic (start, end) of its voice as it left us."""
+        pcm = self._resampled(pcm, rate)
+        v0, v1 = voiced_span(pcm, self.rate)
+        duration = len(pcm) / 2 / self.rate
+        async with self._mic:
+            self.source.clear_queue()  # drop queued silence: the clip starts now
+            t0 = time.monotonic()
+            await _speak(self.source, pcm, self.rate)
+            await self.source.wait_for_playout()
+            t1 = time.monotonic()
+        return t0 + v0, t1 - (duration - v1)
+
+    # turns -------------------------------------------------------------------------------
+    async def _agent_utterance(self, start: float, deadline: float, what: str) -> tuple[float, float]:
+        """(first, last) voiced time of the agent's next utterance after `start`. It has ended
+        when the agent closed a transcript opened after `start` and ANSWER_QUIET_S passed
+        without voice, or, without transcripts, after `gap` seconds of silence."""
+        await _poll(lambda: self.rec.first_voiced_after(start), deadline, f"the agent's {what}")
+        first = self.rec.first_voiced_after(start)
+        assert first is not None
+
+        def ended() -> bool:
+            last = self.rec.last_voiced_after(first)
+            quiet = time.monotonic() - (last if last is not None else first)
+            said = self._agent_text(start, time.monotonic())
+            return quiet > self.gap or (said is not None and quiet > ANSWER_QUIET_S)
+
+        await _poll(ended, deadline, f"the end of the agent's {what}")
+        last = self.rec.last_voiced_after(first)
+        return first, last if last is not None else first
+
+    async def greeting(self, timeout: float = 30.0) -> tuple[float, str]:
+        """Wait for the agent's first utterance to end: (voiced seconds, its text)."""
+        deadline = time.monotonic() + timeout
+        g0, g1 = await self._agent_utterance(self.t_connect, deadline, "greeting")
+        text = self._agent_text(self.t_connect, g1)
+        return self.rec.voiced_seconds_between(g0, g1), text.text if text else ""
+
+    async def say(self, pcm: bytes, rate: int, phrase: str = "", timeout: float = 30.0) -> Turn:
+        """Speak a clip after the agent went quiet and wait for its whole answer."""
+        deadline = time.monotonic() + timeout
+        s0, s1 = await self.speak(pcm, rate)
+        return await self._answer(phrase, s0, s1, deadline)
+
+    async def _answer(self, phrase: str, s0: float, s1: float, deadline: float) -> Turn:
+        overlap = self.rec.voiced_seconds_between(s0, s1)
+        try:
+            a0, a1 = await self._agent_utterance(s1, deadline, "answer")
+        except TimeoutError as exc:
+            return Turn(phrase, None, self._user_text(s0), "", 0.0, overlap, s1 - s0, error=str(exc))
+        # The agent closes its transcript stream once the audio has played out.
+        with contextlib.suppress(TimeoutError):
+            await _poll(lambda: self._agent_text(s0, a1) and self._user_text(s0),
+                        min(deadline, time.monotonic() + 5), "the agent's transcripts")
+        # The worker publishes the turn's breakdown once the answer has played out.
+        with contextlib.suppress(TimeoutError):
+            await _poll(lambda: self._metrics_after(a0) is not None,
+                        min(deadline, time.monotonic() + 2), "the agent's turn metrics")
+        said = self._agent_text(s1, a1)
+        return Turn(phrase, a0 - s1, self._user_text(s0), said.text if said else "",
+                    self.rec.voiced_seconds_between(a0, a1), overlap, s1 - s0,
+                    agent_metrics=self._metrics_after(a0, take=True) or {})
+
+    async def barge_in(self, pcm: bytes, rate: int, *, phrase: str = "", after_s: float = 0.5,
+                       trigger: tuple[bytes, int] | None = None, timeout: float = 40.0) -> BargeIn:
+        """Speak `pcm` `after_s` seconds into the agent's next utterance: its answer to the
+        `trigger` clip if given, else whatever it says next (its greeting, on a fresh join)."""
+        deadline = time.monotonic() + timeout
+        since = time.monotonic()
+        if trigger is not None:
+            _, since = await self.speak(*trigger)
+        await _poll(lambda: self.rec.first_voiced_after(since), deadline, "the agent to speak")
+        a0 = self.rec.first_voiced_after(since)
+        assert a0 is not None
+        # Not a readiness wait: this picks the moment, inside the agent's speech, we talk over it.
+        await asyncio.sleep(max(0.0, a0 + after_s - time.monotonic()))
+        s0, s1 = await self.speak(pcm, rate)
+        stop = self.rec.last_voiced_between(a0, s1)
+        stopped = stop is None or s1 - stop >= STOPPED_QUIET_S
+        stop_s = max(0.0, stop - s0) if stopped and stop is not None else (0.0 if stopped else None)
+        played = self.rec.voiced_seconds_between(a0, stop if stop is not None else s0)
+        turn = await self._answer(phrase, s0, s1, deadline)
+        cut = self._agent_text(since, s1 + 1.0)
+        end = s1 + (turn.latency_s or 0.0) + turn.answer_audio_s + 0.5
+        timeline = [(a - s0, b - s0) for a, b in self.rec.voiced_runs(a0, end)]
+        return BargeIn(s0 - a0, stop_s, played, cut.text if cut else "", turn, timeline)
+
+
+@contextlib.asynccontextmanager
+async def conversation(url: str, token: str, *, ca_bundle: str | None = None,
+                       rtc_config: rtc.RtcConfiguration | None = None, rate: int = 24000,
+                       gap: float = END_OF_SPEECH_GAP,
+                       timeout: float = 30.0) -> AsyncIterator[Conversation]:
+    """Join the token's room, wait for the agent's audio, publish a microphone that sends
+    silence between clips; yields a `Conversation`. `gap`: silence that ends an agent turn."""
+    deadline = time.monotonic() + timeout
+    rec = _Recorder()
+    room = rtc.Room()
+
+    @room.on("track_subscribed")
+    def _on_track(track: rtc.Track, _pub: rtc.RemoteTrackPublication,
+                  participant: rtc.RemoteParticipant) -> None:
+        if (track.kind == rtc.TrackKind.KIND_AUDIO
+                and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT):
+            rec.attach(track)
+
+    options = rtc.RoomOptions(auto_subscribe=True, connect_timeout=max(1.0, min(15.0, timeout)))
+    if rtc_config is not None:
+        options.rtc_config = rtc_config
+    # queue_size_ms as in round_trip: rides out CPU stalls of this process.
+    source = rtc.AudioSource(rate, 1, queue_size_ms=1000)
+    t_connect = time.monotonic()
+    conv = Conversation(room, rec, source, rate, t_connect, gap)
+    # Registered before connecting: the agent may publish its greeting's transcript at once.
+    room.register_text_stream_handler(TRANSCRIPTION_TOPIC, conv.on_text_stream)
+    room.register_text_stream_handler(TURN_METRICS_TOPIC, conv.on_turn_metrics)
+    with _trusting(ca_bundle):
+        await room.connect(url, token, options)
+    mic: asyncio.Task[None] | None = None
+    try:
+        track = rtc.LocalAudioTrack.create_audio_track("conversation-mic", source)
+        await room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+        mic = asyncio.ensure_future(conv.keep_mic_open())
+        await asyncio.wait_for(rec.track_ready.wait(), max(0.1, deadline - time.monotonic()))
+        yield conv
+    finally:
+        for task in (mic, rec.task, *list(conv._tasks)):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await room.disconnect()

@@ -61,10 +61,16 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
 
     stt = request.app[STT_KEY]
     try:
-        text = await asyncio.to_thread(stt.transcribe, audio, fields.get("language") or None)
+        result = await asyncio.to_thread(stt.transcribe_detailed, audio,
+                                         fields.get("language") or None)
     except Exception as exc:  # noqa: BLE001 - undecodable audio surfaces from PyAV as many exception types
         log.warning("failed to transcribe %d bytes: %s", len(audio), exc)
         return _error(400, f"failed to decode or transcribe the audio: {exc}")
+    text = result.text
+    # What was said stays out of the INFO log (it is the user's speech); DEBUG shows it.
+    log.info("stt %.2f s of audio in %.3f s (window %g s%s)", result.audio_s, result.seconds,
+             result.window_s, f", fallback: {result.fallback}" if result.fallback else "")
+    log.debug("stt heard %r", text)
     if response_format == "text":
         return web.Response(text=text, content_type="text/plain")
     body: dict[str, Any] = {"text": text}
@@ -88,12 +94,30 @@ async def speech(request: web.Request) -> web.StreamResponse:
             400, f"response_format {response_format!r} is not supported; use wav or pcm "
             f"({OUTPUT_SAMPLE_RATE} Hz mono s16le)",
         )
-    speed = float(payload.get("speed") or 1.0)
+    try:
+        speed = float(payload.get("speed") or 1.0)
+    except (TypeError, ValueError):
+        return _error(400, f"'speed' must be a number, got {payload.get('speed')!r}")
     # `voice`, `model` and OpenAI's `stream_format` are accepted and ignored: one voice here.
     tts = request.app[TTS_KEY]
-    synth = tts.wav if response_format == "wav" else tts.pcm
-    audio = await asyncio.to_thread(synth, text, speed)
-    return web.Response(body=audio, content_type=_TTS_FORMATS[response_format])
+    if response_format == "wav":  # the header needs the length: the whole file at once
+        audio = await asyncio.to_thread(tts.wav, text, speed)
+        return web.Response(body=audio, content_type=_TTS_FORMATS[response_format])
+    # pcm: each chunk is written as soon as it is synthesised (the first clause first);
+    # livekit's openai TTS plugin plays the body's chunks as they arrive (iter_bytes).
+    started = time.perf_counter()
+    chunks = tts.sentences_pcm(text, speed)
+    response = web.StreamResponse(headers={"Content-Type": _TTS_FORMATS["pcm"]})
+    first = await asyncio.to_thread(next, chunks, None)
+    await response.prepare(request)
+    first_s = time.perf_counter() - started
+    while first is not None:
+        await response.write(first)
+        first = await asyncio.to_thread(next, chunks, None)
+    await response.write_eof()
+    log.info("tts %d chars: first audio after %.3f s, all after %.3f s", len(text), first_s,
+             time.perf_counter() - started)
+    return response
 
 
 def _completion_id() -> str:
@@ -160,7 +184,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 def create_app(stt: Any, tts: Any,
                responder: Callable[[str | None], str] = respond) -> web.Application:
-    """The HTTP app around already-loaded backends (anything with .transcribe / .wav / .pcm)."""
+    """The HTTP app around already-loaded backends: an stt with .transcribe_detailed (see
+    agent.speech.stt.Transcriber), a tts with .wav and .sentences_pcm (Synthesizer)."""
     app = web.Application(client_max_size=64 * 1024 * 1024)  # a few minutes of wav
     app[STT_KEY], app[TTS_KEY], app[RESPONDER_KEY] = stt, tts, responder
     app.router.add_get("/health", health)
@@ -170,12 +195,19 @@ def create_app(stt: Any, tts: Any,
     return app
 
 
-def load_backends() -> tuple[Any, Any]:
-    """Load both models once, at startup (about 2 s), so the first request is not slow."""
+def load_backends(warm: bool = True) -> tuple[Any, Any]:
+    """Load both models once, at startup (about 2 s), and run each once so that the first
+    request is as fast as the rest (`warm`)."""
     from agent.speech.stt import SttConfig, Transcriber
-    from agent.speech.tts import Synthesizer, TtsConfig
+    from agent.speech.tts import Synthesizer, TtsConfig, wav_bytes
 
-    return Transcriber(SttConfig.from_env()), Synthesizer(TtsConfig.from_env())
+    stt, tts = Transcriber(SttConfig.from_env()), Synthesizer(TtsConfig.from_env())
+    if warm:
+        started = time.perf_counter()
+        tts.warm_up()
+        stt.warm_up(wav_bytes(tts.pcm("Turn on the lights.")))
+        log.info("models warmed up in %.2f s", time.perf_counter() - started)
+    return stt, tts
 
 
 def main() -> None:

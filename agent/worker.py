@@ -16,10 +16,16 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from agent import turn_metrics
+
 # Set before livekit imports: no hub downloads, and no 244 MB end-of-turn model preload
 # (turn detection is VAD-based, the EOT model is never used).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
+if __name__ == "__main__":
+    # Only the worker process itself (job processes inherit the variable): prometheus-client,
+    # imported by livekit-agents, decides at import whether values live in files.
+    turn_metrics.ensure_multiprocess_dir()
 
 from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobProcess, cli  # noqa: E402
 from livekit.plugins import openai, silero  # noqa: E402
@@ -36,6 +42,13 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name, "").strip()
     return value or default
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = _env(name, "1" if default else "0").lower()
+    if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError(f"{name}={value!r} is not a boolean (use 1 or 0)")
+    return value in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,26 @@ class WorkerConfig:
     # server does not re-offer the room: it stays without an agent.
     max_jobs: int = 4
     greeting: str = GREETING
+    # --- turn taking (figures: bench/bench_voice.py on the loopback stack, see the README) ---
+    # AGENT_VAD_MIN_SILENCE: silence (s) after which silero ends a speech segment and the STT
+    # request starts. livekit's 0.55 fires END_OF_SPEECH 0.60-0.69 s after the voice ends;
+    # 0.30 fires after 0.35-0.43 s. It only segments: committing the turn is min_delay's job.
+    vad_min_silence: float = 0.3
+    # AGENT_ENDPOINT_MIN_DELAY: the turn commits this long after the VAD's estimate of the end
+    # of speech (not after END_OF_SPEECH: the two overlap). With fast STT it is the deciding
+    # wait; a pause shorter than it inside a sentence does not end the turn.
+    endpoint_min_delay: float = 0.4
+    # AGENT_PREEMPTIVE_TTS: start the LLM *and* TTS on the final transcript before the turn
+    # commits (cancelled if the user goes on), so the reply is ready when min_delay ends.
+    preemptive_tts: bool = True
+    # AGENT_INTERRUPT_MIN_SPEECH: speech (s) over the agent before it stops talking (barge-in).
+    interrupt_min_speech: float = 0.5
+    # --- observability ---
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 8082  # AGENT_METRICS_PORT; 0 disables the Prometheus endpoint
+    # AGENT_TURN_METRICS_TO_ROOM: publish each turn's breakdown on the "voicestack.turn-metrics"
+    # text stream (timings only) so a client such as bench/bench_voice.py can read it.
+    turn_metrics_to_room: bool = True
 
     @classmethod
     def from_env(cls) -> "WorkerConfig":
@@ -88,12 +121,21 @@ class WorkerConfig:
                 drain_timeout=int(_env("AGENT_DRAIN_TIMEOUT", str(d.drain_timeout))),
                 max_jobs=int(_env("AGENT_MAX_JOBS", str(d.max_jobs))),
                 greeting=_env("AGENT_GREETING", d.greeting),
+                vad_min_silence=float(_env("AGENT_VAD_MIN_SILENCE", str(d.vad_min_silence))),
+                endpoint_min_delay=float(_env("AGENT_ENDPOINT_MIN_DELAY", str(d.endpoint_min_delay))),
+                preemptive_tts=_flag("AGENT_PREEMPTIVE_TTS", d.preemptive_tts),
+                interrupt_min_speech=float(_env("AGENT_INTERRUPT_MIN_SPEECH",
+                                                str(d.interrupt_min_speech))),
+                metrics_host=_env("AGENT_METRICS_HOST", d.metrics_host),
+                metrics_port=int(_env("AGENT_METRICS_PORT", str(d.metrics_port))),
+                turn_metrics_to_room=_flag("AGENT_TURN_METRICS_TO_ROOM", d.turn_metrics_to_room),
             )
         except ValueError as exc:
             raise SystemExit(
                 f"failed to read the agent worker configuration: {exc} — AGENT_HEALTH_PORT, "
-                "AGENT_NUM_IDLE_PROCESSES, AGENT_DRAIN_TIMEOUT and AGENT_MAX_JOBS must be "
-                "whole numbers"
+                "AGENT_METRICS_PORT, AGENT_NUM_IDLE_PROCESSES, AGENT_DRAIN_TIMEOUT and "
+                "AGENT_MAX_JOBS must be whole numbers, AGENT_VAD_MIN_SILENCE, "
+                "AGENT_ENDPOINT_MIN_DELAY and AGENT_INTERRUPT_MIN_SPEECH seconds"
             ) from exc
 
 
@@ -110,15 +152,30 @@ def build_session(config: WorkerConfig, vad: object) -> AgentSession:
         tts=openai.TTS(model=config.tts_model, voice=config.tts_voice,
                        base_url=config.tts_base_url, api_key=config.tts_api_key,
                        response_format="pcm"),
-        # Explicit: the default turn detector may resolve to LiveKit Cloud in dev mode, and
-        # adaptive interruption calls its gateway; the local VAD decides both here.
-        turn_handling={"turn_detection": "vad", "interruption": {"mode": "vad"}},
+        turn_handling={
+            # Explicit: the default turn detector may resolve to LiveKit Cloud in dev mode,
+            # and the offline one (livekit-local-inference v1-mini) scored short complete
+            # questions ("what time is it") below its threshold, so they would wait max_delay.
+            "turn_detection": "vad",
+            "endpointing": {"mode": "fixed", "min_delay": config.endpoint_min_delay},
+            # Adaptive interruption calls LiveKit's gateway; the local VAD decides here.
+            "interruption": {"mode": "vad", "min_duration": config.interrupt_min_speech},
+            "preemptive_generation": {"enabled": True, "preemptive_tts": config.preemptive_tts},
+        },
     )
 
 
 def prewarm(proc: JobProcess) -> None:
     # silero_vad.onnx ships inside livekit-plugins-silero: loading it needs no network.
-    proc.userdata["vad"] = silero.VAD.load()
+    config = WorkerConfig.from_env()
+    proc.userdata["vad"] = silero.VAD.load(min_silence_duration=config.vad_min_silence)
+    # Built on first use inside a conversation, they blocked the job's event loop (livekit's
+    # loop monitor): the transcript synchroniser's hyphenation tables for 0.12-0.34 s on the
+    # first answer, and openai's chat-streaming module import for 0.16 s on the first reply.
+    import openai.lib.streaming.chat  # noqa: F401
+    from livekit.agents.tokenize import basic
+
+    basic.hyphenate_word("assistant")
 
 
 async def entrypoint(ctx: JobContext) -> None:
@@ -126,6 +183,7 @@ async def entrypoint(ctx: JobContext) -> None:
     configuration is re-read from the environment they inherit."""
     config = WorkerConfig.from_env()
     session = build_session(config, ctx.proc.userdata["vad"])
+    turn_metrics.TurnRecorder(ctx.room if config.turn_metrics_to_room else None).attach(session)
     # record=False: no traces/audio/transcript upload (it only ever goes to *.livekit.cloud).
     await session.start(agent=Agent(instructions=INSTRUCTIONS), room=ctx.room, record=False)
     await ctx.wait_for_participant()
@@ -157,7 +215,11 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) == 1:
         args.append("start")  # production mode: local turn detection defaults, drain on SIGTERM
     sys.argv = args
-    cli.run_app(build_server(WorkerConfig.from_env()))
+    config = WorkerConfig.from_env()
+    if config.metrics_port:
+        turn_metrics.ensure_multiprocess_dir()
+        turn_metrics.serve(config.metrics_host, config.metrics_port)
+    cli.run_app(build_server(config))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """The deterministic responder: what the local voice agent answers."""
 
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
-from agent.speech.responder import FALLBACK, GREETING, last_user_text, parse_number, respond
+from agent.speech.responder import (FALLBACK, GREETING, Intent, intent, last_user_text,
+                                    parse_number, respond)
+
+REPO = Path(__file__).resolve().parents[2]
 
 FIXED_NOW = datetime(2026, 1, 2, 14, 5)
 
@@ -58,3 +62,52 @@ def test_agent_responder_reads_only_the_last_user_message() -> None:
     ]
     assert last_user_text(messages) == "what time is it"
     assert last_user_text([{"role": "system", "content": "x"}]) is None
+
+
+@pytest.mark.parametrize(
+    ("said", "answer"),
+    [
+        ("Turn the heating up.", "Okay, I turned the heating up."),
+        ("It's too warm, make it cooler.", "Okay, I turned the heating down."),
+        ("What day is it today?", "Today is Friday, January 2."),
+        ("What is the day today?", "Today is Friday, January 2."),
+        ("What can you do?", "I can switch the lights, set the thermostat and tell you the time or the date."),
+        ("Thank you.", "You're welcome."),
+        ("Goodbye.", "Goodbye!"),
+        ("Set the thermostat to 19 and a half degrees.", "Okay, I set the thermostat to 19.5 degrees."),
+        ("Set the thermostat to nineteen point five.", "Okay, I set the thermostat to 19.5 degrees."),
+        ("Set the thermostat to 21°.", "Okay, I set the thermostat to 21 degrees."),
+        ("Switch the bedroom lights off.", "Okay, I turned off the lights in the bedroom."),
+    ],
+    ids=["heating-up", "heating-down", "date", "date-the-day", "help", "thanks", "goodbye",
+         "thermostat-and-a-half", "thermostat-point-five", "thermostat-degree-sign", "lights-room-before"],
+)
+def test_agent_responder_answers_extended_intents(said: str, answer: str) -> None:
+    assert respond(said, now=lambda: FIXED_NOW) == answer
+
+
+def _phrase_set() -> list[dict[str, str]]:
+    import yaml
+
+    return yaml.safe_load((REPO / "bench" / "phrases.yaml").read_text())["phrases"]
+
+
+def test_agent_responder_phrase_set_is_large_and_labelled() -> None:
+    phrases = _phrase_set()
+    assert len(phrases) >= 40
+    assert len({p["text"] for p in phrases}) == len(phrases)
+    assert {Intent.parse(p["intent"]).name for p in phrases} >= {
+        "lights", "thermostat_set", "time", "greeting", "other"}
+
+
+@pytest.mark.parametrize("phrase", _phrase_set(), ids=lambda p: p["text"][:40])
+def test_agent_responder_recognises_every_benchmark_phrase(phrase: dict[str, str]) -> None:
+    assert intent(phrase["text"]) == Intent.parse(phrase["intent"])
+
+
+def test_agent_responder_intent_label_round_trips() -> None:
+    label = "lights state=on room=living_room"
+    assert Intent.parse(label) == Intent("lights", state="on", room="living room")
+    assert Intent.parse(label).label == label
+    with pytest.raises(ValueError, match="colour"):
+        Intent.parse("lights colour=red")

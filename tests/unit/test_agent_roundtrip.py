@@ -23,7 +23,9 @@ from typing import Callable, Iterator
 import pytest
 from livekit import api
 
-from agent.roundtrip import HttpSpeech, RoundTripResult, round_trip
+from agent.roundtrip import (BargeIn, HttpSpeech, RoundTripResult, Turn, conversation,
+                             round_trip, voiced_span)
+from agent.speech.responder import HELP
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_BIN = os.environ.get("LIVEKIT_SERVER_BIN", "/var/cache/voicestack/go/bin/server")
@@ -68,6 +70,7 @@ class Stack:
         self.logdir = logdir
         self.procs: dict[str, subprocess.Popen] = {}
         self.lk_port, self.speech_port, self.health_port = free_port(), free_port(), free_port()
+        self.metrics_port = free_port()
         self.url = f"ws://127.0.0.1:{self.lk_port}"
         self.speech_url = f"http://127.0.0.1:{self.speech_port}/v1"
 
@@ -78,7 +81,8 @@ class Stack:
         self.procs[name] = proc
         return proc
 
-    def start(self, agent_env: dict[str, str] | None = None) -> None:
+    def start(self, agent_env: dict[str, str] | None = None,
+              speech_env: dict[str, str] | None = None) -> None:
         config = (
             f"port: {self.lk_port}\nbind_addresses: [127.0.0.1]\n"
             f"rtc: {{tcp_port: {free_port()}, udp_port: {free_port(socket.SOCK_DGRAM)}, "
@@ -87,11 +91,12 @@ class Stack:
         )
         lk = self.spawn("livekit", [SERVER_BIN, "--config-body", config], {})
         speech = self.spawn("speech", [sys.executable, "-m", "agent.speech_server"],
-                            {"SPEECH_PORT": str(self.speech_port)})
+                            {"SPEECH_PORT": str(self.speech_port), **(speech_env or {})})
         self.worker = self.spawn("worker", [sys.executable, "-m", "agent.worker"], {
             "LIVEKIT_URL": self.url, "LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": API_SECRET,
             "STT_BASE_URL": self.speech_url, "LLM_BASE_URL": self.speech_url,
             "TTS_BASE_URL": self.speech_url, "AGENT_HEALTH_PORT": str(self.health_port),
+            "AGENT_METRICS_PORT": str(self.metrics_port),
             "AGENT_NUM_IDLE_PROCESSES": "1", "AGENT_DRAIN_TIMEOUT": "10", **(agent_env or {}),
         })
         wait_until(lambda: http_ok(f"http://127.0.0.1:{self.lk_port}/"), 30, "livekit-server", lk)
@@ -153,6 +158,66 @@ def test_agent_roundtrip_greets_and_turns_on_the_lights(stack: Stack) -> None:
 def test_agent_roundtrip_sets_the_thermostat(stack: Stack) -> None:
     result = speak(stack, "roundtrip-thermostat", "set the thermostat to 21 degrees")
     assert "thermostat to 21" in result.answer.lower()
+
+
+def _pcm(wav: bytes) -> tuple[bytes, int]:
+    import io
+    import wave
+
+    with wave.open(io.BytesIO(wav)) as src:
+        return src.readframes(src.getnframes()), src.getframerate()
+
+
+def test_agent_roundtrip_conversation_answers_each_turn_with_its_breakdown(stack: Stack) -> None:
+    speech = HttpSpeech(stack.speech_url)
+
+    async def go() -> list[Turn]:
+        async with conversation(stack.url, token("roundtrip-conversation"), timeout=60) as conv:
+            await conv.greeting(60)
+            turns = []
+            for phrase in ("turn off the lights", "set the thermostat to 19 degrees"):
+                turns.append(await conv.say(*_pcm(await speech.synthesize(phrase)), phrase, 60))
+            return turns
+
+    lights, thermostat = asyncio.run(go())
+    assert "turn off the lights" in lights.heard.lower()
+    assert lights.answer == "Okay, I turned off the lights."
+    assert thermostat.answer == "Okay, I set the thermostat to 19 degrees."
+    for turn in (lights, thermostat):
+        assert turn.latency_s is not None and turn.latency_s > 0
+        # The worker's own breakdown of the turn reached the client.
+        assert {"end_of_turn", "transcription", "llm_ttft", "tts_ttfb", "e2e"} <= set(turn.agent_metrics)
+        assert 0 < turn.agent_metrics["e2e"] < turn.latency_s + 0.5
+    assert (stack.logdir / "worker.log").read_text().count("turn metrics: ") >= 2
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5) as resp:
+        exposed = resp.read().decode()
+    assert 'voicestack_agent_turn_stage_seconds_count{stage="e2e"}' in exposed
+
+
+def test_agent_roundtrip_barging_in_stops_the_agent_and_is_answered(stack: Stack) -> None:
+    speech = HttpSpeech(stack.speech_url)
+
+    async def go() -> tuple[BargeIn, float]:
+        trigger = _pcm(await speech.synthesize("what can you do"))
+        phrase = _pcm(await speech.synthesize("turn on the lights in the kitchen"))
+        full, rate = _pcm(await speech.synthesize(HELP))
+        start, end = voiced_span(full, rate)
+        async with conversation(stack.url, token("roundtrip-barge-in"), timeout=60) as conv:
+            await conv.greeting(60)
+            # Talk over the answer to "what can you do" 0.8 s after it starts.
+            result = await conv.barge_in(*phrase, phrase="turn on the lights in the kitchen",
+                                         after_s=0.8, trigger=trigger, timeout=60)
+        return result, end - start
+
+    result, help_s = asyncio.run(go())
+    assert result.stop_s is not None, "the agent kept talking while the user spoke over it"
+    # It stopped well before the end of its answer (which lasts help_s) ...
+    assert result.played_s < help_s - 1.0, (result.played_s, help_s)
+    assert result.interrupted_text != HELP
+    # ... and answered what the user said over it.
+    assert "kitchen" in result.turn.heard.lower()
+    assert result.turn.answer == "Okay, I turned on the lights in the kitchen."
+    print(f"\nbarge-in: agent audio stopped {result.stop_s:.2f} s after the user's voice started")
 
 
 def test_agent_roundtrip_worker_drains_and_exits_on_sigterm(stack: Stack) -> None:

@@ -71,6 +71,38 @@ def test_agent_speech_tts_pcm_is_headerless_24k_samples(backends: Backends) -> N
         assert parsed.readframes(parsed.getnframes()) == pcm
 
 
+def test_agent_speech_tts_pcm_sends_the_first_clause_on_its_own(backends: Backends) -> None:
+    """The first HTTP chunk is "Okay," alone: the agent can play it while the rest is made."""
+    from agent.speech.tts import split_clauses
+
+    async def go(client: TestClient) -> tuple[bytes, bytes]:
+        resp = await client.post("/v1/audio/speech", json={
+            "input": "Okay, I turned on the lights.", "response_format": "pcm"})
+        chunks = [chunk async for chunk, _end in resp.content.iter_chunks()]
+        return chunks[0], b"".join(chunks)
+    first, whole = with_client(backends, go)
+    _stt, tts = backends
+    assert split_clauses("Okay, I turned on the lights.") == ["Okay,", "I turned on the lights."]
+    assert split_clauses("It is 6:56 AM.") == ["It is 6:56 AM."]
+    assert whole.startswith(first) and len(first) < len(whole)
+    # The first chunk carries the first clause (chunks may be split further on the wire).
+    assert len(first) <= len(next(tts.sentences_pcm("Okay, I turned on the lights.")))
+
+
+def test_agent_speech_tts_starts_with_voice_not_silence(backends: Backends) -> None:
+    import numpy as np
+
+    from agent.roundtrip import voiced_span
+
+    async def go(client: TestClient) -> bytes:
+        resp = await client.post("/v1/audio/speech", json={"input": "Okay.", "response_format": "pcm"})
+        return await resp.read()
+    pcm = with_client(backends, go)
+    start, _end = voiced_span(pcm, 24000)
+    assert start <= 0.02  # piper alone starts with 50-60 ms of silence
+    assert np.abs(np.frombuffer(pcm[:480], np.int16)).max() < 2000  # no hard click at the cut
+
+
 def test_agent_speech_tts_then_stt_round_trip_keeps_the_words(backends: Backends) -> None:
     async def go(client: TestClient) -> dict[str, Any]:
         wav = await (await client.post("/v1/audio/speech", json={

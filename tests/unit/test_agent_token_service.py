@@ -24,8 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from livekit import api
 
 from agent.token_policy import RECORDING_ATTRIBUTE
-from agent.token_service import (Buckets, ConfigError, ServiceConfig, TokenBucket, client_address, create_app,
-                                 _networks)
+from agent.token_service import Buckets, ConfigError, ServiceConfig, TokenBucket, _networks, client_address, create_app
 from agent.tokens import mint
 from tests.unit.test_agent_roundtrip import SERVER_BIN, free_port, http_ok, wait_until
 

@@ -68,6 +68,53 @@ def test_agent_worker_session_decides_turns_on_local_vad() -> None:
     assert session.options.interruption["mode"] == "vad"
 
 
+def test_agent_worker_turn_taking_settings_reach_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    from livekit.plugins import silero
+
+    for key, value in {"AGENT_ENDPOINT_MIN_DELAY": "0.65", "AGENT_PREEMPTIVE_TTS": "0",
+                       "AGENT_INTERRUPT_MIN_SPEECH": "0.35", "AGENT_VAD_MIN_SILENCE": "0.45"}.items():
+        monkeypatch.setenv(key, value)
+    config = worker.WorkerConfig.from_env()
+    assert config.vad_min_silence == 0.45
+
+    async def build() -> Any:
+        return worker.build_session(config, silero.VAD.load())
+
+    options = asyncio.run(build()).options
+    assert options.endpointing["min_delay"] == 0.65
+    assert options.preemptive_generation == {**options.preemptive_generation,
+                                             "enabled": True, "preemptive_tts": False}
+    assert options.interruption["min_duration"] == 0.35
+
+
+def test_agent_worker_defaults_generate_speech_before_the_turn_commits() -> None:
+    config = worker.WorkerConfig()
+    assert config.preemptive_tts is True
+    assert config.vad_min_silence < 0.55  # livekit's default; see the comment on the field
+    assert (config.metrics_host, config.metrics_port) == ("127.0.0.1", 8082)
+
+
+@pytest.mark.parametrize(("key", "value"), [("AGENT_VAD_MIN_SILENCE", "short"),
+                                            ("AGENT_PREEMPTIVE_TTS", "maybe"),
+                                            ("AGENT_METRICS_PORT", "http")])
+def test_agent_worker_rejects_bad_turn_settings(monkeypatch: pytest.MonkeyPatch, key: str,
+                                                value: str) -> None:
+    monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit, match=key):
+        worker.WorkerConfig.from_env()
+
+
+def test_agent_worker_prewarm_loads_vad_with_the_configured_silence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_VAD_MIN_SILENCE", "0.35")
+
+    class Proc:  # the one attribute livekit's JobProcess hands to setup_fnc
+        userdata: dict[str, Any] = {}
+
+    proc = Proc()
+    worker.prewarm(proc)  # type: ignore[arg-type]
+    assert proc.userdata["vad"]._opts.min_silence_duration == 0.35
+
+
 def test_agent_worker_never_preloads_hub_or_cloud_models() -> None:
     import os
 

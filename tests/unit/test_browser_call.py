@@ -14,11 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +26,18 @@ from typing import Iterator
 import pytest
 
 from tests.browser.loopback import API_KEY, LoopbackStack, http_ok, wait_until
-from tests.browser.voice_page import (CHROMIUM, Target, chromium, diagnostics, open_page, padded_wav,
-                                      start_agent_recording, stop_agent_recording, transcript, wait_for_segment)
+from tests.browser.voice_page import (
+    CHROMIUM,
+    Target,
+    chromium,
+    diagnostics,
+    open_page,
+    padded_wav,
+    start_agent_recording,
+    stop_agent_recording,
+    transcript,
+    wait_for_segment,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PHRASE = "turn on the lights"
