@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.speech.responder import (FALLBACK, GREETING, Intent, intent, last_user_text,
-                                    parse_number, respond)
+from agent.speech.responder import FALLBACK, GREETING, Intent, intent, last_user_text, parse_number, respond
 
 REPO = Path(__file__).resolve().parents[2]
 

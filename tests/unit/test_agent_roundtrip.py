@@ -23,8 +23,7 @@ from typing import Callable, Iterator
 import pytest
 from livekit import api
 
-from agent.roundtrip import (BargeIn, HttpSpeech, RoundTripResult, Turn, conversation,
-                             round_trip, voiced_span)
+from agent.roundtrip import BargeIn, HttpSpeech, RoundTripResult, Turn, conversation, round_trip, voiced_span
 from agent.speech.responder import HELP
 
 REPO = Path(__file__).resolve().parents[2]
