@@ -20,6 +20,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from agent.speech.responder import last_user_text, respond
+from agent.speech.summarizer import summarize
 from agent.speech.tts import OUTPUT_SAMPLE_RATE
 
 log = logging.getLogger("agent.speech_server")
@@ -30,6 +31,9 @@ TTS_KEY = web.AppKey("tts", object)
 RESPONDER_KEY = web.AppKey("responder", object)
 
 _TTS_FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm"}
+# The chat "model" that answers with a deterministic extractive summary of the user message
+# (a transcript) instead of the voice responder; agent.recording_config.EXTRACTIVE_MODEL.
+SUMMARY_MODEL = "extractive-summary"
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
@@ -57,19 +61,29 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
         return _error(400, "missing 'file': send the audio as multipart field 'file'")
     response_format = fields.get("response_format", "json")
     if response_format not in ("json", "text", "verbose_json"):
-        return _error(400, f"response_format {response_format!r} is not supported; use json or text")
+        return _error(400, f"response_format {response_format!r} is not supported; "
+                      "use json, text or verbose_json")
 
     stt = request.app[STT_KEY]
+    language = fields.get("language") or None
     try:
-        text = await asyncio.to_thread(stt.transcribe, audio, fields.get("language") or None)
+        if response_format == "verbose_json":
+            # OpenAI's shape: text, language, duration and timed segments (recordings need them).
+            segments, duration = await asyncio.to_thread(
+                stt.transcribe_segments, audio, language, fields.get("prompt") or None)
+        else:
+            text = await asyncio.to_thread(stt.transcribe, audio, language)
     except Exception as exc:  # undecodable audio surfaces from PyAV as many exception types
         log.warning("failed to transcribe %d bytes: %s", len(audio), exc)
         return _error(400, f"failed to decode or transcribe the audio: {exc}")
     if response_format == "text":
         return web.Response(text=text, content_type="text/plain")
-    body: dict[str, Any] = {"text": text}
-    if response_format == "verbose_json":
-        body.update(task="transcribe", language=fields.get("language") or "en")
+    if response_format == "json":
+        return web.json_response({"text": text})
+    body: dict[str, Any] = {
+        "task": "transcribe", "language": language or "en", "duration": round(duration, 2),
+        "text": " ".join(s["text"] for s in segments), "segments": segments,
+    }
     return web.json_response(body)
 
 
@@ -124,7 +138,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return _error(400, "missing 'messages': a list of chat messages")
     model = str(payload.get("model") or "voice-responder")
     prompt = last_user_text(messages)
-    answer = request.app[RESPONDER_KEY](prompt)
+    if model == SUMMARY_MODEL:
+        answer = await asyncio.to_thread(summarize, prompt)
+    else:
+        answer = request.app[RESPONDER_KEY](prompt)
     cid, created = _completion_id(), int(time.time())
 
     if not payload.get("stream"):

@@ -301,7 +301,7 @@ def create_app(verifier: WebhookVerifier, *, forward: ForwardConfig | None = Non
         app[OUTBOX_KEY] = outbox
         app[SENDER_KEY] = Sender(outbox, forward)
         app.cleanup_ctx.append(_sender_ctx)
-    if recording is not None and recording.enabled:
+    if recording is not None:
         app[RECORDING_KEY] = recording
     app.router.add_post("/webhook", receive)
     app.router.add_get("/health", health)
