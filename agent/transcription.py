@@ -2,7 +2,8 @@
 
 Each track belongs to one participant, so the speaker of every word is known without
 diarization. A track is decoded as it is read and cut into chunks around speech (energy gate
-on 100 ms blocks, at most MAX_CHUNK_S long, cut in the quietest moment when speech runs on),
+on 100 ms blocks, at most MAX_CHUNK_S long, cut at the quietest moment of its second half
+when speech runs on),
 so a long meeting never sits in memory and silence is never sent: it costs nothing and is
 where Whisper would invent words. Each chunk goes out as a 16 kHz WAV asking for
 `verbose_json`; its segment times plus the chunk's place in the track plus the track's offset
@@ -88,8 +89,9 @@ def speech_chunks(blocks: Iterator[np.ndarray], *, voiced_dbfs: float = VOICED_D
             yield emit(last_voiced - start + 1 + pad)
             chunk, levels, preroll = [], [], chunk[-pad:] if pad else []
         elif len(chunk) >= limit:
-            # Speech runs on: cut at the quietest block of the last quarter, keep the rest.
-            tail = max(1, limit // 4)
+            # Speech runs on: cut at the quietest block of the chunk's second half (a breath,
+            # a pause between sentences), keep the rest for the next chunk.
+            tail = max(1, limit // 2)
             quiet = len(chunk) - tail + int(np.argmin(levels[-tail:]))
             yield emit(quiet)
             chunk, levels = chunk[quiet:], levels[quiet:]
