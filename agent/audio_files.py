@@ -35,7 +35,9 @@ class OggOpusWriter:
         self.sample_rate = sample_rate
         self.channels = channels
         self.samples = 0
-        self._file = open(path, "xb", buffering=0)  # "x": never overwrite a recording
+        # O_EXCL: never overwrite a recording; 0640: recordings are personal data.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        self._file = open(fd, "wb", buffering=0)
         try:
             self._container = av.open(self._file, mode="w", format="ogg", buffer_size=IO_BUFFER,
                                       container_options={"page_duration": str(PAGE_DURATION_US)})
@@ -100,25 +102,22 @@ def iter_pcm(path: Path, sample_rate: int = 16000, channel: int | None = None,
     pending = np.zeros(0, dtype=np.int16)
     layout = "mono" if channel is None else "stereo"
     resampler = av.AudioResampler(format="s16", layout=layout, rate=sample_rate)
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.audio[0]
-            stream.thread_type = "AUTO"
-            if channel is not None and stream.codec_context.channels < 2:
-                raise ValueError(f"{path.name} has one channel; cannot take channel {channel}")
-            try:
-                for frame in container.decode(stream):
-                    for out in resampler.resample(frame):
-                        pending = np.concatenate([pending, _pick(out, channel)])
-                        while pending.size >= block:
-                            yield pending[:block]
-                            pending = pending[block:]
-            except (av.error.InvalidDataError, av.error.EOFError) as exc:
-                log.warning("%s ends early (a recording cut off by a crash?): %s", path.name, exc)
-            for out in resampler.resample(None):
-                pending = np.concatenate([pending, _pick(out, channel)])
-    finally:
-        resampler = None  # noqa: F841 (drop the filter graph with the file)
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        stream.thread_type = "AUTO"
+        if channel is not None and stream.codec_context.channels < 2:
+            raise ValueError(f"{path.name} has one channel; cannot take channel {channel}")
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    pending = np.concatenate([pending, _pick(out, channel)])
+                    while pending.size >= block:
+                        yield pending[:block]
+                        pending = pending[block:]
+        except (av.error.InvalidDataError, av.error.EOFError) as exc:
+            log.warning("%s ends early (a recording cut off by a crash?): %s", path.name, exc)
+        for out in resampler.resample(None):
+            pending = np.concatenate([pending, _pick(out, channel)])
     while pending.size >= block:
         yield pending[:block]
         pending = pending[block:]

@@ -36,6 +36,9 @@ CALL_AUDIO = "audio.ogg"  # livekit-agents' RecorderIO writes this name
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,79}$")
 FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MANIFEST_VERSION = 1
+# Recordings are personal data: readable by the service user (and its group) only.
+FILE_MODE = 0o640
+DIR_MODE = 0o750
 
 
 class StoreError(Exception):
@@ -64,7 +67,8 @@ def safe_name(text: str, limit: int = 48) -> str:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as out:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with open(fd, "w", encoding="utf-8") as out:
         json.dump(data, out, indent=1, ensure_ascii=False)
         out.write("\n")
         out.flush()
@@ -143,7 +147,7 @@ class Store:
 
     def ensure(self) -> None:
         try:
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o750)
+            self.root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         except OSError as exc:
             raise StoreError(f"failed to create the recordings directory {self.root}: {exc} — "
                              "check RECORDINGS_DIR and that the service may write there") from exc
@@ -155,7 +159,7 @@ class Store:
         started = started_at if started_at is not None else time.time()
         rid = new_recording_id(started)
         path = self.root / rid
-        path.mkdir(mode=0o750)
+        path.mkdir(mode=DIR_MODE)
         rec = Recording(path, {
             "version": MANIFEST_VERSION, "id": rid, "kind": kind, "room": room, "room_sid": room_sid,
             "status": "recording", "partial_reason": None,

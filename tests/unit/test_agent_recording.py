@@ -20,7 +20,6 @@ import time
 import urllib.error
 import urllib.request
 import wave
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -294,8 +293,9 @@ class Speaker:
         self.spoke_at: list[float] = []
         self._mic: asyncio.Task | None = None
 
-    async def join(self, url: str, room: str) -> None:
-        await self.room.connect(url, join_token(room, self.identity, self.name))
+    async def join(self, url: str, room: str, agent: str | None = None) -> None:
+        """Join (the token dispatches `agent` if the join creates the room) and open the mic."""
+        await self.room.connect(url, join_token(room, self.identity, self.name, agent=agent))
         self.source = rtc.AudioSource(self.rate, 1, queue_size_ms=200)
         track = rtc.LocalAudioTrack.create_audio_track(f"{self.identity}-mic", self.source)
         await self.room.local_participant.publish_track(
@@ -484,6 +484,29 @@ def test_agent_recording_agent_call_recorded_in_process_and_delivered_after_rece
     assert greeting["start"] < asked["start"] < answer["start"]
     assert (stack.recordings / rec["id"] / "chat.json").is_file()  # the live transcript, beside it
     assert stack.download(ev["recording_id"])[1][:4] == b"OggS"
+
+
+def test_agent_recording_token_room_config_asks_for_the_recorder(stack: Stack) -> None:
+    """A token whose roomConfig dispatches the recorder records a room the policy alone would not."""
+    stack.use_policy("agent-calls")
+    room = "token-asks"
+    speech = HttpSpeech(stack.speech_url)
+
+    async def meeting() -> None:
+        gina = Speaker("gina", "Gina")
+        phrase = await synthesize(speech, "The printer on the second floor is broken.")
+        await gina.join(stack.url, room, agent="recorder")
+        await await_until(lambda: [m for m in stack.recordings_of(room) if m["tracks"]], 30,
+                          "the recorder the token dispatched")
+        gina.say(phrase)
+        await await_until(lambda: gina.pending.size == 0, 20, "gina's phrase")
+        await asyncio.sleep(1.0)  # a pause before she hangs up
+        await gina.leave()
+
+    asyncio.run(meeting())
+    ev = wait_until(lambda: stack.receiver.recording_finished(room=room), 120, "recording_finished")
+    assert find(ev["transcript"]["segments"], "printer")["speaker"] == "gina"
+    assert "recorder dispatched to room token-asks" not in stack.log("webhooks")  # the token did it
 
 
 def test_agent_recording_killed_recorder_leaves_what_it_recorded_and_reports_it(stack: Stack) -> None:

@@ -1,7 +1,6 @@
 """The recordings directory: crash marking, retention, ids that cannot escape, files that survive a kill."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -117,3 +116,11 @@ def test_agent_recording_mixdown_places_tracks_on_one_timeline(tmp_path: Path) -
     assert level[0] > 3000 and level[6] > 3000          # a at 0-1 s, b at 3-4 s
     assert level[3] < 300 and level[4] < 300            # silence between them
     assert not list(tmp_path.glob(".mix.ogg.tmp*"))
+
+
+def test_agent_recording_files_are_not_world_readable(tmp_path: Path) -> None:
+    rec = Store(tmp_path / "recordings").create(kind="meeting", room="r", room_sid=None)
+    w = OggOpusWriter(rec.path / "01-a.ogg")
+    w.close()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (rec.path, rec.path / "manifest.json", rec.path / "01-a.ogg")}
+    assert all(mode & 0o007 == 0 for mode in modes.values()), {k: oct(v) for k, v in modes.items()}
