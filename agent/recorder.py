@@ -18,7 +18,8 @@ subscribe-only, and per recording:
      closes, or the disk guard trips (then status "partial", reason "disk_space").
 The recordings service transcribes and delivers what it leaves behind.
 
-Env: RECORDER_HEALTH_HOST/PORT (127.0.0.1:8093), RECORDER_MAX_JOBS (8), plus LIVEKIT_URL /
+Env: RECORDER_HEALTH_HOST/PORT (127.0.0.1:8093), RECORDER_MAX_JOBS (8), RECORDER_DRAIN_TIMEOUT
+(60 s), RECORDER_NUM_IDLE_PROCESSES (1), plus LIVEKIT_URL /
 LIVEKIT_API_KEY / LIVEKIT_API_SECRET and the RecordingConfig variables.
 """
 from __future__ import annotations
@@ -51,6 +52,7 @@ HEARTBEAT_S = 5.0
 DISK_CHECK_S = 5.0
 FSYNC_S = 10.0
 AGENT = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+FINISHED = "recording finished"  # the shutdown reason of a recording that ended by itself
 
 
 def _env_int(name: str, default: int) -> int:
@@ -76,15 +78,24 @@ class MeetingRecording:
         self.store = Store(cfg.root)
         self.rec: Recording | None = None
         self.tracks: dict[str, _Track] = {}   # track sid -> open writer
+        self._claimed: set[str] = set()       # track sids with a reader (connect-time scan + event)
         self.done = asyncio.Event()
         self.status, self.reason = "complete", None
         self._human_seen_at: float | None = None
         self._file_index = 0
         self._finished = False
+        self._finish_lock = asyncio.Lock()
+        self.ended_by: str | None = None       # set when the recording ends by itself
+        self._task: asyncio.Task | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def start(self) -> bool:
+        """Check, show, connect and start writing; False if this room is not recorded.
+
+        Returns once the recording runs: livekit-agents gives an entrypoint only 15 s after a
+        shutdown request, so the recording itself lives in a task (`watch`).
+        """
         room = self.ctx.job.room
         self.store.ensure()
         free = free_bytes(self.cfg.root)
@@ -92,11 +103,11 @@ class MeetingRecording:
             log.error("room %s NOT recorded: %s has %d MB free, below RECORDING_MIN_FREE_MB=%d; "
                       "free disk space or lower the limit", room.name, self.cfg.root, free >> 20,
                       self.cfg.min_free_mb)
-            return
+            return False
         # Shown before anything is written; no indicator, no recording.
         if not await self._indicator(True):
             log.error("room %s NOT recorded: the recording indicator could not be shown", room.name)
-            return
+            return False
         self.rec = self.store.create(kind="meeting", room=room.name, room_sid=room.sid or None,
                                      extra={"job_id": self.ctx.job.id})
         r = self.ctx.room
@@ -106,16 +117,27 @@ class MeetingRecording:
         r.on("participant_disconnected", self._on_participant_left)
         r.on("disconnected", lambda *_: self.done.set())
         self.ctx.add_shutdown_callback(self._on_shutdown)
-        await self.ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
+        try:
+            await self.ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
+        except Exception:
+            await self._finish()
+            raise
         for p in r.remote_participants.values():
             self._on_participant(p)
             for pub in p.track_publications.values():
                 if pub.track is not None and pub.kind == rtc.TrackKind.KIND_AUDIO:
                     self._on_track_subscribed(pub.track, pub, p)
+        self._task = asyncio.create_task(self.watch())
+        return True
+
+    async def watch(self) -> None:
+        """Run until the recording ends by itself (or the room goes), then finish it."""
         try:
             await self._watch()
         finally:
             await self._finish()
+        if self.ended_by is not None:
+            self.ctx.shutdown(FINISHED)
 
     async def _watch(self) -> None:
         assert self.rec is not None
@@ -132,6 +154,7 @@ class MeetingRecording:
             elif self._human_seen_at is not None and now - self._human_seen_at >= self.cfg.end_grace_s:
                 log.info("room %s: no participant left for %.0f s; recording %s ends", self.rec.manifest["room"],
                          self.cfg.end_grace_s, self.rec.id)
+                self.ended_by = "everyone left"
                 break
             if now - last_disk >= DISK_CHECK_S:
                 last_disk = now
@@ -140,6 +163,7 @@ class MeetingRecording:
                     log.error("recording %s stopped: %d MB free on %s, below RECORDING_MIN_FREE_MB=%d",
                               self.rec.id, free >> 20, self.cfg.root, self.cfg.min_free_mb)
                     self.status, self.reason = "partial", "disk_space"
+                    self.ended_by = "disk guard"
                     break
             if now - last_sync >= FSYNC_S:
                 last_sync = now
@@ -150,24 +174,38 @@ class MeetingRecording:
                 self.rec.heartbeat()
 
     async def _finish(self) -> None:
-        if self.rec is None or self._finished:
-            return
-        self._finished = True
-        self.done.set()
-        for sid in list(self.tracks):
-            await self._close_track(sid)
-        if not self.rec.manifest["tracks"]:
-            # Nobody published audio: there is nothing to keep, transcribe or announce.
-            shutil.rmtree(self.rec.path, ignore_errors=True)
-            log.info("recording %s discarded: no audio track was published in room %s", self.rec.id,
-                     self.rec.manifest["room"])
-        else:
-            self.rec.finish(self.status, self.reason)
-            log.info("recording %s finished: status=%s files=%d", self.rec.id, self.status,
-                     len(self.rec.manifest["tracks"]))
-        await self._indicator(False)
+        """Close every file and the manifest; once, whoever calls first (the others wait)."""
+        async with self._finish_lock:
+            if self.rec is None or self._finished:
+                return
+            self._finished = True
+            self.done.set()
+            present = [p["identity"] for p in self.rec.manifest["participants"].values()
+                       if p["kind"] != "agent" and p["left_s"] is None]
+            if self.ended_by is None and present:
+                # Ended from outside (service stop, room deleted) while people were still in it:
+                # what was recorded is kept, and the recording says it is incomplete.
+                self.status, self.reason = "partial", "recorder_shutdown"
+                log.warning("recording %s cut short with %s still in room %s", self.rec.id,
+                            ", ".join(present), self.rec.manifest["room"])
+            for sid in list(self.tracks):
+                await self._close_track(sid)
+            if not self.rec.manifest["tracks"]:
+                # Nobody published audio: there is nothing to keep, transcribe or announce.
+                shutil.rmtree(self.rec.path, ignore_errors=True)
+                log.info("recording %s discarded: no audio track was published in room %s", self.rec.id,
+                         self.rec.manifest["room"])
+            else:
+                self.rec.finish(self.status, self.reason)
+                log.info("recording %s finished: status=%s files=%d", self.rec.id, self.status,
+                         len(self.rec.manifest["tracks"]))
+            await self._indicator(False)
 
-    async def _on_shutdown(self, *_: object) -> None:
+    async def _on_shutdown(self, reason: str) -> None:
+        """The job ends (by the recording itself, a service stop after RECORDER_DRAIN_TIMEOUT,
+        or the room closing): make sure the recording is finished before the process goes."""
+        if reason != FINISHED:
+            log.info("recorder job shutting down (%s)", reason)
         self.done.set()
         await self._finish()
 
@@ -206,8 +244,9 @@ class MeetingRecording:
                              p: rtc.RemoteParticipant) -> None:
         if self.rec is None or self.done.is_set() or track.kind != rtc.TrackKind.KIND_AUDIO:
             return
-        if pub.sid in self.tracks:
+        if pub.sid in self._claimed:
             return
+        self._claimed.add(pub.sid)
         self._participant_entry(p)
         asyncio.ensure_future(self._record(track, pub, p))
 
@@ -242,6 +281,7 @@ class MeetingRecording:
             await stream.aclose()
             if pub.sid in self.tracks:
                 await self._close_track(pub.sid)
+            self._claimed.discard(pub.sid)
 
     def _open_track(self, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant,
                     started_wall: float) -> _Track | None:
@@ -291,8 +331,8 @@ async def on_request(req: JobRequest) -> None:
 async def entrypoint(ctx: JobContext) -> None:
     cfg = RecordingConfig.from_env()
     session = MeetingRecording(ctx, cfg)
-    await session.run()
-    ctx.shutdown("recording finished")
+    if not await session.start():
+        ctx.shutdown("not recorded")
 
 
 def recorder_load(server: AgentServer) -> float:
@@ -305,6 +345,9 @@ def build_server() -> AgentServer:
         host=os.environ.get("RECORDER_HEALTH_HOST", "127.0.0.1"),
         port=_env_int("RECORDER_HEALTH_PORT", 8093),
         num_idle_processes=_env_int("RECORDER_NUM_IDLE_PROCESSES", 1),
+        # On SIGTERM running recordings get this long to end by themselves; then they are
+        # closed as "partial" (reason recorder_shutdown), never lost.
+        drain_timeout=_env_int("RECORDER_DRAIN_TIMEOUT", 60),
         load_fnc=recorder_load,
         load_threshold=1.0,
         # Hidden and subscribe-only: it never appears in participant lists and cannot speak.

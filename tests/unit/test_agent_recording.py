@@ -154,6 +154,7 @@ class Stack:
             "AGENT_NAME": VOICE_AGENT, "AGENT_HEALTH_PORT": str(self.ports["agent_health"]),
             "AGENT_NUM_IDLE_PROCESSES": "1", "AGENT_DRAIN_TIMEOUT": "5",
             "RECORDER_HEALTH_PORT": str(self.ports["recorder_health"]), "RECORDER_NUM_IDLE_PROCESSES": "1",
+            "RECORDER_DRAIN_TIMEOUT": "3",
         }
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -208,16 +209,20 @@ class Stack:
             assert proc.poll() is None, f"{name} exited:\n{self.log(name)[-3000:]}"
         self.policy = policy
 
-    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+    def stop(self, name: str) -> None:
+        """Like systemd's KillMode=mixed: SIGTERM to the main process, later SIGKILL to the rest."""
         proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait()
 
     def stop_all(self) -> None:
         self.receiver.stop()
@@ -544,6 +549,32 @@ def test_agent_recording_killed_recorder_leaves_what_it_recorded_and_reports_it(
     hit = find(ev["transcript"]["segments"], "migration")
     assert hit["speaker"] == "dave"
     assert stack.download(f"{rid}/files/{next(f['name'] for f in ev['files'] if f['participant'] == 'dave')}")[0] == 200
+
+
+def test_agent_recording_service_stop_mid_meeting_closes_the_recording_as_partial(stack: Stack) -> None:
+    """A deploy restarting the recorder cuts a meeting short: kept, finished, reported as partial."""
+    stack.use_policy("rooms")
+    room = "restart-meeting"
+    speech = HttpSpeech(stack.speech_url)
+
+    async def meeting() -> str:
+        hank = Speaker("hank", "Hank")
+        phrase = await synthesize(speech, "The quarterly report goes out on Monday.")
+        await hank.join(stack.url, room)
+        rec = (await await_until(lambda: [m for m in stack.recordings_of(room) if m["tracks"]], 30,
+                                 "the recorder to write hank's track"))[0]
+        hank.say(phrase)
+        await await_until(lambda: hank.pending.size == 0, 20, "hank's phrase")
+        stack.stop("recorder")  # SIGTERM: drains RECORDER_DRAIN_TIMEOUT (3 s), then ends the job
+        stack.policy = None     # the next test starts a fresh recorder
+        await hank.leave()
+        return rec["id"]
+
+    rid = asyncio.run(meeting())
+    m = json.loads((stack.recordings / rid / "manifest.json").read_text())
+    assert (m["status"], m["partial_reason"]) == ("partial", "recorder_shutdown")
+    ev = wait_until(lambda: stack.receiver.recording_finished(rid), 120, "recording_finished after the restart")
+    assert find(ev["transcript"]["segments"], "quarterly")["speaker"] == "hank"
 
 
 def test_agent_recording_disk_guard_stops_the_recording_before_the_disk_fills(stack: Stack) -> None:
