@@ -47,12 +47,15 @@ async def health(_request: web.Request) -> web.Response:
 
 async def transcriptions(request: web.Request) -> web.StreamResponse:
     fields: dict[str, str] = {}
+    granularities: list[str] = []
     audio: bytes | None = None
     try:
         reader = await request.multipart()
         async for part in reader:
             if part.name == "file":
                 audio = await part.read()
+            elif part.name == "timestamp_granularities[]":
+                granularities.append(await part.text())
             elif part.name:
                 fields[part.name] = await part.text()
     except (ValueError, AssertionError) as exc:
@@ -66,11 +69,15 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
 
     stt = request.app[STT_KEY]
     language = fields.get("language") or None
+    # Timed segments only when asked for (timestamp_granularities[]=segment, as recordings do):
+    # the live agent's plugin sends verbose_json for whisper-1 too, and its path (command
+    # vocabulary prompt, no timestamps: the fastest decode) must stay exactly as it is.
+    segmented = response_format == "verbose_json" and "segment" in granularities
     try:
-        if response_format == "verbose_json":
-            # OpenAI's shape: text, language, duration and timed segments (recordings need them).
-            segments, duration = await asyncio.to_thread(
-                stt.transcribe_segments, audio, language, fields.get("prompt") or None)
+        if segmented:
+            prompt = fields["prompt"] if "prompt" in fields else stt.config.initial_prompt
+            segments, duration = await asyncio.to_thread(stt.transcribe_segments, audio, language,
+                                                         prompt or None)
         else:
             text = await asyncio.to_thread(stt.transcribe, audio, language)
     except Exception as exc:  # undecodable audio surfaces from PyAV as many exception types
@@ -78,12 +85,14 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
         return _error(400, f"failed to decode or transcribe the audio: {exc}")
     if response_format == "text":
         return web.Response(text=text, content_type="text/plain")
-    if response_format == "json":
-        return web.json_response({"text": text})
-    body: dict[str, Any] = {
-        "task": "transcribe", "language": language or "en", "duration": round(duration, 2),
-        "text": " ".join(s["text"] for s in segments), "segments": segments,
-    }
+    if segmented:
+        return web.json_response({
+            "task": "transcribe", "language": language or "en", "duration": round(duration, 2),
+            "text": " ".join(s["text"] for s in segments), "segments": segments,
+        })
+    body: dict[str, Any] = {"text": text}
+    if response_format == "verbose_json":
+        body.update(task="transcribe", language=language or "en")
     return web.json_response(body)
 
 

@@ -77,9 +77,9 @@ class Transcriber:
                             prompt: str | None = None) -> tuple[list[dict], float]:
         """Timed segments ({id, start, end, text}) and the audio's duration, for verbose_json.
 
-        For recordings rather than commands: `prompt` replaces the command-vocabulary bias
-        (None: no prompt), and Whisper's VAD skips silence, where it would otherwise invent
-        words; the segment times stay those of the original audio.
+        For recordings rather than commands: `prompt` is the caller's (None: no vocabulary
+        bias), and Whisper's VAD skips silence, where it would otherwise invent words; the
+        segment times stay those of the original audio.
         """
         with self._lock:
             segments, info = self.model.transcribe(

@@ -190,8 +190,9 @@ def test_agent_speech_stt_verbose_json_has_timed_segments(backends: Backends) ->
             out.setsampwidth(2)
             out.setframerate(rate)
             out.writeframes(bytes(int(rate * 1.5) * 2) + pcm + bytes(rate * 2))
-        resp = await client.post("/v1/audio/transcriptions", data=transcription_form(
-            padded.getvalue(), response_format="verbose_json", prompt=""))
+        form = transcription_form(padded.getvalue(), response_format="verbose_json", prompt="")
+        form.add_field("timestamp_granularities[]", "segment")
+        resp = await client.post("/v1/audio/transcriptions", data=form)
         assert resp.status == 200
         return await resp.json()
     body = with_client(backends, go)
@@ -216,3 +217,18 @@ def test_agent_speech_chat_extractive_summary_model_is_deterministic(backends: B
     assert first == second
     assert first.startswith("Participants: Alice, Bob.\nKey points:\n- Alice: The budget review starts now.")
     assert "- Bob: The kitchen drawings are done." in first
+
+
+def test_agent_speech_stt_verbose_json_without_granularities_keeps_the_live_agent_shape(
+        backends: Backends) -> None:
+    """livekit's openai STT plugin asks whisper-1 for verbose_json: same text path as before."""
+    async def go(client: TestClient) -> tuple[dict[str, Any], dict[str, Any]]:
+        wav = await (await client.post("/v1/audio/speech", json={
+            "input": "turn on the lights", "response_format": "wav"})).read()
+        verbose = await (await client.post("/v1/audio/transcriptions", data=transcription_form(
+            wav, response_format="verbose_json", language="en"))).json()
+        plain = await (await client.post("/v1/audio/transcriptions", data=transcription_form(
+            wav, response_format="json"))).json()
+        return verbose, plain
+    verbose, plain = with_client(backends, go)
+    assert verbose == {"text": plain["text"], "task": "transcribe", "language": "en"}
