@@ -84,6 +84,10 @@ class ReplayCache:
             self._seen.popitem(last=False)
         return False
 
+    def forget(self, event_id: str) -> None:
+        """Accept `event_id` again (its delivery could not be handled; LiveKit will retry)."""
+        self._seen.pop(event_id, None)
+
     def __len__(self) -> int:
         return len(self._seen)
 
@@ -201,7 +205,7 @@ RECORDING_KEY = web.AppKey("recording", RecordingConfig)
 TASKS_KEY = web.AppKey("tasks", set)
 
 
-async def dispatch_recorder(cfg: RecordingConfig, room: str, metadata: str, *, attempts: int = 3) -> bool:
+async def dispatch_recorder(cfg: RecordingConfig, room: str, *, attempts: int = 3) -> bool:
     """Send the recorder agent into `room` unless a recorder dispatch is already there.
 
     A token's roomConfig may have dispatched it when the room was created; a second dispatch
@@ -256,13 +260,14 @@ async def receive(request: web.Request) -> web.Response:
             await asyncio.to_thread(outbox.enqueue, ev)
         except OutboxError as exc:
             log.error("%s", exc)
+            request.app[VERIFIER_KEY].replay.forget(event.id)  # LiveKit's retry must not be a "replay"
             return web.json_response({"error": f"could not queue the event for forwarding: {exc}"},
                                      status=503)
         request.app[SENDER_KEY].wake.set()
     rec = request.app.get(RECORDING_KEY)
     if rec is not None and event.event == "room_started":
         if rec.recorder_wanted(event.room.metadata):
-            _background(request.app, dispatch_recorder(rec, event.room.name, event.room.metadata))
+            _background(request.app, dispatch_recorder(rec, event.room.name))
         elif room_requests_recording(event.room.metadata):
             log.warning("room %s asks for a recording (voicestack.record) but RECORDING_POLICY=off: "
                         "not recorded", event.room.name)

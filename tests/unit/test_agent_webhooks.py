@@ -5,6 +5,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -240,3 +241,23 @@ def test_agent_webhooks_cli_verify(tmp_path: Path) -> None:
     bad = cli(sign(body), tmp_path / "tampered.json")
     assert bad.returncode == 1 and bad.stderr.startswith("error: body does not match")
     assert "Traceback" not in bad.stderr
+
+
+def test_agent_webhooks_unqueueable_event_gets_503_and_livekits_retry_is_accepted(tmp_path: Path) -> None:
+    """A broken outbox must not turn LiveKit's retry into a rejected replay."""
+    outbox = tmp_path / "outbox"
+    forward = ForwardConfig(url="http://127.0.0.1:9/n8n", secret=FORWARD_SECRET, outbox_dir=outbox)
+    body = event("room_started")
+
+    async def main() -> list[int]:
+        app = create_app(WebhookVerifier(KEY, SECRET), forward=forward)  # creates the directory
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            shutil.rmtree(outbox)
+            outbox.write_text("a file where the outbox should be")  # fails for root too
+            first = (await client.post("/webhook", data=body, headers={"Authorization": sign(body)})).status
+            outbox.unlink()
+            retry = (await client.post("/webhook", data=body, headers={"Authorization": sign(body)})).status
+            return [first, retry]
+
+    assert asyncio.run(main()) == [503, 200]
+    assert len(list(outbox.glob("*.json"))) == 1
