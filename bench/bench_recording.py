@@ -66,7 +66,8 @@ def speechlike(seconds: float, rate: int, seed: int) -> np.ndarray:
     return out
 
 
-async def talkers(url: str, room: str, n: int, seconds: float, started: asyncio.Event) -> None:
+async def talkers(url: str, room: str, n: int, seconds: float, started: asyncio.Event,
+                  talked: asyncio.Event, measured: asyncio.Event) -> None:
     rate, step = 48000, 480
     rooms, sources = [], []
     for i in range(n):
@@ -85,6 +86,8 @@ async def talkers(url: str, room: str, n: int, seconds: float, started: asyncio.
             await src.capture_frame(rtc.AudioFrame(pcm[i:i + step].tobytes(), rate, 1, step))
 
     await asyncio.gather(*(play(s, speechlike(seconds, rate, i)) for i, s in enumerate(sources)))
+    talked.set()
+    await measured.wait()  # hang up only after the recorder's CPU time was read
     for r in rooms:
         await r.disconnect()
 
@@ -129,8 +132,8 @@ async def _one_run(url: str, room: str, n: int, seconds: float, root: Path) -> t
     async with api.LiveKitAPI(url, KEY, SECRET) as lk:
         await lk.room.create_room(api.CreateRoomRequest(name=room, departure_timeout=2))
         await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="recorder", room=room))
-    started = asyncio.Event()
-    talk = asyncio.ensure_future(talkers(url, room, n, seconds, started))
+    started, talked, measured = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    talk = asyncio.ensure_future(talkers(url, room, n, seconds, started, talked, measured))
 
     def manifest() -> dict | None:
         for m in root.glob("*/manifest.json"):
@@ -147,14 +150,24 @@ async def _one_run(url: str, room: str, n: int, seconds: float, root: Path) -> t
     job = psutil.Process(m["pid"])
     cpu0 = sum(job.cpu_times()[:2])
     started.set()
-    peak = 0.0
-    while not talk.done():
+    t0, peak = time.monotonic(), 0.0
+    while not talked.is_set():
         peak = max(peak, job.memory_info().rss / 1e6)
         await asyncio.sleep(0.5)
-    await talk
     cpu = sum(job.cpu_times()[:2]) - cpu0
+    elapsed = time.monotonic() - t0
+    measured.set()
+    await talk
+    if elapsed > seconds * 1.2:
+        print(f"  (the talkers needed {elapsed:.0f} s for {seconds:.0f} s of audio: the machine is busy)")
     size = sum(f.stat().st_size for f in (root / m["id"]).glob("*.ogg"))
     return cpu, peak, size
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process, all threads (the in-process speech server's Whisper too)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def bench_transcription(minutes: float) -> None:
@@ -175,7 +188,7 @@ def bench_transcription(minutes: float) -> None:
             clips.append(np.repeat(np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16), 2))
     print(f"\ntranscription: faster-whisper tiny.en int8, {stt.config.cpu_threads} threads, beam "
           f"{stt.config.beam_size}, on {os.cpu_count()} cores; per minute of track audio")
-    print("  track            audio_min  speech_min  wall_s  wall_s_per_audio_min  chunks")
+    print("  track            audio_min  speech_min  wall_s  wall_s_per_audio_min  cpu_s_per_audio_min  chunks")
     with tempfile.TemporaryDirectory(prefix="bench-stt-") as tmp:
         for label, speech_share in (("speech-dense", 0.9), ("meeting (1/4)", 0.25)):
             path = Path(tmp) / f"{label[:7]}.ogg"
@@ -201,14 +214,15 @@ def bench_transcription(minutes: float) -> None:
                         sent += 1
                         return await original(wav)
                     client.segments = counting  # type: ignore[method-assign]
-                    start = time.perf_counter()
+                    start, cpu0 = time.perf_counter(), _cpu_s()
                     await transcribe_track(client, path, channel=None, offset_s=0, speaker="a", name="A",
                                            file=path.name)
-                    return time.perf_counter() - start, sent
-            wall, chunks = asyncio.run(run())
+                    return time.perf_counter() - start, _cpu_s() - cpu0, sent
+            wall, cpu, chunks = asyncio.run(run())
             audio_min = writer.samples / 48000 / 60
             print(f"  {label:15s}  {audio_min:9.2f}  {speech / 48000 / 60:10.2f}  {wall:6.1f}  "
-                  f"{wall / audio_min:20.1f}  {chunks:6d}")
+                  f"{wall / audio_min:20.1f}  {cpu / audio_min:19.1f}  {chunks:6d}")
+    print(f"  load_avg_after={os.getloadavg()[0]:.2f} (wall times stretch with other load; CPU seconds less so)")
 
 
 def main() -> None:
