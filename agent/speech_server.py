@@ -20,6 +20,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from agent.speech.responder import last_user_text, respond
+from agent.speech.summarizer import summarize
 from agent.speech.tts import OUTPUT_SAMPLE_RATE
 
 log = logging.getLogger("agent.speech_server")
@@ -30,6 +31,9 @@ TTS_KEY = web.AppKey("tts", object)
 RESPONDER_KEY = web.AppKey("responder", object)
 
 _TTS_FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm"}
+# The chat "model" that answers with a deterministic extractive summary of the user message
+# (a transcript) instead of the voice responder; agent.recording_config.EXTRACTIVE_MODEL.
+SUMMARY_MODEL = "extractive-summary"
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
@@ -43,12 +47,15 @@ async def health(_request: web.Request) -> web.Response:
 
 async def transcriptions(request: web.Request) -> web.StreamResponse:
     fields: dict[str, str] = {}
+    granularities: list[str] = []
     audio: bytes | None = None
     try:
         reader = await request.multipart()
         async for part in reader:
             if part.name == "file":
                 audio = await part.read()
+            elif part.name == "timestamp_granularities[]":
+                granularities.append(await part.text())
             elif part.name:
                 fields[part.name] = await part.text()
     except (ValueError, AssertionError) as exc:
@@ -57,15 +64,30 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
         return _error(400, "missing 'file': send the audio as multipart field 'file'")
     response_format = fields.get("response_format", "json")
     if response_format not in ("json", "text", "verbose_json"):
-        return _error(400, f"response_format {response_format!r} is not supported; use json or text")
+        return _error(400, f"response_format {response_format!r} is not supported; "
+                      "use json, text or verbose_json")
 
     stt = request.app[STT_KEY]
+    language = fields.get("language") or None
+    # Timed segments only when asked for (timestamp_granularities[]=segment, as recordings do):
+    # the live agent's plugin sends verbose_json for whisper-1 too, and its path (command
+    # vocabulary prompt, no timestamps: the fastest decode) must stay exactly as it is.
+    segmented = response_format == "verbose_json" and "segment" in granularities
     try:
-        result = await asyncio.to_thread(stt.transcribe_detailed, audio,
-                                         fields.get("language") or None)
+        if segmented:
+            prompt = fields["prompt"] if "prompt" in fields else stt.config.initial_prompt
+            segments, duration = await asyncio.to_thread(stt.transcribe_segments, audio, language,
+                                                         prompt or None)
+        else:
+            result = await asyncio.to_thread(stt.transcribe_detailed, audio, language)
     except Exception as exc:  # noqa: BLE001 - undecodable audio surfaces from PyAV as many exception types
         log.warning("failed to transcribe %d bytes: %s", len(audio), exc)
         return _error(400, f"failed to decode or transcribe the audio: {exc}")
+    if segmented:
+        return web.json_response({
+            "task": "transcribe", "language": language or "en", "duration": round(duration, 2),
+            "text": " ".join(s["text"] for s in segments), "segments": segments,
+        })
     text = result.text
     # What was said stays out of the INFO log (it is the user's speech); DEBUG shows it.
     log.info("stt %.2f s of audio in %.3f s (window %g s%s)", result.audio_s, result.seconds,
@@ -75,7 +97,7 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
         return web.Response(text=text, content_type="text/plain")
     body: dict[str, Any] = {"text": text}
     if response_format == "verbose_json":
-        body.update(task="transcribe", language=fields.get("language") or "en")
+        body.update(task="transcribe", language=language or "en")
     return web.json_response(body)
 
 
@@ -148,7 +170,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return _error(400, "missing 'messages': a list of chat messages")
     model = str(payload.get("model") or "voice-responder")
     prompt = last_user_text(messages)
-    answer = request.app[RESPONDER_KEY](prompt)
+    if model == SUMMARY_MODEL:
+        answer = await asyncio.to_thread(summarize, prompt)
+    else:
+        answer = request.app[RESPONDER_KEY](prompt)
     cid, created = _completion_id(), int(time.time())
 
     if not payload.get("stream"):

@@ -8,7 +8,12 @@ signed with the webhook api_key/secret, valid 5 minutes, whose `sha256` claim is
 base64(sha256(body)). Point livekit's `webhook.urls` at http://127.0.0.1:8091/webhook.
 
 Env: LIVEKIT_API_KEY / LIVEKIT_API_SECRET (the webhook key pair), WEBHOOK_MAX_AGE (300 s),
-FORWARD_URL (optional: POST each verified, normalized event there, e.g. an n8n webhook).
+FORWARD_URL (optional: each verified, normalized event goes there, e.g. an n8n webhook) with
+FORWARD_SECRET (required with it: deliveries are signed) and OUTBOX_DIR: events are queued on
+disk before LiveKit gets its 200 and delivered by the outbox (agent/outbox.py) until the URL
+acknowledges them; the recordings service queues its `recording_finished` events there too.
+RECORDING_POLICY / LIVEKIT_URL: on `room_started` the receiver dispatches the recorder agent to
+rooms the policy records (agent/recording_config.py).
 """
 from __future__ import annotations
 
@@ -24,9 +29,12 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 import jwt
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientSession, web
 from google.protobuf.json_format import ParseError
 from livekit import api
+
+from agent.outbox import ForwardConfig, Outbox, OutboxError, Sender
+from agent.recording_config import RecordingConfig, RecordingConfigError, room_requests_recording
 
 log = logging.getLogger("agent.webhooks")
 
@@ -76,6 +84,10 @@ class ReplayCache:
             self._seen.popitem(last=False)
         return False
 
+    def forget(self, event_id: str) -> None:
+        """Accept `event_id` again (its delivery could not be handled; LiveKit will retry)."""
+        self._seen.pop(event_id, None)
+
     def __len__(self) -> int:
         return len(self._seen)
 
@@ -97,6 +109,10 @@ class WebhookVerifier:
 
     def verify(self, body: bytes | str, authorization: str | None) -> dict[str, Any]:
         """Return the normalized event, or raise WebhookError."""
+        return normalize(self.verify_event(body, authorization))
+
+    def verify_event(self, body: bytes | str, authorization: str | None) -> Any:
+        """Return the verified protobuf WebhookEvent, or raise WebhookError."""
         if not authorization:
             raise WebhookError(401, "missing Authorization header (LiveKit sends the signed JWT there)")
         auth = authorization.strip()
@@ -127,7 +143,7 @@ class WebhookVerifier:
         # Recorded only now, after the signature checked out: forged deliveries cannot burn ids.
         if self.replay.seen(event.id, now):
             raise WebhookError(409, f"replayed webhook: event {event.id} was already delivered")
-        return normalize(event)
+        return event
 
 
 def _enum(wrapper: Any, value: int) -> str:
@@ -182,18 +198,45 @@ def log_line(ev: dict[str, Any]) -> str:
 # ---- the receiver service --------------------------------------------------------------------
 
 VERIFIER_KEY = web.AppKey("verifier", WebhookVerifier)
-FORWARD_KEY = web.AppKey("forward_url", str)
-SESSION_KEY = web.AppKey("session", ClientSession)
+OUTBOX_KEY = web.AppKey("outbox", Outbox)
+FORWARD_KEY = web.AppKey("forward", ForwardConfig)
+SENDER_KEY = web.AppKey("sender", Sender)
+RECORDING_KEY = web.AppKey("recording", RecordingConfig)
 TASKS_KEY = web.AppKey("tasks", set)
 
 
-async def _forward(session: ClientSession, url: str, ev: dict[str, Any]) -> None:
-    try:
-        async with session.post(url, json=ev) as resp:
-            if resp.status >= 300:
-                log.warning("forward of %s to %s failed: HTTP %s", ev["id"], url, resp.status)
-    except (ClientError, asyncio.TimeoutError) as exc:
-        log.warning("forward of %s to %s failed: %s", ev["id"], url, exc)
+async def dispatch_recorder(cfg: RecordingConfig, room: str, *, attempts: int = 3) -> bool:
+    """Send the recorder agent into `room` unless a recorder dispatch is already there.
+
+    A token's roomConfig may have dispatched it when the room was created; a second dispatch
+    would start a second recorder under the same identity.
+    """
+    reason = "policy rooms" if cfg.policy == "rooms" else "room asked (voicestack.record)"
+    for attempt in range(1, attempts + 1):
+        try:
+            async with api.LiveKitAPI() as lk:
+                existing = await lk.agent_dispatch.list_dispatch(room_name=room)
+                if any(d.agent_name == cfg.recorder_agent_name for d in existing):
+                    log.info("recorder already dispatched to room %s", room)
+                    return True
+                await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+                    agent_name=cfg.recorder_agent_name, room=room,
+                    metadata=json.dumps({"reason": reason})))
+            log.info("recorder dispatched to room %s (%s)", room, reason)
+            return True
+        except Exception as exc:  # TwirpError, connection errors: retried, then logged
+            log.warning("failed to dispatch the recorder %r to room %s (attempt %d/%d): %s",
+                        cfg.recorder_agent_name, room, attempt, attempts, exc)
+            await asyncio.sleep(attempt)
+    log.error("room %s is NOT recorded: the recorder could not be dispatched; check that "
+              "voicestack-recorder runs and LIVEKIT_URL reaches livekit-server", room)
+    return False
+
+
+def _background(app: web.Application, coro: Any) -> None:
+    task = asyncio.create_task(coro)
+    app[TASKS_KEY].add(task)
+    task.add_done_callback(app[TASKS_KEY].discard)
 
 
 async def receive(request: web.Request) -> web.Response:
@@ -204,17 +247,30 @@ async def receive(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         return web.json_response({"error": f"body exceeds {MAX_BODY} bytes"}, status=413)
     try:
-        ev = request.app[VERIFIER_KEY].verify(body, request.headers.get("Authorization"))
+        event = request.app[VERIFIER_KEY].verify_event(body, request.headers.get("Authorization"))
     except WebhookError as exc:
         log.warning("webhook rejected from %s: %s", request.remote, exc)
         return web.json_response({"error": str(exc)}, status=exc.status)
+    ev = normalize(event)
     log.info("%s", log_line(ev))
-    url = request.app.get(FORWARD_KEY)
-    if url:
-        # LiveKit retries slow receivers; answer now and forward in the background.
-        task = asyncio.create_task(_forward(request.app[SESSION_KEY], url, ev))
-        request.app[TASKS_KEY].add(task)
-        task.add_done_callback(request.app[TASKS_KEY].discard)
+    outbox = request.app.get(OUTBOX_KEY)
+    if outbox is not None:
+        # On disk before LiveKit hears 200: if this fails, LiveKit's own retry gets another go.
+        try:
+            await asyncio.to_thread(outbox.enqueue, ev)
+        except OutboxError as exc:
+            log.error("%s", exc)
+            request.app[VERIFIER_KEY].replay.forget(event.id)  # LiveKit's retry must not be a "replay"
+            return web.json_response({"error": f"could not queue the event for forwarding: {exc}"},
+                                     status=503)
+        request.app[SENDER_KEY].wake.set()
+    rec = request.app.get(RECORDING_KEY)
+    if rec is not None and event.event == "room_started":
+        if rec.recorder_wanted(event.room.metadata):
+            _background(request.app, dispatch_recorder(rec, event.room.name))
+        elif room_requests_recording(event.room.metadata):
+            log.warning("room %s asks for a recording (voicestack.record) but RECORDING_POLICY=off: "
+                        "not recorded", event.room.name)
     return web.json_response(ev)
 
 
@@ -222,21 +278,36 @@ async def health(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def _session_ctx(app: web.Application) -> Any:
-    app[SESSION_KEY] = ClientSession(timeout=ClientTimeout(total=10))
+async def _sender_ctx(app: web.Application) -> Any:
+    async with ClientSession() as session:
+        task = asyncio.create_task(app[SENDER_KEY].run(session))
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _tasks_ctx(app: web.Application) -> Any:
     yield
     if app[TASKS_KEY]:
         await asyncio.gather(*app[TASKS_KEY], return_exceptions=True)
-    await app[SESSION_KEY].close()
 
 
-def create_app(verifier: WebhookVerifier, *, forward_url: str | None = None) -> web.Application:
+def create_app(verifier: WebhookVerifier, *, forward: ForwardConfig | None = None,
+               recording: RecordingConfig | None = None) -> web.Application:
+    """The receiver; `forward` queues and delivers events, `recording` dispatches the recorder."""
     app = web.Application(client_max_size=MAX_BODY)
     app[VERIFIER_KEY] = verifier
     app[TASKS_KEY] = set()
-    if forward_url:
-        app[FORWARD_KEY] = forward_url
-        app.cleanup_ctx.append(_session_ctx)
+    app.cleanup_ctx.append(_tasks_ctx)
+    if forward is not None:
+        outbox = forward.outbox()
+        outbox.ensure()
+        app[FORWARD_KEY] = forward
+        app[OUTBOX_KEY] = outbox
+        app[SENDER_KEY] = Sender(outbox, forward)
+        app.cleanup_ctx.append(_sender_ctx)
+    if recording is not None:
+        app[RECORDING_KEY] = recording
     app.router.add_post("/webhook", receive)
     app.router.add_get("/health", health)
     return app
@@ -275,10 +346,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(json.dumps(ev))
         return 0
+    try:
+        forward = ForwardConfig.from_env()
+        recording = RecordingConfig.from_env()
+        app = create_app(verifier, forward=forward, recording=recording)
+    except (OutboxError, RecordingConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     host = os.environ.get("WEBHOOK_HOST", "127.0.0.1")
     port = int(os.environ.get("WEBHOOK_PORT", "8091"))
-    web.run_app(create_app(verifier, forward_url=os.environ.get("FORWARD_URL") or None),
-                host=host, port=port, access_log=None, print=None)
+    web.run_app(app, host=host, port=port, access_log=None, print=None)
     return 0
 
 

@@ -30,6 +30,7 @@ if __name__ == "__main__":
 from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobProcess, cli  # noqa: E402
 from livekit.plugins import openai, silero  # noqa: E402
 
+from agent import call_recording  # noqa: E402
 from agent.speech.responder import GREETING  # noqa: E402
 
 INSTRUCTIONS = (
@@ -184,8 +185,10 @@ async def entrypoint(ctx: JobContext) -> None:
     config = WorkerConfig.from_env()
     session = build_session(config, ctx.proc.userdata["vad"])
     turn_metrics.TurnRecorder(ctx.room if config.turn_metrics_to_room else None).attach(session)
-    # record=False: no traces/audio/transcript upload (it only ever goes to *.livekit.cloud).
-    await session.start(agent=Agent(instructions=INSTRUCTIONS), room=ctx.room, record=False)
+    # No traces/logs/transcript upload (it only ever goes to *.livekit.cloud); audio only when
+    # RECORDING_POLICY records this call, into the node's recordings directory.
+    record = await call_recording.record_options(ctx, session)
+    await session.start(agent=Agent(instructions=INSTRUCTIONS), room=ctx.room, record=record)
     await ctx.wait_for_participant()
     session.say(config.greeting)
 
@@ -206,7 +209,8 @@ def build_server(config: WorkerConfig) -> AgentServer:
         load_fnc=job_count_load,
         load_threshold=1.0,  # available while active jobs < AGENT_MAX_JOBS
     )
-    server.rtc_session(entrypoint, agent_name=config.agent_name)
+    server.rtc_session(entrypoint, agent_name=config.agent_name,
+                       on_session_end=call_recording.on_session_end)
     return server
 
 

@@ -210,3 +210,24 @@ class Transcriber:
         self.transcribe_detailed(audio)
         with self._lock:
             self._full_window(decode_audio(io.BytesIO(audio), sampling_rate=SAMPLE_RATE), None)
+
+    def transcribe_segments(self, audio: bytes, language: str | None = None,
+                            prompt: str | None = None) -> tuple[list[dict], float]:
+        """Timed segments ({id, start, end, text}) and the audio's duration, for verbose_json.
+
+        For recordings rather than commands: `prompt` is the caller's (None: no vocabulary
+        bias), and Whisper's VAD skips silence, where it would otherwise invent words; the
+        segment times stay those of the original audio.
+        """
+        with self._lock:
+            segments, info = self.model.transcribe(
+                io.BytesIO(audio),
+                language=language if self.model.model.is_multilingual else None,
+                beam_size=self.config.beam_size,
+                condition_on_previous_text=False,
+                initial_prompt=prompt or None,
+                vad_filter=True,
+            )
+            out = [{"id": i, "start": round(s.start, 2), "end": round(s.end, 2), "text": s.text.strip()}
+                   for i, s in enumerate(segments) if s.text.strip()]
+            return out, float(info.duration)

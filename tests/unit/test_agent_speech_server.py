@@ -207,3 +207,60 @@ def test_agent_speech_chat_without_user_message_greets(backends: Backends) -> No
             "messages": [{"role": "system", "content": "Greet the user."}]})).json()
         return body["choices"][0]["message"]["content"]
     assert with_client(backends, go) == respond(None)
+
+
+def test_agent_speech_stt_verbose_json_has_timed_segments(backends: Backends) -> None:
+    """Recordings need segment times: speech placed 1.5 s into the file is reported there."""
+    async def go(client: TestClient) -> dict[str, Any]:
+        wav = await (await client.post("/v1/audio/speech", json={
+            "input": "The garden party moves to Saturday.", "response_format": "wav"})).read()
+        with wave.open(io.BytesIO(wav)) as src:
+            rate, pcm = src.getframerate(), src.readframes(src.getnframes())
+        padded = io.BytesIO()
+        with wave.open(padded, "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(rate)
+            out.writeframes(bytes(int(rate * 1.5) * 2) + pcm + bytes(rate * 2))
+        form = transcription_form(padded.getvalue(), response_format="verbose_json", prompt="")
+        form.add_field("timestamp_granularities[]", "segment")
+        resp = await client.post("/v1/audio/transcriptions", data=form)
+        assert resp.status == 200
+        return await resp.json()
+    body = with_client(backends, go)
+    assert body["task"] == "transcribe" and body["duration"] > 4
+    assert body["segments"] and "garden" in body["text"].lower()
+    first = body["segments"][0]
+    assert 1.0 <= first["start"] <= 2.0 and first["end"] > first["start"]
+    assert set(first) >= {"id", "start", "end", "text"}
+
+
+def test_agent_speech_chat_extractive_summary_model_is_deterministic(backends: Backends) -> None:
+    transcript = ("[00:01] Alice: The budget review starts now. We need the budget by Friday.\n"
+                  "[00:05] Bob: The kitchen drawings are done.\n"
+                  "[00:09] Alice: Send the budget to Carol.")
+    request = {"model": "extractive-summary", "messages": [
+        {"role": "system", "content": "Summarise."}, {"role": "user", "content": transcript}]}
+
+    async def go(client: TestClient) -> list[str]:
+        return [(await (await client.post("/v1/chat/completions", json=request)).json())
+                ["choices"][0]["message"]["content"] for _ in range(2)]
+    first, second = with_client(backends, go)
+    assert first == second
+    assert first.startswith("Participants: Alice, Bob.\nKey points:\n- Alice: The budget review starts now.")
+    assert "- Bob: The kitchen drawings are done." in first
+
+
+def test_agent_speech_stt_verbose_json_without_granularities_keeps_the_live_agent_shape(
+        backends: Backends) -> None:
+    """livekit's openai STT plugin asks whisper-1 for verbose_json: same text path as before."""
+    async def go(client: TestClient) -> tuple[dict[str, Any], dict[str, Any]]:
+        wav = await (await client.post("/v1/audio/speech", json={
+            "input": "turn on the lights", "response_format": "wav"})).read()
+        verbose = await (await client.post("/v1/audio/transcriptions", data=transcription_form(
+            wav, response_format="verbose_json", language="en"))).json()
+        plain = await (await client.post("/v1/audio/transcriptions", data=transcription_form(
+            wav, response_format="json"))).json()
+        return verbose, plain
+    verbose, plain = with_client(backends, go)
+    assert verbose == {"text": plain["text"], "task": "transcribe", "language": "en"}

@@ -5,6 +5,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from google.protobuf.json_format import MessageToJson
 from livekit import api
 from livekit.protocol.webhook import WebhookEvent
 
+from agent.outbox import SIGNATURE_HEADER, ForwardConfig, verify_signature
 from agent.webhooks import ReplayCache, WebhookError, WebhookVerifier, create_app
 
 KEY, SECRET = "APIwebhookkey", "w" * 40
@@ -132,18 +134,24 @@ def test_agent_webhooks_replay_cache_forgets_after_window_and_is_bounded() -> No
     assert len(cache) == 3
 
 
-def test_agent_webhooks_receiver_service_and_forwarding() -> None:
-    forwarded: list[dict[str, Any]] = []
+FORWARD_SECRET = "f" * 40
+
+
+def test_agent_webhooks_receiver_service_and_signed_forwarding(tmp_path: Path) -> None:
+    forwarded: list[tuple[dict[str, Any], bytes, str]] = []
 
     async def sink(request: web.Request) -> web.Response:
-        forwarded.append(await request.json())
+        raw = await request.read()
+        forwarded.append((json.loads(raw), raw, request.headers.get(SIGNATURE_HEADER, "")))
         return web.json_response({})
 
     async def main() -> list[tuple[int, Any]]:
         sink_app = web.Application()
         sink_app.router.add_post("/n8n", sink)
         async with TestServer(sink_app, host="127.0.0.1") as sink_srv:
-            app = create_app(WebhookVerifier(KEY, SECRET), forward_url=str(sink_srv.make_url("/n8n")))
+            forward = ForwardConfig(url=str(sink_srv.make_url("/n8n")), secret=FORWARD_SECRET,
+                                    outbox_dir=tmp_path / "outbox")
+            app = create_app(WebhookVerifier(KEY, SECRET), forward=forward)
             async with TestClient(TestServer(app, host="127.0.0.1")) as client:
                 body = event("room_started")
                 hdrs = {"Authorization": sign(body), "Content-Type": "application/webhook+json"}
@@ -153,16 +161,69 @@ def test_agent_webhooks_receiver_service_and_forwarding() -> None:
                     out.append((resp.status, await resp.json()))
                 health = await client.get("/health")
                 out.append((health.status, await health.json()))
-                for _ in range(50):  # the forward runs in the background
-                    if forwarded:
-                        break
+                deadline = time.monotonic() + 10
+                while not forwarded and time.monotonic() < deadline:  # the outbox delivers in the background
                     await asyncio.sleep(0.02)
                 return out
     results = asyncio.run(main())
     assert [s for s, _ in results] == [200, 409, 401, 401, 200]
     assert results[0][1]["event"] == "room_started"
     assert all("error" in b for _, b in results[1:4])
-    assert [f["event"] for f in forwarded] == ["room_started"]
+    assert [f["event"] for f, _, _ in forwarded] == ["room_started"]
+    _, raw, signature = forwarded[0]
+    assert verify_signature(FORWARD_SECRET, raw, signature)
+    assert not list((tmp_path / "outbox").glob("*.json"))  # acknowledged, so deleted
+
+
+def test_agent_webhooks_queue_events_on_disk_while_the_forward_url_is_down(tmp_path: Path) -> None:
+    """Verified events survive a receiver restart while n8n is down, then arrive."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    forward = ForwardConfig(url=f"http://127.0.0.1:{port}/n8n", secret=FORWARD_SECRET,
+                            outbox_dir=tmp_path / "outbox", min_backoff_s=0.05, max_backoff_s=0.2)
+    bodies = [event("participant_joined", participant=api.ParticipantInfo(identity=f"p{i}")) for i in range(3)]
+
+    async def deliver_while_down() -> list[int]:
+        app = create_app(WebhookVerifier(KEY, SECRET), forward=forward)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            return [(await client.post("/webhook", data=b, headers={"Authorization": sign(b)})).status
+                    for b in bodies]
+
+    assert asyncio.run(deliver_while_down()) == [200, 200, 200]
+    assert len(list((tmp_path / "outbox").glob("*.json"))) == 3  # the receiver stopped; the events did not go
+
+    got: list[str] = []
+
+    async def back_up() -> None:
+        async def sink(request: web.Request) -> web.Response:
+            got.append((await request.json())["participant"]["identity"])
+            return web.json_response({})
+        sink_app = web.Application()
+        sink_app.router.add_post("/n8n", sink)
+        runner = web.AppRunner(sink_app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        app = create_app(WebhookVerifier(KEY, SECRET), forward=forward)
+        async with TestClient(TestServer(app, host="127.0.0.1")):
+            deadline = time.monotonic() + 10
+            while len(got) < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        await runner.cleanup()
+
+    asyncio.run(back_up())
+    assert got == ["p0", "p1", "p2"]
+
+
+def test_agent_webhooks_service_refuses_forwarding_without_a_secret() -> None:
+    env = {"LIVEKIT_API_KEY": KEY, "LIVEKIT_API_SECRET": SECRET, "PATH": "/usr/bin:/bin",
+           "FORWARD_URL": "http://127.0.0.1:9/hook"}
+    proc = subprocess.run([sys.executable, "-m", "agent.webhooks"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "FORWARD_SECRET" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_agent_webhooks_cli_verify(tmp_path: Path) -> None:
@@ -180,3 +241,23 @@ def test_agent_webhooks_cli_verify(tmp_path: Path) -> None:
     bad = cli(sign(body), tmp_path / "tampered.json")
     assert bad.returncode == 1 and bad.stderr.startswith("error: body does not match")
     assert "Traceback" not in bad.stderr
+
+
+def test_agent_webhooks_unqueueable_event_gets_503_and_livekits_retry_is_accepted(tmp_path: Path) -> None:
+    """A broken outbox must not turn LiveKit's retry into a rejected replay."""
+    outbox = tmp_path / "outbox"
+    forward = ForwardConfig(url="http://127.0.0.1:9/n8n", secret=FORWARD_SECRET, outbox_dir=outbox)
+    body = event("room_started")
+
+    async def main() -> list[int]:
+        app = create_app(WebhookVerifier(KEY, SECRET), forward=forward)  # creates the directory
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            shutil.rmtree(outbox)
+            outbox.write_text("a file where the outbox should be")  # fails for root too
+            first = (await client.post("/webhook", data=body, headers={"Authorization": sign(body)})).status
+            outbox.unlink()
+            retry = (await client.post("/webhook", data=body, headers={"Authorization": sign(body)})).status
+            return [first, retry]
+
+    assert asyncio.run(main()) == [503, 200]
+    assert len(list(outbox.glob("*.json"))) == 1
