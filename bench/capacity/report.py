@@ -1,0 +1,153 @@
+"""From measured steps to figures: knees, per-stream and per-conversation costs, the sizing table.
+
+Everything here is arithmetic on what the ramp measured (sfu.StepResult rows and
+agent_load.Level rows as dicts); nothing is copied from elsewhere except the seed's and
+LiveKit's published figures, which the table shows side by side for comparison.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+# Server types the project's providers accept (infra/providers.py): vCPUs, GiB, dedicated?
+SERVERS: list[tuple[str, str, int, int, bool]] = [
+    ("Hetzner", "cx22", 2, 4, False), ("Hetzner", "cx32", 4, 8, False), ("Hetzner", "cx42", 8, 16, False),
+    ("Hetzner", "cx52", 16, 32, False), ("Hetzner", "ccx13", 2, 8, True), ("Hetzner", "ccx23", 4, 16, True),
+    ("Hetzner", "ccx33", 8, 32, True), ("DigitalOcean", "s-2vcpu-4gb", 2, 4, False),
+    ("DigitalOcean", "s-4vcpu-8gb", 4, 8, False), ("DigitalOcean", "s-8vcpu-16gb", 8, 16, False),
+    ("DigitalOcean", "c-4", 4, 8, True), ("DigitalOcean", "c-8", 8, 16, True), ("DigitalOcean", "c-16", 16, 32, True),
+]
+HEADROOM = 0.7           # plan for 70 % CPU: bursts, GC, a reconnect storm
+SHARED_VCPU = 0.8        # a shared vCPU delivers less than a dedicated one under neighbours' load
+MEETING_SIZE = 6
+
+
+def knee(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The last good step (most streams among ok steps)."""
+    ok = [r for r in rows if r["ok"]]
+    return max(ok, key=lambda r: r["streams"]) if ok else None
+
+
+def mcores_per_stream(rows: list[dict[str, Any]], min_streams: int = 20) -> float | None:
+    """Median LiveKit millicores per forwarded stream over good steps big enough to measure."""
+    vals = [r["mcores_per_stream"] for r in rows if r["ok"] and r["streams"] >= min_streams and r["livekit_cores"] > 0]
+    return statistics.median(vals) if vals else None
+
+
+def memory_fit(rows: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """(MiB per room, MiB per participant) of LiveKit's Go heap, least squares through the origin."""
+    pts = [(r["step"]["rooms"], r["step"]["participants"], r["livekit_heap_mib"] - r["livekit_heap_idle_mib"])
+           for r in rows if r["ok"] and r["livekit_heap_mib"] > 0]
+    if not pts:
+        return None
+    srr = sum(r * r for r, _, _ in pts)
+    spp = sum(p * p for _, p, _ in pts)
+    srp = sum(r * p for r, p, _ in pts)
+    srm = sum(r * m for r, _, m in pts)
+    spm = sum(p * m for _, p, m in pts)
+    det = srr * spp - srp * srp
+    if det > 1e-9 * srr * spp:
+        a, b = (srm * spp - spm * srp) / det, (spm * srr - srm * srp) / det
+        if a >= 0 and b >= 0:
+            return a, b
+    return 0.0, max(0.0, spm / spp)
+
+
+@dataclass
+class Costs:
+    mcores_per_stream: float         # LiveKit, per forwarded audio stream
+    kbps_per_stream: float           # what the node sends per forwarded stream (all overheads)
+    mib_per_room: float
+    mib_per_participant: float
+    conv_cores_offline: float | None  # agent + speech server per conversation
+    conv_cores_external: float | None  # agent worker only (STT/LLM/TTS elsewhere)
+    conv_mib: float | None            # agent memory per conversation
+    conv_latency_ok: int | None       # conversations on this node before p95 > limit
+    base_mib: float                   # idle node: LiveKit + agent + speech + the rest
+
+
+def conversation_costs(levels: list[dict[str, Any]]) -> tuple[float | None, float | None, float | None]:
+    """Per conversation: (offline cores, external cores, MiB) from the busiest measured level."""
+    good = [lv for lv in levels if lv["ok"] and lv["concurrency"] > 0]
+    if not good:
+        return None, None, None
+    top = max(good, key=lambda lv: lv["concurrency"])
+    # Callers hold conversations back to back, so `concurrency` is the conversations in progress.
+    c = top["concurrency"]
+    offline = (top["agent_cores"] + top["speech_cores"]) / c
+    external = top["agent_cores"] / c
+    mib = max(0.0, top["agent_mem_peak_mib"] - top["agent_mem_idle_mib"]) / c
+    return offline, external, mib
+
+
+def sizing_rows(c: Costs) -> list[dict[str, Any]]:
+    rows = []
+    for provider, kind, vcpu, gib, dedicated in SERVERS:
+        cores = vcpu * HEADROOM * (1.0 if dedicated else SHARED_VCPU)
+        mem = gib * 1024 - c.base_mib
+        per_call_stream = 2 * c.mcores_per_stream / 1000
+        per_call_mem = c.conv_mib or 0.0
+        offline = external = None
+        if c.conv_cores_offline:
+            offline = int(min(cores / (c.conv_cores_offline + per_call_stream), mem / max(1.0, per_call_mem)))
+        if c.conv_cores_external:
+            external = int(min(cores / (c.conv_cores_external + per_call_stream), mem / max(1.0, per_call_mem)))
+        per_participant_cores = (MEETING_SIZE - 1) * c.mcores_per_stream / 1000
+        per_participant_mib = c.mib_per_participant + c.mib_per_room / MEETING_SIZE
+        meeting = int(min(cores / per_participant_cores, mem / max(0.01, per_participant_mib)))
+        rows.append({"provider": provider, "type": kind, "vcpu": vcpu, "gib": gib, "dedicated": dedicated,
+                     "calls_offline": offline, "calls_external": external, "meeting_participants": meeting})
+    return rows
+
+
+def sizing_markdown(c: Costs, measured_on: str) -> str:
+    def n(v: int | None) -> str:
+        return "—" if v is None else f"{v:,}"
+
+    lines = [
+        "## Sizing",
+        "",
+        f"Derived from measured costs ({measured_on}): LiveKit {c.mcores_per_stream:.2f} millicores and "
+        f"{c.kbps_per_stream:.0f} kbit/s per forwarded audio stream, {c.mib_per_participant:.2f} MiB per "
+        f"participant + {c.mib_per_room:.2f} MiB per room; an agent conversation "
+        + (f"{c.conv_cores_offline:.2f} cores with the offline speech backends, "
+           f"{c.conv_cores_external:.2f} cores with external STT/LLM/TTS, {c.conv_mib:.0f} MiB"
+           if c.conv_cores_offline is not None else "(not measured)")
+        + f"; an idle node {c.base_mib:.0f} MiB. `make bench-load ENV=<env>` re-measures on your own servers.",
+        "",
+        "| provider | type | vCPU / RAM | 1:1 agent calls, offline speech | 1:1 agent calls, external STT/LLM/TTS "
+        f"| audio participants (meetings of {MEETING_SIZE}) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sizing_rows(c):
+        kind = f"{r['vcpu']} {'dedicated' if r['dedicated'] else 'shared'} / {r['gib']} GB"
+        lines.append(f"| {r['provider']} | {r['type']} | {kind} | {n(r['calls_offline'])} | "
+                     f"{n(r['calls_external'])} | {n(r['meeting_participants'])} |")
+    per10 = 10 * (MEETING_SIZE - 1) * c.mcores_per_stream / 1000
+    lines += [
+        "",
+        "| figure | seed's rule of thumb | LiveKit's benchmark | measured here |",
+        "|---|---|---|---|",
+        f"| bandwidth per audio stream | 50–100 kbit/s | — | {c.kbps_per_stream:.0f} kbit/s (Opus ~32 kbit/s + "
+        "RTP/SRTP/UDP/IP; RED from browsers roughly doubles it) |",
+        f"| CPU per 10 audio participants | ~0.5 core | — | {per10:.2f} core (meetings of {MEETING_SIZE}) |",
+        f"| forwarded streams per core | (\"100 audio streams per VPS\") | ~2,300 (10 → 3,000 on 16 cores, ~80 %) | "
+        f"{1000 / c.mcores_per_stream:,.0f} |",
+        f"| memory | 512 MB + 50 MB per active room | — | {c.base_mib:.0f} MiB idle node + "
+        f"{c.mib_per_room:.2f} MiB per room + {c.mib_per_participant:.2f} MiB per participant (LiveKit) |",
+        "",
+        "What bounds each number: offline-speech calls are bound by CPU (Whisper and piper per turn; "
+        "latency, not throughput, is what degrades first: voice-to-voice p95 grows with every "
+        "concurrent call) and by `AGENT_MAX_JOBS`; external-speech calls by the worker's CPU "
+        "(VAD and WebRTC per call) and its memory per job process; meeting participants by LiveKit's "
+        f"CPU per forwarded stream (a participant in a meeting of {MEETING_SIZE} receives "
+        f"{MEETING_SIZE - 1} streams), then by bandwidth. Plans take {HEADROOM:.0%} of the CPU, "
+        f"shared vCPUs at {SHARED_VCPU:.0%} of a dedicated one; RAM less the idle node.",
+    ]
+    return "\n".join(lines)
+
+
+def finite(v: float | None) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
