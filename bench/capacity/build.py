@@ -54,7 +54,7 @@ def _locked() -> Iterator[None]:
 
 
 def loadgen_binary(progress: Callable[[str], None] = print) -> Path:
-    sources = [SRC / "go.mod", SRC / "go.sum", *sorted(SRC.glob("*.go"))]
+    sources = [SRC / "go.mod", SRC / "go.sum", *sorted(p for p in SRC.glob("*.go") if not p.name.endswith("_test.go"))]
     out = CACHE / _digest(sources) / "loadgen"
     if out.exists():
         return out

@@ -173,7 +173,7 @@ def run_step(ctx: Context, step: Step, duration: float, warmup: float = 3.0, pre
     argv = [*ctx.argv_prefix(), str(ctx.binary), "--url", ctx.outputs.livekit_url, "--shape", step.shape,
             "--rooms", str(step.rooms), "--size", str(step.size or 2), "--audio", str(ctx.loop),
             "--duration", f"{duration}s", "--warmup", f"{warmup}s", "--interval", f"{ctx.interval}s",
-            "--ready-timeout", f"{ready_timeout}s", "--prefix", prefix, "--ice", ctx.ice]
+            "--ready-timeout", f"{ready_timeout}s", "--prefix", prefix, "--ice", ctx.ice, "--control"]
     env = dict(os.environ, LIVEKIT_API_KEY=ctx.outputs.api_key, LIVEKIT_API_SECRET=ctx.outputs.api_secret)
     if ctx.outputs.ca_bundle:
         env["SSL_CERT_FILE"] = ctx.outputs.ca_bundle
@@ -182,14 +182,24 @@ def run_step(ctx: Context, step: Step, duration: float, warmup: float = 3.0, pre
     events: dict[str, Any] = {}
     start = end = None
     with open(stderr_path, "w") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        assert proc.stdin is not None
+
+        def go_on() -> None:
+            proc.stdin.write("go\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+
         try:
+            # The generator holds full load while the node is read on both sides of its window,
+            # so the node's interval [start, end] is all steady load whatever SSH's latency.
             for ev in _events(proc, deadline):
                 events[ev["event"]] = ev
-                if ev["event"] == "window_start":
+                if ev["event"] == "await_start":
                     start = ctx.node.snapshot()
-                elif ev["event"] == "window_end":
+                    go_on()
+                elif ev["event"] == "await_stop":
                     end = ctx.node.snapshot()
+                    go_on()
                 elif ev["event"] == "stats":
                     ctx.progress(f"    {step.label()}: {ev['streams']} streams, loss {ev['loss_pct']:.2f}%, "
                                  f"jitter p95 {ev['jitter_ms_p95']:.1f} ms")

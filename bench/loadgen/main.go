@@ -18,6 +18,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
@@ -56,7 +57,7 @@ type config struct {
 	duration, warmup, interval         time.Duration
 	readyTimeout, connectTimeout       time.Duration
 	departureTimeout                   int
-	allowAgent                         bool
+	allowAgent, control                bool
 	cpuProfile, interceptors           string
 	apiKey, apiSecret                  string
 }
@@ -77,6 +78,7 @@ func parseFlags() (config, error) {
 	flag.DurationVar(&c.connectTimeout, "connect-timeout", 20*time.Second, "deadline of one join")
 	flag.IntVar(&c.joinConcurrency, "join-concurrency", 8, "joins in flight at once")
 	flag.IntVar(&c.departureTimeout, "departure-timeout", 5, "seconds LiveKit keeps a room after its last participant left")
+	flag.BoolVar(&c.control, "control", false, "wait for a line on stdin before the window starts and before leaving (a harness reads the server in between)")
 	flag.BoolVar(&c.allowAgent, "allow-agent", false, "let the deployed agent be dispatched to the rooms")
 	flag.StringVar(&c.interceptors, "interceptors", "sdk", "sdk (the SDK's default set), reports (RTCP sender/receiver reports only), none")
 	flag.StringVar(&c.cpuProfile, "cpuprofile", "", "write a Go CPU profile of the run here (where the generator's own CPU goes)")
@@ -322,6 +324,25 @@ func (g *generator) wait(d time.Duration) bool {
 	}
 }
 
+// await tells a controlling harness where the run is and waits (bounded) for its go-ahead, so
+// the server's counters it reads bracket a period of full, steady load. No-op without --control.
+func (g *generator) await(stdin *bufio.Reader, event string) bool {
+	if stdin == nil {
+		return true
+	}
+	g.ev.emit(event, map[string]any{})
+	line := make(chan struct{})
+	go func() { _, _ = stdin.ReadString('\n'); close(line) }()
+	select {
+	case <-line:
+		return true
+	case <-g.stop:
+		return false
+	case <-time.After(2 * time.Minute):
+		return true
+	}
+}
+
 func (g *generator) disconnectAll() {
 	g.mu.Lock()
 	rooms := append([]*lksdk.Room(nil), g.rooms...)
@@ -427,7 +448,11 @@ poll:
 	ready["expected_subscriptions"] = forwarded
 	g.ev.emit("ready", ready)
 
-	if g.wait(cfg.warmup) {
+	var stdin *bufio.Reader
+	if cfg.control {
+		stdin = bufio.NewReader(os.Stdin)
+	}
+	if g.wait(cfg.warmup) && g.await(stdin, "await_start") {
 		start, startAt, startCPU := g.snapshots(), time.Now(), cpuSeconds()
 		g.ev.emit("window_start", g.counters())
 		prev, prevAt := start, startAt
@@ -451,6 +476,7 @@ poll:
 		w["complete"] = complete
 		w["forwarded_streams"] = forwarded
 		g.ev.emit("window_end", w)
+		g.await(stdin, "await_stop")
 	}
 	stopAll()
 	g.disconnectAll()
