@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.capacity import agent_load, build, report  # noqa: E402
-from bench.capacity.node import Node  # noqa: E402
+from bench.capacity.node import Node, NodeError  # noqa: E402
 from bench.capacity.sfu import Context, Step, StepError, check_target, run_step  # noqa: E402
 from infra import outputs as outputs_mod  # noqa: E402
 
@@ -80,7 +80,7 @@ def _step(ctx: Context, step: Step, args: argparse.Namespace) -> dict[str, Any]:
     ctx.progress(f"  {step.label()}: {step.participants} participants, {step.streams} forwarded streams")
     try:
         r = run_step(ctx, step, args.duration).row()
-    except StepError as exc:
+    except (StepError, NodeError) as exc:
         ctx.progress(f"  {step.label()}: FAILED: {exc}")
         return {"step": {"shape": step.shape, "rooms": step.rooms, "size": step.size, "label": step.label(),
                          "participants": step.participants}, "ok": False, "reason": str(exc)[:500],

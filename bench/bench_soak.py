@@ -26,6 +26,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -43,6 +44,8 @@ from infra import outputs as outputs_mod  # noqa: E402
 
 WATCHED = ("livekit", "voicestack-agent", "voicestack-speech")
 MIB = 1024 * 1024
+# agent/webhooks.py logs "... webhook <event> room=<name> ..." once per verified event.
+WEBHOOK_LINE = re.compile(r"\bwebhook (\w+) room=soak\S*")
 
 
 def slope_per_hour(samples: list[tuple[float, float]]) -> float | None:
@@ -195,7 +198,7 @@ def main() -> int:
 
     # Webhooks: what LiveKit had to send for the generator's rooms against what the receiver logged.
     lines = node.journal_lines("voicestack-webhooks", since, "room=soak")
-    received = collections.Counter(line.split()[1] for line in lines if line.startswith("webhook "))
+    received = collections.Counter(m.group(1) for m in map(WEBHOOK_LINE.search, lines) if m)
     complete_waves = [w for w in waves if w.get("ok") or w.get("received_streams")]
     expected = collections.Counter()
     for w in complete_waves:

@@ -15,6 +15,7 @@ where a UDP-buffer tuning shows).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from typing import Any
@@ -147,23 +148,37 @@ class Node:
                    str(known) if known else None, prometheus_port)
 
     def ssh_argv(self, *remote: str) -> list[str]:
+        # One multiplexed connection: a probe every few seconds must not pay a handshake each
+        # time on a node whose CPU the load is saturating.
         argv = ["ssh", "-i", self.key, "-p", str(self.port), "-o", "BatchMode=yes",
-                "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
+                "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "-o", "ControlMaster=auto",
+                "-o", f"ControlPath=/tmp/voicestack-bench-{os.getuid()}-%C", "-o", "ControlPersist=300"]
         if self.known_hosts:
             argv += ["-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
         return [*argv, f"{self.user}@{self.address}", *remote]
 
-    def run(self, script: str, stdin: str | None = None, timeout: float = 30) -> str:
-        proc = subprocess.run(self.ssh_argv(script), input=stdin, capture_output=True, text=True, timeout=timeout)
+    def run(self, script: str, stdin: str | None = None, timeout: float = 60) -> str:
+        try:
+            proc = subprocess.run(self.ssh_argv(script), input=stdin, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise NodeError(f"failed to run {script!r} on {self.name} ({self.address}): no answer within "
+                            f"{timeout:.0f} s — the node may be saturated") from exc
         if proc.returncode != 0:
             raise NodeError(f"failed to run {script!r} on {self.name} ({self.address}): exit "
                             f"{proc.returncode}: {proc.stderr.strip()[-500:]} — check SSH with: "
                             f"{' '.join(self.ssh_argv('true'))}")
         return proc.stdout
 
-    def snapshot(self) -> dict[str, Any]:
-        out = self.run("python3 -", stdin=PROBE % {"units": UNITS, "prom": self.prometheus_port})
-        return json.loads(out.strip().splitlines()[-1])
+    def snapshot(self, attempts: int = 3) -> dict[str, Any]:
+        for attempt in range(attempts):
+            try:
+                out = self.run("python3 -", stdin=PROBE % {"units": UNITS, "prom": self.prometheus_port})
+                return json.loads(out.strip().splitlines()[-1])
+            except NodeError:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def pin(self, unit: str, cpus: str | None) -> str:
         """Set the CPU affinity of every thread of `unit` (None: all CPUs); returns the new list."""

@@ -69,6 +69,15 @@ class Context:
     interval: float = 5.0
     ice: str = "all"
     progress: Callable[[str], None] = print
+    idle_heaps: list[float] = field(default_factory=list)
+
+    def baseline_heap(self, idle: dict[str, Any]) -> float:
+        """LiveKit's idle Go heap: the lowest seen idle this run (garbage of the last step
+        lingers until the next GC, which an idle server may not run for minutes)."""
+        value = idle["prom"].get("go_memstats_heap_inuse_bytes", 0)
+        if value:
+            self.idle_heaps.append(value)
+        return min(self.idle_heaps) if self.idle_heaps else 0.0
 
     def argv_prefix(self) -> list[str]:
         argv: list[str] = []
@@ -180,6 +189,7 @@ def run_step(ctx: Context, step: Step, duration: float, warmup: float = 3.0, pre
     stderr_path = Path(f"/tmp/voicestack-loadgen-{os.getpid()}.log")
     deadline = time.monotonic() + ready_timeout + warmup + duration + 180
     events: dict[str, Any] = {}
+    heap_samples: list[float] = []
     start = end = None
     with open(stderr_path, "w") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
@@ -201,6 +211,12 @@ def run_step(ctx: Context, step: Step, duration: float, warmup: float = 3.0, pre
                     end = ctx.node.snapshot()
                     go_on()
                 elif ev["event"] == "stats":
+                    # Go's heap in use swings with each GC cycle; its minimum over the window is
+                    # the closest to the live heap the load needs.
+                    try:
+                        heap_samples.append(ctx.node.snapshot()["prom"].get("go_memstats_heap_inuse_bytes", 0))
+                    except nodemod.NodeError:
+                        pass
                     ctx.progress(f"    {step.label()}: {ev['streams']} streams, loss {ev['loss_pct']:.2f}%, "
                                  f"jitter p95 {ev['jitter_ms_p95']:.1f} ms")
             proc.wait(timeout=max(1, deadline - time.monotonic()))
@@ -238,8 +254,8 @@ def run_step(ctx: Context, step: Step, duration: float, warmup: float = 3.0, pre
         node_kbps_per_stream=tx * 8 / 1000 / max(1, step.streams), livekit_cores=livekit_cores,
         livekit_mem_mib=end["units"]["livekit"]["mem_bytes"] * mib,
         livekit_mem_idle_mib=idle["units"]["livekit"]["mem_bytes"] * mib,
-        livekit_heap_mib=end["prom"].get("go_memstats_heap_inuse_bytes", 0) * mib,
-        livekit_heap_idle_mib=idle["prom"].get("go_memstats_heap_inuse_bytes", 0) * mib,
+        livekit_heap_mib=min(x for x in [*heap_samples, end["prom"].get("go_memstats_heap_inuse_bytes", 0)] if x) * mib,
+        livekit_heap_idle_mib=ctx.baseline_heap(idle) * mib,
         agent_cores=nodemod.cores(start, end, "voicestack-agent"),
         loadgen_cores=w["loadgen_cpu_cores"], join_s=ready["join_s"],
         udp_rcvbuf_errors=nodemod.delta(start, end, "udp", "RcvbufErrors"),
