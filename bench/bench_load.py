@@ -88,8 +88,8 @@ def _step(ctx: Context, step: Step, args: argparse.Namespace) -> dict[str, Any]:
                 "livekit_heap_mib": 0.0, "livekit_heap_idle_mib": 0.0}
     ctx.progress(f"  -> LiveKit {r['livekit_cores']:.2f} cores ({r['mcores_per_stream']:.2f} mcores/stream), "
                  f"loss {r['loss_pct']:.2f}%, jitter p95 {r['jitter_ms_p95']:.1f} ms, "
-                 f"{r['node_kbps_per_stream']:.0f} kbit/s per stream at the node, heap "
-                 f"{r['livekit_heap_mib'] - r['livekit_heap_idle_mib']:+.1f} MiB, generator {r['loadgen_cores']:.2f} cores"
+                 f"{r['node_kbps_per_stream']:.0f} kbit/s per stream at the node, Go heap "
+                 f"{r['livekit_heap_mib']:.0f} MiB, generator {r['loadgen_cores']:.2f} cores"
                  + ("" if r["ok"] else f"  [knee: {r['reason']}]"))
     return r
 
@@ -100,14 +100,14 @@ def load_average() -> str:
 
 def print_table(shape: str, rows: list[dict[str, Any]]) -> None:
     print(f"\n{shape}: step | streams | LiveKit cores | mcores/stream | loss % | jitter p95 ms | "
-          "kbit/s/stream (node) | heap +MiB | LiveKit PSS MiB | generator cores | UDP rcvbuf errors | ok")
+          "kbit/s/stream (node) | Go heap MiB | LiveKit PSS MiB | generator cores | UDP rcvbuf errors | ok")
     for r in rows:
         if r.get("loss_pct") is None:
             print(f"  {r['step']['label']} | {r['streams']} | — | — | — | — | — | — | — | — | — | no: {r['reason'][:120]}")
             continue
         print(f"  {r['step']['label']} | {r['streams']} | {r['livekit_cores']:.2f} | {r['mcores_per_stream']:.2f} | "
               f"{r['loss_pct']:.2f} | {r['jitter_ms_p95']:.1f} | {r['node_kbps_per_stream']:.0f} | "
-              f"{r['livekit_heap_mib'] - r['livekit_heap_idle_mib']:.1f} | {r['livekit_mem_mib']:.0f} | "
+              f"{r['livekit_heap_mib']:.0f} | {r['livekit_mem_mib']:.0f} | "
               f"{r['loadgen_cores']:.2f} | {r['udp_rcvbuf_errors']:.0f} | {'yes' if r['ok'] else 'no: ' + r['reason']}")
 
 
@@ -173,7 +173,9 @@ def main() -> int:
                      f"voice-to-voice p50 {lv['p50_s']:.2f} s p95 {lv['p95_s']:.2f} s, agent {lv['agent_cores']:.2f} + "
                      f"speech {lv['speech_cores']:.2f} cores, agent memory {lv['agent_mem_peak_mib']:.0f} MiB "
                      f"(idle {lv['agent_mem_idle_mib']:.0f})" + (f", errors: {lv['errors']}" if lv["errors"] else ""))
-            if lv["ok"] < lv["trips"] or lv["p95_s"] > 2 * args.v2v_limit:
+            # Go on while every call works and p95 stays within twice the single call's (a curve
+            # is worth having even where one call already misses --v2v-limit).
+            if lv["ok"] < lv["trips"] or not lv["ok"] or lv["p95_s"] > 2 * max(args.v2v_limit, levels[0]["p95_s"]):
                 break
     results["agent_levels"] = levels
     results["load_after"] = load_average()
@@ -188,6 +190,9 @@ def main() -> int:
     per_stream = report.mcores_per_stream(all_rows)
     conv_ok = max((lv["concurrency"] for lv in levels
                    if lv["ok"] == lv["trips"] and lv["ok"] and lv["p95_s"] <= args.v2v_limit), default=0)
+    single = levels[0]["p95_s"] if levels and levels[0]["ok"] else None
+    conv_relative = max((lv["concurrency"] for lv in levels if single and lv["ok"] == lv["trips"] and lv["ok"]
+                         and lv["p95_s"] <= 1.5 * single), default=0)
     offline, external, conv_mib = report.conversation_costs(levels)
     base = sum(u["mem_bytes"] for u in idle["units"].values()) / (1024 * 1024)
     kbps = [r["node_kbps_per_stream"] for r in all_rows if r["ok"] and r.get("node_kbps_per_stream")]
@@ -222,6 +227,7 @@ def main() -> int:
         "mib_per_room": round(fit[0], 3), "mib_per_participant": round(fit[1], 3),
         "kbps_per_stream": round(sorted(kbps)[len(kbps) // 2], 1) if kbps else None,
         "agent_conversations": conv_ok,
+        "agent_conversations_within_1_5x_single_p95": conv_relative,
         "agent_p95_s": {lv["concurrency"]: lv["p95_s"] for lv in levels},
         "agent_cores_per_conversation": report.finite(offline),
         "agent_mib_per_conversation": report.finite(conv_mib),

@@ -45,7 +45,7 @@ from infra import outputs as outputs_mod  # noqa: E402
 WATCHED = ("livekit", "voicestack-agent", "voicestack-speech")
 MIB = 1024 * 1024
 # agent/webhooks.py logs "... webhook <event> room=<name> ..." once per verified event.
-WEBHOOK_LINE = re.compile(r"\bwebhook (\w+) room=soak\S*")
+WEBHOOK_LINE = re.compile(r"\bwebhook (\w+) room=(soak\S*)")
 
 
 def slope_per_hour(samples: list[tuple[float, float]]) -> float | None:
@@ -197,9 +197,12 @@ def main() -> int:
                or after.get(u, {}).get("state") != "active"}
 
     # Webhooks: what LiveKit had to send for the generator's rooms against what the receiver logged.
+    # Only waves where every join succeeded have a known event count.
+    complete_waves = [w for w, _ in zip(waves, prefixes) if w.get("received_streams") == w.get("streams")]
+    complete_prefixes = tuple(p for w, p in zip(waves, prefixes) if w.get("received_streams") == w.get("streams"))
     lines = node.journal_lines("voicestack-webhooks", since, "room=soak")
-    received = collections.Counter(m.group(1) for m in map(WEBHOOK_LINE.search, lines) if m)
-    complete_waves = [w for w in waves if w.get("ok") or w.get("received_streams")]
+    received = collections.Counter(m.group(1) for m in map(WEBHOOK_LINE.search, lines)
+                                   if m and m.group(2).startswith(complete_prefixes or ("\0",)))
     expected = collections.Counter()
     for w in complete_waves:
         p = w["step"].get("participants", 2 * rooms)
@@ -218,7 +221,8 @@ def main() -> int:
         "agent_mem_mib_per_hour": slopes["agent"],
         "livekit_mem_mib": [round(samples[0]["livekit"], 1), round(samples[-1]["livekit"], 1)] if samples else None,
         "agent_mem_mib": [round(samples[0]["agent"], 1), round(samples[-1]["agent"], 1)] if samples else None,
-        "rooms_left": [r.get("name") for r in left], "webhooks_expected": sum(expected.values()),
+        "rooms_left": [r.get("name") for r in left], "webhook_waves_counted": len(complete_waves),
+        "webhooks_expected": sum(expected.values()),
         "webhooks_received": sum(received.values()), "webhooks_by_event": dict(received),
         "webhooks_missing": dict(expected - received), "webhooks_extra": dict(received - expected),
         "conversations": conversations, "conversation_trips": sum(c["trips"] for c in trips),

@@ -36,23 +36,44 @@ def mcores_per_stream(rows: list[dict[str, Any]], min_streams: int = 20) -> floa
     return statistics.median(vals) if vals else None
 
 
+def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
+    """Gaussian elimination with partial pivoting; None when singular."""
+    n = len(b)
+    m = [row[:] + [b[i]] for i, row in enumerate(a)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
+        if abs(m[pivot][col]) < 1e-12:
+            return None
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(n):
+            if r != col:
+                f = m[r][col] / m[col][col]
+                m[r] = [x - f * y for x, y in zip(m[r], m[col])]
+    return [m[i][n] / m[i][i] for i in range(n)]
+
+
 def memory_fit(rows: list[dict[str, Any]]) -> tuple[float, float] | None:
-    """(MiB per room, MiB per participant) of LiveKit's Go heap, least squares through the origin."""
-    pts = [(r["step"]["rooms"], r["step"]["participants"], r["livekit_heap_mib"] - r["livekit_heap_idle_mib"])
-           for r in rows if r["ok"] and r["livekit_heap_mib"] > 0]
-    if not pts:
+    """(MiB per room, MiB per participant) of LiveKit's Go heap under load.
+
+    Least squares of heap = base + a*rooms + b*participants over the good steps: the intercept
+    absorbs the idle heap, which an idle Go server reports with stale garbage (no GC runs
+    without allocation), so no single idle reading is trusted. Shapes differ in participants
+    per room (2, the meeting size, listeners + 1), which is what separates a from b.
+    """
+    pts = [(1.0, float(r["step"]["rooms"]), float(r["step"]["participants"]), float(r["livekit_heap_mib"]))
+           for r in rows if r["ok"] and r.get("livekit_heap_mib")]
+    if len(pts) < 3:
         return None
-    srr = sum(r * r for r, _, _ in pts)
-    spp = sum(p * p for _, p, _ in pts)
-    srp = sum(r * p for r, p, _ in pts)
-    srm = sum(r * m for r, _, m in pts)
-    spm = sum(p * m for _, p, m in pts)
-    det = srr * spp - srp * srp
-    if det > 1e-9 * srr * spp:
-        a, b = (srm * spp - spm * srp) / det, (spm * srr - srm * srp) / det
-        if a >= 0 and b >= 0:
-            return a, b
-    return 0.0, max(0.0, spm / spp)
+    ata = [[sum(p[i] * p[j] for p in pts) for j in range(3)] for i in range(3)]
+    atb = [sum(p[i] * p[3] for p in pts) for i in range(3)]
+    sol = _solve(ata, atb)
+    if sol is not None and sol[1] >= 0 and sol[2] >= 0:
+        return sol[1], sol[2]
+    # Rooms and participants not separable (one shape only): everything per participant.
+    ata2 = [[sum(p[i] * p[j] for p in pts) for j in (0, 2)] for i in (0, 2)]
+    atb2 = [sum(p[i] * p[3] for p in pts) for i in (0, 2)]
+    sol2 = _solve(ata2, atb2)
+    return (0.0, max(0.0, sol2[1])) if sol2 else None
 
 
 @dataclass
