@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.capacity import agent_load, build  # noqa: E402
 from bench.capacity.node import Node  # noqa: E402
-from bench.capacity.sfu import Context, Step, check_target, run_step, wait_idle  # noqa: E402
+from bench.capacity.sfu import Context, Step, check_target, list_rooms, run_step, wait_idle  # noqa: E402
 from infra import outputs as outputs_mod  # noqa: E402
 
 WATCHED = ("livekit", "voicestack-agent", "voicestack-speech")
@@ -85,18 +85,6 @@ class Sampler(threading.Thread):
             except Exception as exc:  # noqa: BLE001 - a missed sample is reported, not fatal
                 self.samples.append({"t": time.monotonic() - self.t0, "error": str(exc)[:200]})
             self.stopped.wait(self.every)
-
-
-def admin_rooms(outputs: Any) -> list[dict[str, Any]]:
-    """Rooms as LiveKit's RoomService lists them (agent.admin, from the client side)."""
-    argv = [str(ROOT / ".venv" / "bin" / "python"), "-m", "agent.admin", "--env", outputs.env, "--json", "rooms"]
-    if outputs.client_netns:
-        argv = ["ip", "netns", "exec", outputs.client_netns, *argv]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"failed to list rooms: {' '.join(argv)}: {proc.stderr.strip()[-500:]}")
-    text = proc.stdout.strip()
-    return json.loads(text) if text.startswith("[") else []
 
 
 def knee_rooms(env: str) -> tuple[int, int]:
@@ -187,10 +175,10 @@ def main() -> int:
     sampler.join(timeout=60)
 
     # Leftovers: after the departure timeout every room must be gone (the admin API's view).
-    deadline, left = time.monotonic() + 90, admin_rooms(out)
+    deadline, left = time.monotonic() + 90, list_rooms(out)
     while left and time.monotonic() < deadline:
         time.sleep(2)
-        left = admin_rooms(out)
+        left = list_rooms(out)
     after = services(node)
     crashed = {u: {"before": before[u], "after": after.get(u)} for u in WATCHED
                if after.get(u, {}).get("pid") != before[u]["pid"] or after.get(u, {}).get("restarts") != before[u]["restarts"]

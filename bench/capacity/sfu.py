@@ -114,6 +114,19 @@ def check_target(outputs: Outputs) -> str:
     return address
 
 
+def list_rooms(outputs: Outputs) -> list[dict[str, Any]]:
+    """Rooms as LiveKit's RoomService lists them (agent.admin, from the client side)."""
+    root = Path(__file__).resolve().parents[2]
+    argv = [str(root / ".venv" / "bin" / "python"), "-m", "agent.admin", "--env", outputs.env, "--json", "rooms"]
+    if outputs.client_netns:
+        argv = ["ip", "netns", "exec", outputs.client_netns, *argv]
+    proc = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise StepError(f"failed to list rooms: {' '.join(argv)}: {proc.stderr.strip()[-500:]}")
+    text = proc.stdout.strip()
+    return json.loads(text) if text.startswith("[") else []
+
+
 def wait_idle(ctx: Context, deadline_s: float = 300) -> dict[str, Any]:
     """Poll LiveKit's room gauge until no room is left; returns the idle snapshot.
 
@@ -126,6 +139,12 @@ def wait_idle(ctx: Context, deadline_s: float = 300) -> dict[str, Any]:
     while True:
         snap = ctx.node.snapshot()
         rooms = snap["prom"].get("livekit_room_total", 0)
+        participants = snap["prom"].get("livekit_participant_total", 0)
+        # LiveKit 1.13.5's room gauge can stay up after a room whose joins failed has closed:
+        # with no participant left, ask the RoomService, which is authoritative.
+        if rooms > 0 and participants <= 0 and not list_rooms(ctx.outputs):
+            snap["stale_room_gauge"] = rooms
+            rooms = 0
         if rooms <= 0:
             snap["drain_s"] = time.monotonic() - t0
             return snap
