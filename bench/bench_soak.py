@@ -27,7 +27,6 @@ import collections
 import json
 import os
 import re
-import subprocess
 import sys
 import threading
 import time
