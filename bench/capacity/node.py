@@ -65,16 +65,24 @@ def proc_pss(pid):
             return int(line.split()[1]) * 1024
     return 0
 
-def unit(u):
+def unit_cpu(u):
     ps = pids(u)
-    out = {"procs": len(ps), "source": "proc"}
+    out = {"procs": len(ps), "source": "proc", "pids": ps}
     for d in unit_dir(u):
-        stat, mem = read(f"{d}/cpu.stat"), read(f"{d}/memory.current")
-        if stat and mem:
+        stat = read(f"{d}/cpu.stat")
+        if stat and read(f"{d}/memory.current"):
             usage = dict(l.split() for l in stat.splitlines())
-            out.update(cpu_s=int(usage["usage_usec"]) / 1e6, mem_bytes=int(mem), source="cgroup")
+            out.update(cpu_s=int(usage["usage_usec"]) / 1e6, source="cgroup", cgroup=d)
             return out
-    out.update(cpu_s=sum(proc_cpu(p) for p in ps), mem_bytes=sum(proc_pss(p) for p in ps))
+    out["cpu_s"] = sum(proc_cpu(p) for p in ps)
+    return out
+
+def unit_mem(out):
+    if out["source"] == "cgroup":
+        out["mem_bytes"] = int(read(f"{out.pop('cgroup')}/memory.current") or 0)
+    else:
+        out["mem_bytes"] = sum(proc_pss(p) for p in out["pids"])
+    out.pop("pids", None)
     return out
 
 def prom():
@@ -114,8 +122,13 @@ def net():
             out[name.strip()] = [int(f[0]), int(f[8]), int(f[1]), int(f[9])]
     return out
 
-print(json.dumps({"t": time.monotonic(), "units": {u: unit(u) for u in UNITS}, "prom": prom(),
-                  "udp": udp(), "net": net(), "nproc": os.cpu_count(),
+# The counters rates are taken from (CPU, bytes, UDP) are read together with the clock, first;
+# the slower reads (PSS walks page tables, the Prometheus scrape) come after.
+t = time.monotonic()
+units = {u: unit_cpu(u) for u in UNITS}
+net_now, udp_now = net(), udp()
+print(json.dumps({"t": t, "read_s": time.monotonic() - t, "units": {u: unit_mem(v) for u, v in units.items()},
+                  "prom": prom(), "udp": udp_now, "net": net_now, "nproc": os.cpu_count(),
                   "rmem_max": int((read("/proc/sys/net/core/rmem_max") or "0").strip() or 0)}))
 '''
 
