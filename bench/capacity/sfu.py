@@ -114,6 +114,17 @@ def check_target(outputs: Outputs) -> str:
     return address
 
 
+def client_udp(outputs: Outputs) -> dict[str, int]:
+    """The generator side's UDP counters (its namespace's): receive-buffer overflows there are
+    loss the generator caused by not reading fast enough, not the SFU's."""
+    argv = ["cat", "/proc/net/snmp"]
+    if outputs.client_netns:
+        argv = ["ip", "netns", "exec", outputs.client_netns, *argv]
+    text = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+    lines = [line.split() for line in text.splitlines() if line.startswith("Udp:")]
+    return dict(zip(lines[0][1:], map(int, lines[1][1:]))) if len(lines) == 2 else {}
+
+
 def list_rooms(outputs: Outputs) -> list[dict[str, Any]]:
     """Rooms as LiveKit's RoomService lists them (agent.admin, from the client side)."""
     root = Path(__file__).resolve().parents[2]
@@ -177,6 +188,7 @@ class StepResult:
     udp_rcvbuf_errors: float        # node's UDP receive-buffer overflows during the window
     udp_sndbuf_errors: float
     seconds: float
+    client_rcvbuf_errors: float = 0.0  # the generator side's UDP receive-buffer overflows
     drain_before_s: float = 0.0     # how long the previous step's rooms took to close
     events: dict[str, Any] = field(default_factory=dict)
 
@@ -219,6 +231,8 @@ def run_step(ctx: Context, step: Step, duration: float, warmup: float = 3.0, pre
     events: dict[str, Any] = {}
     heap_samples: list[float] = []
     start = end = None
+    client_start: dict[str, int] = {}
+    client_end: dict[str, int] = {}
     with open(stderr_path, "w") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         assert proc.stdin is not None
@@ -234,9 +248,11 @@ def run_step(ctx: Context, step: Step, duration: float, warmup: float = 3.0, pre
                 events[ev["event"]] = ev
                 if ev["event"] == "await_start":
                     start = ctx.node.snapshot()
+                    client_start = client_udp(ctx.outputs)
                     go_on()
                 elif ev["event"] == "await_stop":
                     end = ctx.node.snapshot()
+                    client_end = client_udp(ctx.outputs)
                     go_on()
                 elif ev["event"] == "stats":
                     # Go's heap in use swings with each GC cycle; its minimum over the window is
@@ -274,6 +290,9 @@ def run_step(ctx: Context, step: Step, duration: float, warmup: float = 3.0, pre
         reasons.append(f"LiveKit CPU {livekit_cores:.2f} cores >= {livekit_limit:.0%} of {ctx.livekit_cpus}")
     if w["loadgen_cpu_cores"] >= loadgen_limit:
         reasons.append(f"generator-bound: the generator used {w['loadgen_cpu_cores']:.2f} of its core")
+    client_drops = client_end.get("RcvbufErrors", 0) - client_start.get("RcvbufErrors", 0)
+    if client_drops > 0.001 * max(1, w["rx_expected"]):
+        reasons.append(f"generator-bound: {client_drops} packets overflowed the generator's receive buffers")
     mib = 1 / (1024 * 1024)
     return StepResult(
         step=step, ok=not reasons, reason="; ".join(reasons), streams=step.streams,
@@ -288,5 +307,7 @@ def run_step(ctx: Context, step: Step, duration: float, warmup: float = 3.0, pre
         loadgen_cores=w["loadgen_cpu_cores"], join_s=ready["join_s"],
         udp_rcvbuf_errors=nodemod.delta(start, end, "udp", "RcvbufErrors"),
         udp_sndbuf_errors=nodemod.delta(start, end, "udp", "SndbufErrors"),
-        seconds=end["t"] - start["t"], drain_before_s=idle.get("drain_s", 0.0), events=events,
+        seconds=end["t"] - start["t"],
+        client_rcvbuf_errors=client_end.get("RcvbufErrors", 0) - client_start.get("RcvbufErrors", 0),
+        drain_before_s=idle.get("drain_s", 0.0), events=events,
     )
