@@ -124,7 +124,11 @@ def main() -> int:
     ap.add_argument("--agent-levels", default="", help="concurrent conversations to try (default 1..AGENT_MAX_JOBS)")
     ap.add_argument("--v2v-limit", type=float, default=1.5, help="voice-to-voice p95 limit, seconds")
     ap.add_argument("--no-pin", action="store_true", help="do not pin the generator and LiveKit to CPUs")
+    ap.add_argument("--from-json", type=Path, help="report again from a saved bench-load.json; measure nothing")
     args = ap.parse_args()
+    if args.from_json:
+        print(json.dumps(summarize(json.loads(args.from_json.read_text()), args.v2v_limit, args.from_json)))
+        return 0
     if args.duration < 5:
         raise SystemExit(f"--duration is {args.duration}; give at least 5 seconds per step")
 
@@ -180,7 +184,16 @@ def main() -> int:
     results["agent_levels"] = levels
     results["load_after"] = load_average()
     results["wall_s"] = time.time() - started
+    results["idle_mib"] = sum(u["mem_bytes"] for u in idle["units"].values()) / (1024 * 1024)
+    path = outputs_mod.path_for(args.env).parent / "bench-load.json"
+    path.write_text(json.dumps(results, indent=2, default=str))
+    print(json.dumps(summarize(results, args.v2v_limit, path)))
+    return 0
 
+
+def summarize(results: dict[str, Any], v2v_limit: float, path: Path) -> dict[str, Any]:
+    """Tables, the sizing section (also written beside the results) and the summary object."""
+    levels = results.get("agent_levels", [])
     all_rows = [r for rows in results["shapes"].values() for r in rows]
     for shape, rows in results["shapes"].items():
         print_table(shape, rows)
@@ -188,54 +201,50 @@ def main() -> int:
     best = max((k for k in knees.values() if k), key=lambda r: r["streams"], default=None)
     fit = report.memory_fit(all_rows) or (0.0, 0.0)
     per_stream = report.mcores_per_stream(all_rows)
+    per_shape = {s: report.mcores_per_stream(rows) for s, rows in results["shapes"].items()}
     conv_ok = max((lv["concurrency"] for lv in levels
-                   if lv["ok"] == lv["trips"] and lv["ok"] and lv["p95_s"] <= args.v2v_limit), default=0)
+                   if lv["ok"] == lv["trips"] and lv["ok"] and lv["p95_s"] <= v2v_limit), default=0)
     single = levels[0]["p95_s"] if levels and levels[0]["ok"] else None
     conv_relative = max((lv["concurrency"] for lv in levels if single and lv["ok"] == lv["trips"] and lv["ok"]
                          and lv["p95_s"] <= 1.5 * single), default=0)
     offline, external, conv_mib = report.conversation_costs(levels)
-    base = sum(u["mem_bytes"] for u in idle["units"].values()) / (1024 * 1024)
-    kbps = [r["node_kbps_per_stream"] for r in all_rows if r["ok"] and r.get("node_kbps_per_stream")]
+    kbps = sorted(r["node_kbps_per_stream"] for r in all_rows if r["ok"] and r.get("node_kbps_per_stream"))
     if per_stream:
-        costs = report.Costs(per_stream, sorted(kbps)[len(kbps) // 2] if kbps else 0.0, fit[0], fit[1],
-                             offline, external, conv_mib, conv_ok, base)
-        sizing = report.sizing_markdown(costs, f"{args.env}, {node_cpus}-CPU node, load average "
+        costs = report.Costs(per_shape.get("agent") or per_stream, per_shape.get("meeting") or per_stream,
+                             kbps[len(kbps) // 2] if kbps else 0.0, fit[0], fit[1], offline, external, conv_mib,
+                             conv_ok, results.get("idle_mib", 0.0))
+        sizing = report.sizing_markdown(costs, f"{results['env']}, {results['node_cpus']}-CPU node, load average "
                                                f"{results['load_before']}")
         print("\n" + sizing)
-        (out_dir := outputs_mod.path_for(args.env).parent).mkdir(parents=True, exist_ok=True)
-        (out_dir / "sizing.md").write_text(sizing + "\n")
+        path.with_name("sizing.md").write_text(sizing + "\n")
     if levels:
         print("\nagent: concurrent | trips ok | understood | p50 s | p95 s | agent cores | speech cores | "
               "agent memory peak MiB")
         for lv in levels:
             print(f"  {lv['concurrency']} | {lv['ok']}/{lv['trips']} | {lv['understood']} | {lv['p50_s']:.2f} | "
                   f"{lv['p95_s']:.2f} | {lv['agent_cores']:.2f} | {lv['speech_cores']:.2f} | {lv['agent_mem_peak_mib']:.0f}")
-    path = outputs_mod.path_for(args.env).parent / "bench-load.json"
-    path.write_text(json.dumps(results, indent=2, default=str))
-    summary = {
-        "env": args.env,
+    return {
+        "env": results["env"],
         "shape": best["step"]["label"] if best else None,
         "forwarded_streams": best["streams"] if best else 0,
         "loss_pct": best["loss_pct"] if best else None,
         "livekit_cpu_cores": best["livekit_cores"] if best else None,
         "streams_per_core": round(best["streams"] / best["livekit_cores"], 1) if best and best["livekit_cores"] else None,
-        "mcores_per_stream": per_stream,
+        "mcores_per_stream": {s: (round(v, 3) if v else None) for s, v in per_shape.items()},
         "knees": {s: (k["streams"] if k else 0) for s, k in knees.items()},
         "limits": {s: next((r["reason"] for r in rows if not r["ok"]), "not reached") for s, rows in
                    results["shapes"].items()},
         "generator_bound": any("generator-bound" in (r.get("reason") or "") for r in all_rows),
         "mib_per_room": round(fit[0], 3), "mib_per_participant": round(fit[1], 3),
-        "kbps_per_stream": round(sorted(kbps)[len(kbps) // 2], 1) if kbps else None,
+        "kbps_per_stream": round(kbps[len(kbps) // 2], 1) if kbps else None,
         "agent_conversations": conv_ok,
         "agent_conversations_within_1_5x_single_p95": conv_relative,
         "agent_p95_s": {lv["concurrency"]: lv["p95_s"] for lv in levels},
         "agent_cores_per_conversation": report.finite(offline),
         "agent_mib_per_conversation": report.finite(conv_mib),
-        "load_before": results["load_before"], "load_after": results["load_after"],
+        "load_before": results["load_before"], "load_after": results.get("load_after"),
         "results": str(path),
     }
-    print(json.dumps(summary))
-    return 0
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def knee(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def mcores_per_stream(rows: list[dict[str, Any]], min_streams: int = 20) -> float | None:
     """Median LiveKit millicores per forwarded stream over good steps big enough to measure."""
-    vals = [r["mcores_per_stream"] for r in rows if r["ok"] and r["streams"] >= min_streams and r["livekit_cores"] > 0]
+    vals = [r["mcores_per_stream"] for r in rows if r["ok"] and r["streams"] >= min_streams
+            and r.get("livekit_cores", 0) > 0]
     return statistics.median(vals) if vals else None
 
 
@@ -78,9 +79,10 @@ def memory_fit(rows: list[dict[str, Any]]) -> tuple[float, float] | None:
 
 @dataclass
 class Costs:
-    mcores_per_stream: float         # LiveKit, per forwarded audio stream
+    mcores_call: float               # LiveKit millicores per forwarded stream, 1:1 rooms
+    mcores_meeting: float            # the same in meetings (several streams share a publisher)
     kbps_per_stream: float           # what the node sends per forwarded stream (all overheads)
-    mib_per_room: float
+    mib_per_room: float              # LiveKit's live Go heap
     mib_per_participant: float
     conv_cores_offline: float | None  # agent + speech server per conversation
     conv_cores_external: float | None  # agent worker only (STT/LLM/TTS elsewhere)
@@ -89,9 +91,14 @@ class Costs:
     base_mib: float                   # idle node: LiveKit + agent + speech + the rest
 
 
+# Go's collector lets the heap grow to twice the live heap before collecting (GOGC=100), so
+# plan resident memory at twice the live heap the fit measures.
+RSS_PER_LIVE_HEAP = 2.0
+
+
 def conversation_costs(levels: list[dict[str, Any]]) -> tuple[float | None, float | None, float | None]:
-    """Per conversation: (offline cores, external cores, MiB) from the busiest measured level."""
-    good = [lv for lv in levels if lv["ok"] and lv["concurrency"] > 0]
+    """Per conversation: (offline cores, external cores, MiB) from the busiest level where every call worked."""
+    good = [lv for lv in levels if lv["ok"] and lv["ok"] == lv["trips"] and lv["concurrency"] > 0]
     if not good:
         return None, None, None
     top = max(good, key=lambda lv: lv["concurrency"])
@@ -108,15 +115,15 @@ def sizing_rows(c: Costs) -> list[dict[str, Any]]:
     for provider, kind, vcpu, gib, dedicated in SERVERS:
         cores = vcpu * HEADROOM * (1.0 if dedicated else SHARED_VCPU)
         mem = gib * 1024 - c.base_mib
-        per_call_stream = 2 * c.mcores_per_stream / 1000
-        per_call_mem = c.conv_mib or 0.0
+        per_call_stream = 2 * c.mcores_call / 1000
+        per_call_mem = (c.conv_mib or 0.0) + RSS_PER_LIVE_HEAP * (c.mib_per_room + 2 * c.mib_per_participant)
         offline = external = None
         if c.conv_cores_offline:
             offline = int(min(cores / (c.conv_cores_offline + per_call_stream), mem / max(1.0, per_call_mem)))
         if c.conv_cores_external:
             external = int(min(cores / (c.conv_cores_external + per_call_stream), mem / max(1.0, per_call_mem)))
-        per_participant_cores = (MEETING_SIZE - 1) * c.mcores_per_stream / 1000
-        per_participant_mib = c.mib_per_participant + c.mib_per_room / MEETING_SIZE
+        per_participant_cores = (MEETING_SIZE - 1) * c.mcores_meeting / 1000
+        per_participant_mib = RSS_PER_LIVE_HEAP * (c.mib_per_participant + c.mib_per_room / MEETING_SIZE)
         meeting = int(min(cores / per_participant_cores, mem / max(0.01, per_participant_mib)))
         rows.append({"provider": provider, "type": kind, "vcpu": vcpu, "gib": gib, "dedicated": dedicated,
                      "calls_offline": offline, "calls_external": external, "meeting_participants": meeting})
@@ -130,9 +137,10 @@ def sizing_markdown(c: Costs, measured_on: str) -> str:
     lines = [
         "## Sizing",
         "",
-        f"Derived from measured costs ({measured_on}): LiveKit {c.mcores_per_stream:.2f} millicores and "
-        f"{c.kbps_per_stream:.0f} kbit/s per forwarded audio stream, {c.mib_per_participant:.2f} MiB per "
-        f"participant + {c.mib_per_room:.2f} MiB per room; an agent conversation "
+        f"Derived from measured costs ({measured_on}): LiveKit {c.mcores_call:.2f} millicores per forwarded "
+        f"audio stream in 1:1 rooms, {c.mcores_meeting:.2f} in meetings, {c.kbps_per_stream:.0f} kbit/s per "
+        f"stream at the node, a live Go heap of {c.mib_per_participant:.2f} MiB per participant + "
+        f"{c.mib_per_room:.2f} MiB per room (resident ≈ {RSS_PER_LIVE_HEAP:.0f}×); an agent conversation "
         + (f"{c.conv_cores_offline:.2f} cores with the offline speech backends, "
            f"{c.conv_cores_external:.2f} cores with external STT/LLM/TTS, {c.conv_mib:.0f} MiB"
            if c.conv_cores_offline is not None else "(not measured)")
@@ -146,7 +154,7 @@ def sizing_markdown(c: Costs, measured_on: str) -> str:
         kind = f"{r['vcpu']} {'dedicated' if r['dedicated'] else 'shared'} / {r['gib']} GB"
         lines.append(f"| {r['provider']} | {r['type']} | {kind} | {n(r['calls_offline'])} | "
                      f"{n(r['calls_external'])} | {n(r['meeting_participants'])} |")
-    per10 = 10 * (MEETING_SIZE - 1) * c.mcores_per_stream / 1000
+    per10 = 10 * (MEETING_SIZE - 1) * c.mcores_meeting / 1000
     lines += [
         "",
         "| figure | seed's rule of thumb | LiveKit's benchmark | measured here |",
@@ -155,9 +163,11 @@ def sizing_markdown(c: Costs, measured_on: str) -> str:
         "RTP/SRTP/UDP/IP; RED from browsers roughly doubles it) |",
         f"| CPU per 10 audio participants | ~0.5 core | — | {per10:.2f} core (meetings of {MEETING_SIZE}) |",
         f"| forwarded streams per core | (\"100 audio streams per VPS\") | ~2,300 (10 → 3,000 on 16 cores, ~80 %) | "
-        f"{1000 / c.mcores_per_stream:,.0f} |",
+        f"{1000 / c.mcores_meeting:,.0f} in meetings, {1000 / c.mcores_call:,.0f} in 1:1 rooms |",
         f"| memory | 512 MB + 50 MB per active room | — | {c.base_mib:.0f} MiB idle node + "
-        f"{c.mib_per_room:.2f} MiB per room + {c.mib_per_participant:.2f} MiB per participant (LiveKit) |",
+        f"{RSS_PER_LIVE_HEAP * c.mib_per_room:.2f} MiB per room + {RSS_PER_LIVE_HEAP * c.mib_per_participant:.2f} MiB "
+        f"per participant (LiveKit resident)"
+        + (f" + {c.conv_mib:.0f} MiB per agent conversation" if c.conv_mib else "") + " |",
         "",
         "What bounds each number: offline-speech calls are bound by CPU (Whisper and piper per turn; "
         "latency, not throughput, is what degrades first: voice-to-voice p95 grows with every "

@@ -48,8 +48,8 @@ def test_memory_fit_separates_rooms_from_participants_whatever_the_idle_heap() -
 
 
 def test_sizing_grows_with_the_server_and_shrinks_with_the_cost() -> None:
-    cheap = report.Costs(2.0, 60, 0.5, 0.3, 0.8, 0.1, 150, 1, 1500)
-    dear = report.Costs(4.0, 60, 0.5, 0.3, 1.6, 0.2, 150, 1, 1500)
+    cheap = report.Costs(4.0, 2.0, 60, 0.5, 0.3, 0.8, 0.1, 150, 1, 1500)
+    dear = report.Costs(8.0, 4.0, 60, 0.5, 0.3, 1.6, 0.2, 150, 1, 1500)
     rows = {r["type"]: r for r in report.sizing_rows(cheap)}
     assert rows["cx22"]["meeting_participants"] < rows["cx42"]["meeting_participants"] < rows["cx52"]["meeting_participants"]
     assert rows["cx22"]["calls_offline"] < rows["cx22"]["calls_external"]
