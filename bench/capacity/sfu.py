@@ -215,9 +215,30 @@ def _events(proc: subprocess.Popen[str], deadline: float) -> Any:
             yield json.loads(line)
 
 
+def wait_gone(ctx: Context, prefix: str, deadline_s: float = 300) -> dict[str, Any]:
+    """Wait until the RoomService lists no room named `prefix`…; returns a snapshot.
+
+    For runs that share the server with other rooms on purpose (the soak's agent
+    conversations), where "the server is idle" never holds.
+    """
+    t0 = time.monotonic()
+    while True:
+        left = [r.get("name", "") for r in list_rooms(ctx.outputs) if r.get("name", "").startswith(prefix)]
+        if not left:
+            snap = ctx.node.snapshot()
+            snap["drain_s"] = time.monotonic() - t0
+            return snap
+        if time.monotonic() - t0 > deadline_s:
+            raise StepError(f"{len(left)} room(s) of {prefix}* still listed {deadline_s:.0f} s after their step "
+                            f"ended (e.g. {left[0]}): rooms are left behind")
+        time.sleep(2)
+
+
 def run_step(ctx: Context, step: Step, duration: float, warmup: float = 3.0, prefix: str | None = None,
-             ready_timeout: float = 180.0, livekit_limit: float = 0.9, loadgen_limit: float = 0.85) -> StepResult:
-    idle = wait_idle(ctx)
+             ready_timeout: float = 180.0, livekit_limit: float = 0.9, loadgen_limit: float = 0.85,
+             after_prefix: str | None = None) -> StepResult:
+    """after_prefix: wait only for that earlier step's rooms to close, not for an idle server."""
+    idle = wait_gone(ctx, after_prefix) if after_prefix else wait_idle(ctx)
     prefix = prefix or f"lg{int(time.time()) % 100000:05d}"
     argv = [*ctx.argv_prefix(), str(ctx.binary), "--url", ctx.outputs.livekit_url, "--shape", step.shape,
             "--rooms", str(step.rooms), "--size", str(step.size or 2), "--audio", str(ctx.loop),
