@@ -200,6 +200,10 @@ def main() -> int:
                          "track_unpublished": p})
     samples = [s for s in sampler.samples if "error" not in s]
     slopes = {k: slope_per_hour([(s["t"], s[k]) for s in samples]) for k in ("livekit", "heap", "agent")}
+    # The first wave grows Go's heap and the agent's process pool to their working size once;
+    # a leak is a slope that goes on after it.
+    settled = [s for s in samples if s["t"] > args.wave + 60]
+    settled_slopes = {k: slope_per_hour([(s["t"], s[k]) for s in settled]) for k in ("livekit", "heap", "agent")}
     trips = [c for c in convo_results if "trips" in c]
     summary = {
         "env": args.env, "minutes": args.minutes, "rooms_per_wave": rooms, "streams": 2 * rooms,
@@ -208,6 +212,7 @@ def main() -> int:
         "crashed": crashed or None,
         "livekit_mem_mib_per_hour": slopes["livekit"], "livekit_heap_mib_per_hour": slopes["heap"],
         "agent_mem_mib_per_hour": slopes["agent"],
+        "after_first_wave_mib_per_hour": settled_slopes,
         "livekit_mem_mib": [round(samples[0]["livekit"], 1), round(samples[-1]["livekit"], 1)] if samples else None,
         "agent_mem_mib": [round(samples[0]["agent"], 1), round(samples[-1]["agent"], 1)] if samples else None,
         "rooms_left": [r.get("name") for r in left], "webhook_waves_counted": len(complete_waves),
@@ -223,7 +228,7 @@ def main() -> int:
     path.write_text(json.dumps({"summary": summary, "waves": waves, "samples": sampler.samples,
                                 "conversations": convo_results}, indent=2, default=str))
     print(f"memory slope: LiveKit {summary['livekit_mem_mib_per_hour']} MiB/h (heap {summary['livekit_heap_mib_per_hour']}), "
-          f"agent {summary['agent_mem_mib_per_hour']} MiB/h; crashes: {crashed or 'none'}; rooms left: {summary['rooms_left']}; "
+          f"agent {summary['agent_mem_mib_per_hour']} MiB/h; after the first wave {settled_slopes}; crashes: {crashed or 'none'}; rooms left: {summary['rooms_left']}; "
           f"webhooks {summary['webhooks_received']}/{summary['webhooks_expected']}")
     print(json.dumps(summary, default=str))
     return 0
