@@ -82,3 +82,11 @@ bench: $(VENV_STAMP) $(AGENT_STAMP) deps
 	@echo "==> bench/bench_local_env.py"; $(PY) bench/bench_local_env.py
 	@echo "==> bench/bench_speech.py"; $(APY) bench/bench_speech.py
 	@echo "==> bench/bench_stack.py"; $(PY) bench/bench_stack.py
+
+# Capacity (figures, not pass/fail): the load ramp per room shape and the agent's concurrent
+# conversations against a deployed environment, then a soak at 70 % of the knee.
+.PHONY: bench-load bench-soak
+bench-load: $(VENV_STAMP) $(AGENT_STAMP)
+	@$(PY) bench/bench_load.py --env $(ENV) $(if $(DURATION),--duration $(DURATION))
+bench-soak: $(VENV_STAMP) $(AGENT_STAMP)
+	@$(PY) bench/bench_soak.py --env $(ENV) $(if $(MINUTES),--minutes $(MINUTES))
