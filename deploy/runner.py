@@ -71,14 +71,13 @@ def _preflight(out: Any, state: Any) -> bool:
     from pyinfra.api.facts import get_facts
     from pyinfra.facts.server import Arch
 
-    from deploy.tasks.livekit import artifact_for
-
     for host, arch in get_facts(state, Arch).items():
-        try:
-            artifact_for(host.data.vs, arch)
-        except DeployInputError as exc:
-            print(f"deploy {out.env}: {host.name}: {exc}", file=sys.stderr)
-            return False
+        for name in ("livekit", "caddy"):
+            try:
+                host.data.vs.release(name, arch)
+            except DeployInputError as exc:
+                print(f"deploy {out.env}: {host.name}: {exc}", file=sys.stderr)
+                return False
     return True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import shlex
 
 from pyinfra.api import FactBase
+from pyinfra.facts.files import HashFileFactBase
 
 
 class ServiceState(FactBase):
@@ -50,3 +51,8 @@ class NewestFile(FactBase):
 
     def process(self, output):
         return output[0].strip() if output and output[0].strip() else None
+
+
+class Sha512File(HashFileFactBase, digits=128, cmds=["sha512sum", "shasum -a 512", "sha512"]):
+    """sha512 of a file, or None when it does not exist (pyinfra ships sha1/256/384 and md5 only;
+    Caddy publishes sha512 checksums)."""
