@@ -41,9 +41,12 @@ class GoRelease:
     tarball: str      # the release file name, with {version} and {arch}
     algorithm: str    # the digest the deploy checks (the manifest's algorithm for this artifact)
     first_build: str  # what a first build costs here, for the progress line
-    #: Extra `go install` flags that make the build match the project's own release build; each
-    #: is recorded in the binary (`go version -m`), so a build with other flags is rebuilt.
+    #: Extra `go install` flags that make the build match the project's own release build. Go
+    #: records -tags in the binary (`go version -m`) but not -ldflags under -trimpath, so
+    #: `reports_version` checks what the ldflags set: a build made otherwise is rebuilt.
     flags: tuple[str, ...] = ()
+    #: A subcommand whose output starts with "v<version>" (None: no such check).
+    reports_version: str | None = None
 
     def go_flags(self, version: str) -> list[str]:
         return [f.format(version=version) for f in self.flags]
@@ -57,7 +60,8 @@ LIVEKIT = GoRelease("livekit", "github.com/livekit/livekit-server", "github.com/
 CADDY = GoRelease("caddy", "github.com/caddyserver/caddy/v2", "github.com/caddyserver/caddy/v2/cmd/caddy",
                   "caddy", "caddy", "caddy_{version}_linux_{arch}.tar.gz", "sha512", "about 10 min on 2 busy cores",
                   flags=("-tags=nobadger,nomysql,nopgx",
-                         "-ldflags=-s -w -X github.com/caddyserver/caddy/v2.CustomVersion=v{version}"))
+                         "-ldflags=-s -w -X github.com/caddyserver/caddy/v2.CustomVersion=v{version}"),
+                  reports_version="version")
 #: Kept for callers of the LiveKit-only API.
 LIVEKIT_MODULE = LIVEKIT.module
 
@@ -68,18 +72,23 @@ def go_env() -> dict[str, str]:
                 PATH=os.environ.get("PATH", "") + ":/usr/local/go/bin")
 
 
-def _binary_version(binary: Path, module: str = LIVEKIT.module, flags: tuple[str, ...] = ()) -> str | None:
-    """The version of `module` a Go binary was built from, or None (missing, or built without `flags`)."""
+def _binary_version(binary: Path, module: str = LIVEKIT.module, flags: tuple[str, ...] = (),
+                    reports_version: str | None = None) -> str | None:
+    """The version of `module` a Go binary was built from, or None (missing, or built otherwise)."""
     go = host.which("go")
     if not binary.exists() or go is None:
         return None
     out = host.run([go, "version", "-m", str(binary)], check=False).stdout
     recorded = {line.split("\t", 2)[2] for line in out.splitlines() if line.startswith("\tbuild\t")}
-    if not set(flags) <= recorded:
+    if not {f for f in flags if not f.startswith("-ldflags")} <= recorded:
         return None
     for line in out.splitlines():
         parts = line.split()
         if len(parts) >= 3 and parts[0] == "mod" and parts[1] == module:
+            if reports_version is not None:
+                said = host.run([str(binary), reports_version], check=False).stdout.split()
+                if not said or said[0] != parts[2]:
+                    return None
             return parts[2].lstrip("v")
     return None
 
@@ -132,7 +141,7 @@ def _release_tarball(release: GoRelease, version: str, log: Path,
         return tarball, digest_file.read_text().split()[0], False
     binary = GO / "bin" / release.built
     flags = tuple(release.go_flags(version))
-    if _binary_version(binary, release.module, flags) != version:
+    if _binary_version(binary, release.module, flags, release.reports_version) != version:
         host.require_tools(["go"])
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [host.which("go") or "go", "install", *flags, f"{release.package}@v{version}"]
@@ -140,7 +149,7 @@ def _release_tarball(release: GoRelease, version: str, log: Path,
             f"cached afterwards); log: {log}")
         with open(log, "w") as out:
             rc = subprocess.run(cmd, env=go_env(), stdout=out, stderr=subprocess.STDOUT).returncode
-        if rc != 0 or _binary_version(binary, release.module, flags) != version:
+        if rc != 0 or _binary_version(binary, release.module, flags, release.reports_version) != version:
             raise host.LocalEnvError(f"failed to build {release.name} v{version}: "
                                      f"CGO_ENABLED=0 GOFLAGS=-trimpath {shlex.join(cmd)} exited {rc}; see {log}")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
