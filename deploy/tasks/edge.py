@@ -26,7 +26,8 @@ WebSocket every few seconds), and a TURN/TLS session that carries a call is neve
 than seconds (media, ICE consent checks every ~5 s, allocation refreshes), so hour-long calls are
 not cut; only a dead one is. File descriptors: LimitNOFILE in a drop-in, worker_rlimit_nofile
 equal to it, worker_connections a quarter of it (a TURN connection holds four descriptors across
-the two servers).
+the two servers). All three are capped by what the node allows (PID 1's hard limit: a VPS's
+systemd has 524288, the local machines 20000), so nginx never asks for more than it can get.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 
 from deploy.inventory import NodeVars
+from deploy.tasks._facts import OpenFilesHardLimit
 from deploy.tasks._ops import install_packages, install_validated, put_rendered, service_current
 
 CONFIG = "/etc/nginx/nginx.conf"
@@ -49,9 +51,12 @@ PROXY_TIMEOUT = "10m"
 NOFILE = 65536
 
 
-def edge_vars(vs: NodeVars) -> dict:
-    """Template variables of the SNI router and its drop-in (pure: used by the task and the tests)."""
+def edge_vars(vs: NodeVars, hard_limit: int | None = None) -> dict:
+    """Template variables of the SNI router and its drop-in (pure: used by the task and the tests).
+
+    hard_limit: the node's ceiling for open files (OpenFilesHardLimit; None: no ceiling known)."""
     spec, cfg = vs.spec, vs.cfg
+    nofile = min(NOFILE, hard_limit) if hard_limit else NOFILE
     turn_tls = spec.port("turn-tls")
     caddy_https = spec.port("caddy-https")
     return {
@@ -64,8 +69,8 @@ def edge_vars(vs: NodeVars) -> dict:
         "conns_per_address": cfg.edge_conns_per_address,
         "preread_timeout": PREREAD_TIMEOUT,
         "proxy_timeout": PROXY_TIMEOUT,
-        "nofile": NOFILE,
-        "worker_connections": NOFILE // 4,
+        "nofile": nofile,
+        "worker_connections": nofile // 4,
         "dropin_name": DROPIN_NAME,
         "env": spec.env,
     }
@@ -74,7 +79,7 @@ def edge_vars(vs: NodeVars) -> dict:
 @deploy("Install and configure the SNI router on 443")
 def edge():
     vs: NodeVars = host.data.vs
-    v = edge_vars(vs)
+    v = edge_vars(vs, host.get_fact(OpenFilesHardLimit))
     # The package's default site would take port 80 from Caddy: it must never start.
     install_packages(["nginx-light", "libnginx-mod-stream"], name="Install nginx with the stream module",
                      masked=("nginx.service",))

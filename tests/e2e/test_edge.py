@@ -28,8 +28,6 @@ from tests.e2e import envs
 
 ENV = "e2eedge"
 ROOT = Path(__file__).resolve().parents[2]
-#: A small per-address limit keeps the connection test short; the default (100) behaves the same.
-CONNS_PER_ADDRESS = 20
 PHRASE = "turn on the lights"
 SCREENSHOT = Path(os.environ.get("VOICESTACK_CALL_SCREENSHOT") or ROOT / "build" / "edge-call.png")
 STORAGE_MARKER = "/var/lib/caddy/.local/share/caddy/voicestack-e2e-kept"
@@ -45,12 +43,10 @@ def ssh(ctx: Any, command: str, data: bytes | None = None, timeout: float = 180)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, outputsmod.Outputs]]:
+def env() -> Iterator[tuple[Any, outputsmod.Outputs]]:
     envs.require_host()
     envs.down(ENV)  # leftovers of an earlier, interrupted run
-    config = envs.write_config(tmp_path_factory.mktemp("edge") / f"Pulumi.{ENV}.yaml",
-                               {"edgeConnsPerAddress": CONNS_PER_ADDRESS})
-    ctx = envs.up(ENV, 1, config=config)
+    ctx = envs.up(ENV, 1)   # the default settings: private page, 100 connections per address
     try:
         # A node deployed before the pinned release: Debian's caddy with something in its storage.
         ssh(ctx, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends caddy >/dev/null && "
@@ -119,12 +115,16 @@ def test_the_pinned_caddy_replaced_debians_and_kept_its_storage(env) -> None:
 
 
 def test_nginx_runs_with_the_descriptor_limit_it_was_given(env) -> None:
+    from deploy.tasks import edge
     ctx, _out = env
-    limits = ssh(ctx, "for p in $(pgrep -f 'nginx: worker'); do grep 'Max open files' /proc/$p/limits; done; "
-                      "grep -c 'setrlimit' /var/log/nginx/error.log || true").decode()
-    lines = [line.split() for line in limits.splitlines() if line.startswith("Max open files")]
-    assert lines and all(int(parts[3]) == 65536 for parts in lines), limits
-    assert limits.splitlines()[-1] == "0", "nginx could not raise its descriptor limit (see its error.log)"
+    limits = ssh(ctx, "awk '/^Max open files/ {print $5}' /proc/1/limits; "
+                      "for p in $(pgrep -f '^nginx: worker'); do grep 'Max open files' /proc/$p/limits; done; "
+                      "grep -c 'setrlimit' /var/log/nginx/error.log || true").decode().splitlines()
+    # As many as the node allows, up to the project's 65536 (PID 1 of a local machine has 20000).
+    want = min(edge.NOFILE, int(limits[0]))
+    workers = [line.split() for line in limits if line.startswith("Max open files")]
+    assert workers and all((int(w[3]), int(w[4])) == (want, want) for w in workers), limits
+    assert limits[-1] == "0", "nginx could not set its descriptor limit (see /var/log/nginx/error.log)"
 
 
 # ---- the voice page in Chromium ----------------------------------------------------------------
@@ -258,10 +258,11 @@ def test_a_wrong_key_flood_from_one_address_limits_that_address_only(env, source
 def test_one_address_cannot_hold_more_connections_than_the_limit(env, sources) -> None:
     ctx, out = env
     a, b = sources
-    got = client(out, "connections", source=a, other=b, count=CONNS_PER_ADDRESS)
-    print(f"\nconnection limit {CONNS_PER_ADDRESS}: {got}")
-    assert got["held"] == CONNS_PER_ADDRESS, got
-    assert got["extra_error"], f"connection {CONNS_PER_ADDRESS + 1} from {a} was accepted: {got}"
+    limit = out.spec.config.edge_conns_per_address
+    got = client(out, "connections", source=a, other=b, count=limit)
+    print(f"\nconnection limit {limit}: {got}")
+    assert got["held"] == limit, got
+    assert got["extra_error"], f"connection {limit + 1} from {a} was accepted: {got}"
     assert got["other_body"] == "OK", got
     assert got["again_body"] == "OK", f"{a} could not connect again after closing its connections: {got}"
     log = ssh(ctx, "grep 'limiting connections by zone' /var/log/nginx/error.log | tail -n 3").decode()

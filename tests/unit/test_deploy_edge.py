@@ -93,7 +93,7 @@ def test_private_page_is_behind_basic_auth_and_its_token_route_gets_the_key_from
     # / and LiveKit's own paths (/rtc, /twirp, /agent) stay LiveKit's: only the catch-all proxies them.
     assert site.rstrip().endswith("handle {\n\t\t# WebSocket upgrades (LiveKit signalling) pass through reverse_proxy "
                                   "as they are.\n\t\treverse_proxy 127.0.0.1:7880\n\t}\n}")
-    assert "handle /call {\n\t\tredir /call/ 308" in site
+    assert re.search(r"handle /call \{\n(\t\t#.*\n)*\t\tredir \* /call/ 308\n", site)
     # No secret in the 0644 Caddyfile.
     assert TOKEN_KEY not in cf and CALL_PASSWORD not in cf and "$2b$" not in cf
 
@@ -220,6 +220,15 @@ def test_nginx_descriptors_fit_the_units_limit() -> None:
     assert f"ExecStartPre=-/bin/rm -f {edge.TURN_SOCKET}" in dropin
 
 
+def test_nginx_asks_for_no_more_descriptors_than_the_node_allows() -> None:
+    _spec, vs = node()
+    v = edge.edge_vars(vs, hard_limit=20000)    # a local machine: PID 1's hard limit
+    conf = render("edge", "nginx.conf.j2", v)
+    assert "worker_rlimit_nofile 20000;" in conf and "worker_connections 5000;" in conf
+    assert "LimitNOFILE=20000\n" in render("edge", "nginx-limits.conf.j2", v)
+    assert edge.edge_vars(vs, hard_limit=1048576)["nofile"] == edge.NOFILE == edge.edge_vars(vs)["nofile"]
+
+
 @pytest.mark.parametrize("value", [0, 3, 100001], ids=["zero", "too-few", "too-many"])
 def test_the_connection_limit_is_range_checked(value: int) -> None:
     from infra.config import ConfigError, parse
@@ -273,3 +282,6 @@ def test_caddy_validates_the_rendered_caddyfile(caddy_bin: str, tmp_path: Path, 
                                                     for a in s["listen"]))
     wrappers = [w["wrapper"] for w in https.get("listener_wrappers", [])]
     assert wrappers == (["proxy_protocol", "tls"] if spec.sni_split else []), wrappers
+    # /call redirects to /call/ (a redir whose target Caddy took for a matcher would not).
+    site = json.dumps(https["routes"])
+    assert '"Location": ["/call/"]' in site and '"status_code": 308' in site, site[:2000]
