@@ -123,6 +123,7 @@ def deploy(opts: Options) -> int:
     state = _state(inventory, limit, report, len(out.nodes))
     spec = out.spec
     print(f"deploy {opts.env}: {len(out.nodes)} node(s), livekit {spec.config.livekit_version}, "
+          f"caddy {spec.config.caddy_version}, "
           f"{'SNI split on 443' if spec.sni_split else 'TURN/TLS on its own port'}", flush=True)
     with _connected(state):
         if _unreachable(out, state, inventory, report):

@@ -505,6 +505,10 @@ def _check_call(v: V, c: _Checker) -> None:
     if not _CALL_USER.match(v["call_user"]):
         # Basic auth splits user and password at the first ':'; keep the name plain.
         c.add("callUser", f"{v['call_user']!r} must be 1-64 letters, digits, '.', '-' or '_'")
+    password: SecretValue = v["call_password"]
+    if password.plain is not None and len(password.plain.encode()) > 72:
+        # Caddy keeps a bcrypt hash of it, and bcrypt reads at most 72 bytes.
+        c.add("callPassword", f"is {len(password.plain.encode())} bytes; bcrypt takes at most 72 — use 16 to 72")
 
 
 CHECKS: tuple[Callable[[V, _Checker], None], ...] = (
