@@ -144,6 +144,7 @@ def test_a_person_calls_the_agent_from_the_page_in_chromium(env) -> None:
         start_agent_recording,
         stop_agent_recording,
         transcript,
+        wait_for_agent_audio,
         wait_for_segment,
     )
     ctx, out = env
@@ -160,6 +161,7 @@ def test_a_person_calls_the_agent_from_the_page_in_chromium(env) -> None:
         try:
             page.click("#connect")
             greeting = wait_for_segment(page, "agent", "assistant", timeout_s=90)
+            wait_for_agent_audio(page, timeout_s=90)
             start_agent_recording(page)
             heard = wait_for_segment(page, "user", "light", timeout_s=90)
             after = len(transcript(page)) - 1
