@@ -27,6 +27,7 @@ import bcrypt
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import Link
 from pyinfra.facts.server import Arch
 from pyinfra.operations import apt, files, server, systemd
 
@@ -44,6 +45,7 @@ ENV_FILE = f"{CONF_DIR}/caddy.env"
 ENV_MODE = "600"                 # secrets inside; systemd reads EnvironmentFile= as root
 BINARY = "/usr/local/bin/caddy"
 UNIT = "/etc/systemd/system/caddy.service"
+WANTS_LINK = "/etc/systemd/system/multi-user.target.wants/caddy.service"
 STAGING = "/var/cache/voicestack/artifacts"
 OPT = "/opt/voicestack"
 NOFILE = 65536
@@ -148,9 +150,13 @@ def _remove_debian_package() -> None:
     project is in place already, so the package's postrm leaves caddy.service unmasked."""
     if "caddy" in host.get_fact(DebPackages):
         # `remove`, not `purge`: purge would delete /etc/caddy's conffiles. The package's postrm
-        # masks its caddy-api.service; its stale multi-user.target.wants link is renewed below.
+        # masks its caddy-api.service.
         apt.packages(name="Remove Debian's caddy package (user, /etc/caddy and storage stay)", packages=["caddy"],
                      present=False)
+    # The package enabled its own unit file; the link outlives the package (also after an
+    # interrupted run), so it is checked on its own.
+    wants = host.get_fact(Link, path=WANTS_LINK)
+    if wants and wants.get("link_target") != UNIT:
         server.shell(name="Enable the project's caddy.service in place of the package's",
                      commands=["systemctl daemon-reload && systemctl reenable caddy.service"])
 

@@ -99,16 +99,19 @@ def test_the_pinned_caddy_replaced_debians_and_kept_its_storage(env) -> None:
                      "/usr/local/bin/caddy version; "
                      "/usr/local/bin/caddy list-modules | grep -c '^caddy.listeners.proxy_protocol$'; "
                      "systemctl show caddy -p FragmentPath --value; systemctl is-enabled caddy; "
+                     "readlink /etc/systemd/system/multi-user.target.wants/caddy.service; "
                      "ps -o user= -p $(systemctl show -p MainPID --value caddy); "
                      "grep -c . /proc/$(systemctl show -p MainPID --value caddy)/status >/dev/null && "
                      "grep CapEff /proc/$(systemctl show -p MainPID --value caddy)/status | cut -f2; "
                      f"cat {STORAGE_MARKER}; stat -c '%a %U %G' /etc/caddy/caddy.env; "
                      "ls /var/lib/caddy/.local/share/caddy/certificates/*/").decode().split("\n")
-    status, version, modules, fragment, enabled, user, cap_eff, marker, env_file, *certs = facts
+    status, version, modules, fragment, enabled, wants, user, cap_eff, marker, env_file, *certs = facts
     assert status in ("config-files", "not-installed", "absent"), status   # removed, not running
     assert version.startswith("v2.11.4"), version
     assert modules == "1", "the deployed caddy has no proxy_protocol listener wrapper"
-    assert (fragment, enabled, user) == ("/etc/systemd/system/caddy.service", "enabled", "caddy")
+    # Started at boot from the project's unit, not the removed package's.
+    assert (fragment, enabled, wants, user) == ("/etc/systemd/system/caddy.service", "enabled",
+                                                "/etc/systemd/system/caddy.service", "caddy")
     assert int(cap_eff, 16) == 1 << 10, f"caddy runs with capabilities {cap_eff} (want only CAP_NET_BIND_SERVICE)"
     assert marker == "kept" and env_file == "600 root root"
     assert any(ctx.spec.config.livekit_host in c for c in certs), certs
@@ -175,7 +178,9 @@ def test_a_person_calls_the_agent_from_the_page_in_chromium(env) -> None:
             page.click("#connect")   # disconnect
             page.wait_for_function("() => document.querySelector('main').dataset.state === 'idle'", timeout=15_000)
         except Exception:
-            sys.stderr.write("--- browser console\n" + "\n".join(console[-60:]) + "\n")
+            sys.stderr.write("--- browser console\n" + "\n".join(c[:400] for c in console[-60:]) + "\n")
+            sys.stderr.write(f"--- page\n{diagnostics(page)}\n--- node: voicestack-agent\n")
+            sys.stderr.write(ssh(ctx, "journalctl -u voicestack-agent -n 60 --no-pager").decode(errors="replace"))
             raise
     spoken = speech(ctx, "/audio/transcriptions", "-F 'file=@-;filename=agent.webm' -F response_format=text",
                     recorded).decode().strip()
