@@ -285,3 +285,20 @@ def test_caddy_validates_the_rendered_caddyfile(caddy_bin: str, tmp_path: Path, 
     # /call redirects to /call/ (a redir whose target Caddy took for a matcher would not).
     site = json.dumps(https["routes"])
     assert '"Location": ["/call/"]' in site and '"status_code": 308' in site, site[:2000]
+
+
+# ---- make up's summary -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("public", [False, True], ids=["private", "public"])
+def test_make_up_prints_the_page_url_and_its_credentials(capsys: pytest.CaptureFixture[str], public: bool) -> None:
+    from infra.steps import Progress
+    from infra.up import summary
+    out = outputs_for(spec_of(env="unit-summary", callPublic=public))
+    summary(out, Progress())
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if "voice page:" in line)
+    assert "https://livekit.example.test/call/" in line
+    if public:
+        assert "public demo mode" in line and CALL_PASSWORD not in printed
+    else:
+        assert "user voicestack" in line and f"password {CALL_PASSWORD}" in line
