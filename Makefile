@@ -14,7 +14,7 @@ CONFIG_ARG = $(if $(CONFIG),--config "$(CONFIG)")
 ROOM ?= voice-test
 USER_ID ?=
 
-.PHONY: help up down deploy verify validate preflight test test-unit test-e2e lint bench token deps venv
+.PHONY: help up down deploy verify validate preflight test test-unit test-e2e test-browser lint bench token deps venv
 
 help:
 	@echo "make up [ENV=local|<stack>] [CONFIG=<stack file>]   validate, provision, deploy, verify, summary"
@@ -23,6 +23,7 @@ help:
 	@echo "make validate CONFIG=Pulumi.<stack>.yaml   check a stack file, create nothing"
 	@echo "make token [ROOM=voice-test] [USER_ID=..]  mint a LiveKit token"
 	@echo "make test                     everything CI runs (lint, unit, e2e)"
+	@echo "make test-browser             the voice page in Chromium against a loopback stack (~3 min)"
 	@echo "make bench                    benchmarks (print figures)"
 
 venv: $(VENV_STAMP) $(AGENT_STAMP)
@@ -70,6 +71,11 @@ lint: $(VENV_STAMP)
 test-unit: $(VENV_STAMP) $(AGENT_STAMP)
 	@$(PY) -m pytest tests/unit --ignore-glob='tests/unit/test_agent_*'
 	@export LIVEKIT_SERVER_BIN="$$($(PY) -m infra.local livekit-bin)" && $(APY) -m pytest tests/unit/test_agent_*.py
+
+# The voice page in Chromium against a whole stack on loopback (~3 min; not part of make test, whose
+# e2e drives the page on a deployed environment: tests/e2e/test_edge.py).
+test-browser: $(VENV_STAMP) $(AGENT_STAMP)
+	@$(PY) -m pytest tests/unit/test_browser_call.py -m loopback_stack
 
 # e2e: builds local machines of its own (env names e2e*), needs root.
 test-e2e: $(VENV_STAMP) deps

@@ -37,6 +37,7 @@ class Secrets:
     turn_secret: str
     redis_password: str
     token_key: str = ""       # the bearer key of the token endpoint (agent nodes)
+    call_password: str = ""   # basic auth of the private voice page (Caddy keeps only its bcrypt hash)
 
     def __repr__(self) -> str:
         return "Secrets(<hidden>)"
@@ -74,6 +75,19 @@ class NodeVars:
         """This node answers for the TURN name (DNS points at it), so it holds the TURN certificate."""
         return self.spec.serves_turn_name(self.node)
 
+    def release(self, name: str, uname_arch: str) -> tuple[artifactsmod.Artifact, str, str, str]:
+        """(artifact, Debian arch, url, digest) of the pinned release `name` for a node's `uname -m`;
+        DeployInputError when the architecture is unknown or the release is not pinned."""
+        arch = artifactsmod.ARCHES.get(uname_arch)
+        if arch is None:
+            raise DeployInputError(f"{self.node.name}: unsupported architecture {uname_arch}")
+        art = self.artifacts[name]
+        try:
+            url, digest = art.for_arch(arch)
+        except artifactsmod.ArtifactError as exc:
+            raise DeployInputError(f"{self.node.name}: {exc}") from exc
+        return art, arch, url, digest
+
     def bind_address(self, scope: Scope) -> str:
         """The address a listener of this scope binds on this node."""
         if scope is Scope.LOOPBACK:
@@ -98,10 +112,10 @@ def _acme_directory(spec: EnvSpec, deploy: outputsmod.DeployInputs) -> str:
 
 
 def _artifacts(spec: EnvSpec, deploy: outputsmod.DeployInputs) -> dict[str, artifactsmod.Artifact]:
-    overrides = {name: artifactsmod.Override(version=o["version"], url=o["url"], sha256=o["sha256"])
-                 for name, o in deploy.artifacts.items()}
     try:
-        return {"livekit": artifactsmod.resolve("livekit", spec.config.livekit_version, overrides)}
+        overrides = {name: artifactsmod.Override.from_outputs(name, o) for name, o in deploy.artifacts.items()}
+        return {"livekit": artifactsmod.resolve("livekit", spec.config.livekit_version, overrides),
+                "caddy": artifactsmod.resolve("caddy", spec.config.caddy_version, overrides)}
     except artifactsmod.ArtifactError as exc:
         raise DeployInputError(str(exc)) from exc
 
@@ -119,7 +133,7 @@ def node_vars(out: outputsmod.Outputs) -> dict[str, NodeVars]:
         except ValueError as exc:
             raise DeployInputError(f"node {n.name}: public_ip {n.public_ip!r} is not an IP address") from exc
     secrets = Secrets(out.api_key, out.api_secret, out.turn_secret, redis_password(out.api_secret),
-                      token_key=out.token_key)
+                      token_key=out.token_key, call_password=out.call_password)
 
     def private_ip(node: Node) -> str | None:
         return by_name[node.name].private_ip or node.private_ip

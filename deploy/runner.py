@@ -71,14 +71,13 @@ def _preflight(out: Any, state: Any) -> bool:
     from pyinfra.api.facts import get_facts
     from pyinfra.facts.server import Arch
 
-    from deploy.tasks.livekit import artifact_for
-
     for host, arch in get_facts(state, Arch).items():
-        try:
-            artifact_for(host.data.vs, arch)
-        except DeployInputError as exc:
-            print(f"deploy {out.env}: {host.name}: {exc}", file=sys.stderr)
-            return False
+        for name in ("livekit", "caddy"):
+            try:
+                host.data.vs.release(name, arch)
+            except DeployInputError as exc:
+                print(f"deploy {out.env}: {host.name}: {exc}", file=sys.stderr)
+                return False
     return True
 
 
@@ -124,6 +123,7 @@ def deploy(opts: Options) -> int:
     state = _state(inventory, limit, report, len(out.nodes))
     spec = out.spec
     print(f"deploy {opts.env}: {len(out.nodes)} node(s), livekit {spec.config.livekit_version}, "
+          f"caddy {spec.config.caddy_version}, "
           f"{'SNI split on 443' if spec.sni_split else 'TURN/TLS on its own port'}", flush=True)
     with _connected(state):
         if _unreachable(out, state, inventory, report):

@@ -26,7 +26,8 @@ PROJECT = "voicestack"
 MIN_API_SECRET = 32
 MIN_TURN_SECRET = 32
 MIN_TOKEN_KEY = 24
-SECRET_KEYS = ("apiSecret", "turnSecret", "tokenKey")
+MIN_CALL_PASSWORD = 16
+SECRET_KEYS = ("apiSecret", "turnSecret", "tokenKey", "callPassword")
 LOCAL_SPEECH_URL = "http://127.0.0.1:8000/v1"
 ACME_CAS = frozenset({"letsencrypt", "letsencrypt-staging", "local"})
 
@@ -38,6 +39,7 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _AGENT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CALL_USER = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _SSH_PUBLIC_KEY = re.compile(r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) "
                              r"[A-Za-z0-9+/]+=*( .*)?$")
 
@@ -130,10 +132,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("acmeCa", "str", "letsencrypt", "letsencrypt | letsencrypt-staging | local | https://<ACME directory>"),
     Setting("acmeEmail", "str", "", "Contact address for the ACME account"),
     Setting("livekitVersion", "str", "1.13.5", "livekit-server release; must be pinned in deploy/artifacts.json"),
+    Setting("caddyVersion", "str", "2.11.4", "Caddy release (>= 2.7: the proxy_protocol listener wrapper); "
+            "must be pinned in deploy/artifacts.json"),
+    Setting("callPublic", "bool", False, "Voice page /call/ in public demo mode: no password, keyless short-lived "
+            "tokens for fresh rooms (default: private, behind basic auth)"),
+    Setting("callUser", "str", "voicestack", "Basic-auth user of the private voice page /call/"),
+    Setting("edgeConnsPerAddress", "int", 100, "TCP connections one client address may hold open on 443 "
+            "(nginx limit_conn, with TURN/TLS on 443)", 4, 100000),
     Setting("apiKey", "str", "APIvoicestack", "LiveKit API key name"),
     Setting("apiSecret", "secret", None, "SECRET (set with --secret); empty = generated once, kept in state"),
     Setting("turnSecret", "secret", None, "SECRET (set with --secret); empty = generated once, kept in state"),
     Setting("tokenKey", "secret", None, "SECRET (set with --secret); empty = generated once, kept in state"),
+    Setting("callPassword", "secret", None, "SECRET (set with --secret): basic-auth password of the voice page; "
+            "empty = generated once, kept in state"),
     Setting("sshUser", "str", "root", "User the deploy logs in as (root: cloud-init installs the key for root)"),
     Setting("sshPublicKey", "str", "", "OpenSSH public key the servers are created with "
             "(required for hetzner/digitalocean)"),
@@ -180,10 +191,15 @@ class StackConfig:
     acme_ca: str
     acme_email: str
     livekit_version: str
+    caddy_version: str
+    call_public: bool
+    call_user: str
+    edge_conns_per_address: int
     api_key: str
     api_secret: SecretValue
     turn_secret: SecretValue
     token_key: SecretValue
+    call_password: SecretValue
     ssh_user: str
     ssh_public_key: str
     hosts: tuple[HostEntry, ...] = ()
@@ -432,7 +448,8 @@ def _check_acme(v: V, c: _Checker) -> None:
 def _check_secrets(v: V, c: _Checker) -> None:
     if not _API_KEY.match(v["api_key"]):
         c.add("apiKey", f"{v['api_key']!r} must be 3-64 letters, digits, '-' or '_'")
-    for key, minimum in (("apiSecret", MIN_API_SECRET), ("turnSecret", MIN_TURN_SECRET), ("tokenKey", MIN_TOKEN_KEY)):
+    for key, minimum in (("apiSecret", MIN_API_SECRET), ("turnSecret", MIN_TURN_SECRET), ("tokenKey", MIN_TOKEN_KEY),
+                         ("callPassword", MIN_CALL_PASSWORD)):
         value: SecretValue = v[BY_KEY[key].attr]
         if value.plain is not None and len(value.plain) < minimum:
             c.add(key, f"is {len(value.plain)} characters; at least {minimum} are needed — generate one with "
@@ -480,11 +497,23 @@ def _check_agent(v: V, c: _Checker) -> None:
 def _check_versions(v: V, c: _Checker) -> None:
     if not _VERSION.match(v["livekit_version"]):
         c.add("livekitVersion", f"{v['livekit_version']!r} is not a release number; use e.g. 1.13.5")
+    if not _VERSION.match(v["caddy_version"]):
+        c.add("caddyVersion", f"{v['caddy_version']!r} is not a release number; use e.g. 2.11.4")
+
+
+def _check_call(v: V, c: _Checker) -> None:
+    if not _CALL_USER.match(v["call_user"]):
+        # Basic auth splits user and password at the first ':'; keep the name plain.
+        c.add("callUser", f"{v['call_user']!r} must be 1-64 letters, digits, '.', '-' or '_'")
+    password: SecretValue = v["call_password"]
+    if password.plain is not None and len(password.plain.encode()) > 72:
+        # Caddy keeps a bcrypt hash of it, and bcrypt reads at most 72 bytes.
+        c.add("callPassword", f"is {len(password.plain.encode())} bytes; bcrypt takes at most 72 — use 16 to 72")
 
 
 CHECKS: tuple[Callable[[V, _Checker], None], ...] = (
     _check_provider, _check_names, _check_ssh, _check_network, _check_ports, _check_urls, _check_acme,
-    _check_secrets, _check_hosts, _check_agent, _check_versions)
+    _check_secrets, _check_hosts, _check_agent, _check_versions, _check_call)
 
 
 def check(raw: Mapping[str, Any], env: str = "local") -> tuple[StackConfig, list[tuple[str, str]]]:

@@ -106,6 +106,9 @@ class Outputs:
     turn_secret: str
     token_key: str
     nodes: list[NodeOut]
+    #: Basic-auth password of the private voice page (user: spec.config.call_user). Empty in files
+    #: written before the page existed: the deploy then asks for a re-run of the provisioner.
+    call_password: str = ""
     deploy: DeployInputs = field(default_factory=DeployInputs)
     ca_bundle: str | None = None     # local: the ACME root to trust
     dns_server: str | None = None    # local: the environment's DNS server
@@ -132,22 +135,22 @@ class OutputsError(Exception):
 
 
 def assemble(spec: specmod.EnvSpec, nodes: list[NodeOut], *, api_secret: str, turn_secret: str, token_key: str,
-             deploy: DeployInputs | None = None, ca_bundle: str | None = None, dns_server: str | None = None,
+             call_password: str, deploy: DeployInputs | None = None, ca_bundle: str | None = None, dns_server: str | None = None,
              client_netns: str | None = None, local: LocalInfo | None = None) -> Outputs:
     """The outputs of an environment, the same way for every provisioner."""
     have = sorted(n.name for n in nodes)
     want = sorted(n.name for n in spec.nodes)
     if have != want:
         raise OutputsError(f"the provisioner reports nodes {have} but the spec has {want}")
-    missing = [k for k, v in (("api_secret", api_secret), ("turn_secret", turn_secret), ("token_key", token_key))
-               if not v]
+    missing = [k for k, v in (("api_secret", api_secret), ("turn_secret", turn_secret), ("token_key", token_key),
+                              ("call_password", call_password)) if not v]
     if missing:
         raise OutputsError(f"no {', '.join(missing)}: the provisioner must resolve every secret")
     cfg = spec.config
     return Outputs(env=spec.env, provider=cfg.provider, spec=spec, livekit_url=spec.livekit_url,
                    livekit_domain=cfg.livekit_host, turn_domain=cfg.turn_host, token_endpoint=spec.token_endpoint,
                    api_key=cfg.api_key, api_secret=api_secret, turn_secret=turn_secret, token_key=token_key,
-                   nodes=list(nodes), deploy=deploy or DeployInputs(), ca_bundle=ca_bundle, dns_server=dns_server,
+                   nodes=list(nodes), call_password=call_password, deploy=deploy or DeployInputs(), ca_bundle=ca_bundle, dns_server=dns_server,
                    client_netns=client_netns, local=local)
 
 

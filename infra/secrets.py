@@ -21,6 +21,7 @@ class EnvSecrets:
     api_secret: str
     turn_secret: str
     token_key: str
+    call_password: str    # basic auth of the private voice page
 
     def __repr__(self) -> str:
         return "EnvSecrets(<hidden>)"
@@ -33,10 +34,17 @@ def load_or_create(cfg: StackConfig) -> EnvSecrets:
         "api_secret": cfg.api_secret.plain or stored.get("api_secret") or _random.token_hex(32),
         "turn_secret": cfg.turn_secret.plain or stored.get("turn_secret") or _random.token_hex(32),
         "token_key": cfg.token_key.plain or stored.get("token_key") or _random.token_urlsafe(32),
+        # Typed by people from the summary: letters and digits only, 24 of them (~143 bits).
+        "call_password": cfg.call_password.plain or stored.get("call_password") or _readable(24),
     }
     if values != stored:
         write_private(path, json.dumps(values, indent=2) + "\n")
     return EnvSecrets(**values)
+
+
+def _readable(length: int) -> str:
+    alphabet = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"   # no 0/O, 1/l/I
+    return "".join(_random.choice(alphabet) for _ in range(length))
 
 
 def derived(api_secret: str, purpose: str) -> str:

@@ -18,6 +18,8 @@ from infra.config import SecretValue, StackConfig
 WORLD = ("0.0.0.0/0", "::/0")
 #: Where Caddy serves the token endpoint (behind HTTPS on the LiveKit name).
 TOKEN_PATH = "/api/token"
+#: Where Caddy serves the voice page (web/) on the LiveKit name; its token route is CALL_PATH + "token".
+CALL_PATH = "/call/"
 
 
 class Scope(str, Enum):
@@ -156,6 +158,11 @@ class EnvSpec:
     @property
     def token_endpoint(self) -> str:
         return f"https://{self.config.livekit_host}{TOKEN_PATH}"
+
+    @property
+    def call_url(self) -> str:
+        """The voice page."""
+        return f"https://{self.config.livekit_host}{CALL_PATH}"
 
     def dns_zone_records(self) -> tuple[tuple[str, DnsRecord], ...]:
         """(name relative to the zone `domain`, record) for every record a cloud DNS zone holds."""
@@ -339,7 +346,8 @@ _NO_SECRET = SecretValue()
 def without_secrets(spec: EnvSpec) -> EnvSpec:
     """The spec with the config's secret values dropped: the outputs carry the resolved secrets
     next to it, and the Pulumi program exports the spec in clear."""
-    cfg = dataclasses.replace(spec.config, api_secret=_NO_SECRET, turn_secret=_NO_SECRET, token_key=_NO_SECRET)
+    cfg = dataclasses.replace(spec.config, api_secret=_NO_SECRET, turn_secret=_NO_SECRET, token_key=_NO_SECRET,
+                              call_password=_NO_SECRET)
     return dataclasses.replace(spec, config=cfg)
 
 

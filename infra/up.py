@@ -18,7 +18,7 @@ from agent.tokens import mint
 from infra import outputs, provision, validate
 from infra.config import ConfigError
 from infra.local.host import LocalEnvError
-from infra.spec import EnvSpec
+from infra.spec import EnvSpec, Role
 from infra.steps import PYTHON, Progress, StepFailed, command, run
 
 ROOT = outputs.ROOT
@@ -80,6 +80,12 @@ def summary(out: outputs.Outputs, progress: Progress) -> None:
     print(f"  token endpoint:  {out.token_endpoint}")
     print(f"  TURN:            {out.turn_domain}")
     print(f"  test token:      {token}  (room voice-test, 1 h)")
+    cfg = out.spec.config
+    if out.spec.nodes_with(Role.AGENT):
+        if cfg.call_public:
+            print(f"  voice page:      {out.spec.call_url}  (public demo mode: no password, 5-minute demo calls)")
+        else:
+            print(f"  voice page:      {out.spec.call_url}  user {cfg.call_user}  password {out.call_password}")
     results = out.paths.verify_results
     if results.is_file():
         for condition, r in json.loads(results.read_text()).get("round_trips", {}).items():
@@ -87,6 +93,10 @@ def summary(out: outputs.Outputs, progress: Progress) -> None:
     if out.client_netns:
         print(f"  try it:          make shell ENV={out.env}   (a shell on the emulated internet), then")
         print(f"                   curl --cacert {out.ca_bundle} https://{out.livekit_domain}/")
+        # This machine reaches the nodes directly; a browser here needs the name and the local CA.
+        first = out.nodes[0].public_ip
+        print(f"  page from here:  chromium --host-resolver-rules='MAP {out.livekit_domain} {first}' "
+              f"{out.spec.call_url}   (trust {out.ca_bundle} first: README, 'The voice page')")
 
 
 def main(argv: list[str] | None = None) -> int:

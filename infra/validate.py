@@ -31,9 +31,13 @@ def load(raw: Mapping[str, Any], env: str, *, from_file: bool = False) -> EnvSpe
     cfg, found = check(raw, env)
     problems += found
     problems += port_problems(cfg)
-    if cfg.provider_info.kind != "local" and not any(k == "livekitVersion" for k, _ in problems):
-        # A local environment builds its own artifact; a cloud node downloads the pinned release.
-        problems += check_pinned("livekit", cfg.livekit_version, cfg.provider_info.architecture(cfg.server_type))
+    if cfg.provider_info.kind != "local":
+        # A local environment builds its own artifacts; a cloud node downloads the pinned releases.
+        arch = cfg.provider_info.architecture(cfg.server_type)
+        for name, key, version in (("livekit", "livekitVersion", cfg.livekit_version),
+                                   ("caddy", "caddyVersion", cfg.caddy_version)):
+            if not any(k == key for k, _ in problems):
+                problems += check_pinned(name, version, arch, key=key)
     if problems:
         raise ConfigError(problems)
     return derive(cfg)
@@ -48,7 +52,8 @@ def load_file(path: str | Path, env: str | None = None) -> EnvSpec:
 def summary(spec: EnvSpec) -> str:
     cfg = spec.config
     lines = [f"{cfg.env}: provider {cfg.provider} ({cfg.region}, {cfg.server_type}), "
-             f"{len(spec.nodes)} node(s), LiveKit {cfg.livekit_host} {cfg.livekit_version}, TURN {cfg.turn_host}",
+             f"{len(spec.nodes)} node(s), LiveKit {cfg.livekit_host} {cfg.livekit_version}, Caddy {cfg.caddy_version}, "
+             f"TURN {cfg.turn_host}",
              "public ports: " + ", ".join(p.label for p in spec.public_ports())]
     return "\n".join(lines)
 

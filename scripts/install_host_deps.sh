@@ -2,7 +2,8 @@
 # Install the Debian packages the operator machine needs: the local environment's tools
 # (infra/local/packages.txt) and what the tests run for real (coturn for the TURN probe;
 # Debian's chromium + chromium-driver for the voice page's browser test, libnss3-tools so that
-# test can make Chromium trust a local environment's CA).
+# test can make Chromium trust a local environment's CA; nodejs + npm, with which the deploy builds
+# the voice page, web/build.py).
 # Idempotent: only missing packages are installed.
 #
 # The operator host runs no daemon of these packages: Debian's coturn config has no
@@ -12,12 +13,15 @@
 # run (a package upgrade may enable them again).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-read -r -a pkgs <<<"make git openssl coturn chromium chromium-driver libnss3-tools $(grep -v '^#' "$here/infra/local/packages.txt" | tr '\n' ' ')"
+read -r -a pkgs <<<"make git openssl coturn chromium chromium-driver libnss3-tools nodejs npm $(grep -v '^#' "$here/infra/local/packages.txt" | tr '\n' ' ')"
 no_daemons=(coturn apt-cacher-ng)
 missing=()
 for p in "${pkgs[@]}"; do
   # Go from /usr/local/go (newer than Debian's) satisfies golang-go.
   if [ "$p" = golang-go ] && [ -x /usr/local/go/bin/go ]; then continue; fi
+  # A Node.js with its own npm (e.g. NodeSource's nodejs package) satisfies both; Debian's npm
+  # would conflict with it.
+  if { [ "$p" = nodejs ] || [ "$p" = npm ]; } && command -v npm >/dev/null; then continue; fi
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then

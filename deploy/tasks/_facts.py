@@ -4,6 +4,7 @@ from __future__ import annotations
 import shlex
 
 from pyinfra.api import FactBase
+from pyinfra.facts.files import HashFileFactBase
 
 
 class ServiceState(FactBase):
@@ -50,3 +51,21 @@ class NewestFile(FactBase):
 
     def process(self, output):
         return output[0].strip() if output and output[0].strip() else None
+
+
+class Sha512File(HashFileFactBase, digits=128, cmds=["sha512sum", "shasum -a 512", "sha512"]):
+    """sha512 of a file, or None when it does not exist (pyinfra ships sha1/256/384 and md5 only;
+    Caddy publishes sha512 checksums)."""
+
+
+class OpenFilesHardLimit(FactBase):
+    """The hard RLIMIT_NOFILE of PID 1 (int; None: unlimited or unreadable). No unit can go above it:
+    systemd sets a unit's LimitNOFILE= as close as it may (inside a container without
+    CAP_SYS_RESOURCE that is the container's own limit, e.g. 20000 on the local machines)."""
+
+    def command(self) -> str:
+        return "awk '/^Max open files/ {print $5}' /proc/1/limits"
+
+    def process(self, output):
+        value = output[0].strip() if output else ""
+        return int(value) if value.isdigit() else None

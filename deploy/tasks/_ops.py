@@ -14,9 +14,11 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import Sha256File
 from pyinfra.operations import apt, files
 
-from deploy.tasks._facts import ServiceState
+from deploy.tasks._facts import ServiceState, Sha512File
 
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
+#: Digest algorithm -> the fact that reads a file's digest on the node.
+HASH_FACTS = {"sha256": Sha256File, "sha512": Sha512File}
 
 
 @operation()
@@ -116,27 +118,30 @@ def _policy_rc_d():
 
 
 @operation()
-def fetch_verified(url: str, dest: str, sha256: str, mode: str = "644"):
+def fetch_verified(url: str, dest: str, digest: str, algorithm: str = "sha256", mode: str = "644"):
     """
-    Download a file to a staging name, check its sha256, and only then move it to `dest`.
+    Download a file to a staging name, check its digest, and only then move it to `dest`.
 
     A mismatch (or a failed download) removes the partial file and fails the host with the
-    expected and actual sums; nothing else has been touched at that point.
+    expected and actual digests; nothing else has been touched at that point.
 
     + url: where to download from, e.g. "https://github.com/.../livekit_1.13.5_linux_amd64.tar.gz"
     + dest: the verified file, e.g. "/var/cache/voicestack/artifacts/livekit_1.13.5_linux_amd64.tar.gz"
-    + sha256: the expected sha256 (hex)
+    + digest: the expected digest (hex)
+    + algorithm: "sha256" or "sha512" (what the project publishes; checked with coreutils' <algorithm>sum)
     """
-    if host.get_fact(Sha256File, path=dest) == sha256:
+    if algorithm not in HASH_FACTS:
+        raise ValueError(f"fetch_verified: unknown algorithm {algorithm!r}; use one of {', '.join(HASH_FACTS)}")
+    if host.get_fact(HASH_FACTS[algorithm], path=dest) == digest:
         return
     q = shlex.quote
     yield (
         f"tmp=$(mktemp {q(dest)}.part.XXXXXX) || exit 1; "
         f"if ! curl -sSLf --connect-timeout 10 --retry 2 -o \"$tmp\" {q(url)}; then rm -f \"$tmp\"; "
         f"echo \"download failed: {url}; nothing was installed\" >&2; exit 1; fi; "
-        "got=$(sha256sum \"$tmp\" | cut -d' ' -f1); "
-        f"if [ \"$got\" != {q(sha256)} ]; then rm -f \"$tmp\"; "
-        f"echo \"sha256 mismatch for {url}: expected {sha256}, got $got; nothing was installed\" >&2; exit 1; fi; "
+        f"got=$({algorithm}sum \"$tmp\" | cut -d' ' -f1); "
+        f"if [ \"$got\" != {q(digest)} ]; then rm -f \"$tmp\"; "
+        f"echo \"{algorithm} mismatch for {url}: expected {digest}, got $got; nothing was installed\" >&2; exit 1; fi; "
         f"chmod {mode} \"$tmp\" && mv -f \"$tmp\" {q(dest)}"
     )
 

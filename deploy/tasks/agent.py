@@ -124,6 +124,10 @@ def agent_env(vs: NodeVars) -> dict[str, str]:
         "AGENT_DRAIN_TIMEOUT": str(DRAIN_SECONDS),
         "TOKEN_HOST": vs.bind_address(token.scope),
         "TOKEN_PORT": str(token.start),
+        # callPublic: /call/token mints keyless demo tokens (Caddy then asks no password for /call/).
+        "TOKEN_PUBLIC": "1" if cfg.call_public else "0",
+        # Caddy on this node: the only peer whose X-Forwarded-For (the client's address) is believed.
+        "TOKEN_TRUSTED_PROXIES": "127.0.0.1,::1",
         "WEBHOOK_HOST": vs.bind_address(hooks.scope),
         "WEBHOOK_PORT": str(hooks.start),
         "HF_HUB_OFFLINE": "1",

@@ -6,7 +6,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Arch
 from pyinfra.operations import files, server, systemd
 
-from deploy.artifacts import ARCHES, ArtifactError
+from deploy.artifacts import ARCHES
 from deploy.inventory import DeployInputError, NodeVars
 from deploy.tasks._ops import extract_once, fetch_verified, install_validated, put_rendered, service_current
 from infra.spec import Role, Scope
@@ -75,13 +75,8 @@ def webhook_urls(vs: NodeVars) -> list[str]:
 
 def artifact_for(vs: NodeVars, uname_arch: str) -> tuple[str, str]:
     """(url, sha256) of the LiveKit release for a node's `uname -m`; DeployInputError if not pinned."""
-    arch = ARCHES.get(uname_arch)
-    if arch is None:
-        raise DeployInputError(f"{vs.node.name}: unsupported architecture {uname_arch}")
-    try:
-        return vs.artifacts["livekit"].for_arch(arch)
-    except ArtifactError as exc:
-        raise DeployInputError(f"{vs.node.name}: {exc}") from exc
+    _art, _arch, url, digest = vs.release("livekit", uname_arch)
+    return url, digest
 
 
 @deploy("Install and configure LiveKit")
@@ -97,7 +92,7 @@ def livekit():
     files.directory(name=f"Create {STAGING}", path=STAGING, mode="755")
     tarball = f"{STAGING}/livekit_{art.version}_linux_{arch}.tar.gz"
     fetch_verified(name=f"Download and verify livekit-server {art.version} ({arch})", url=url, dest=tarball,
-                   sha256=sha)
+                   digest=sha, algorithm=art.algorithm)
     files.directory(name=f"Create {OPT}", path=OPT, mode="755")
     release = f"{OPT}/livekit-{art.version}-{sha[:12]}"
     extract_once(name=f"Extract livekit-server {art.version}", tarball=tarball, dest_dir=release,

@@ -78,6 +78,7 @@ class StackSecrets:
     api_secret: pulumi.Output[str]
     turn_secret: pulumi.Output[str]
     token_key: pulumi.Output[str]
+    call_password: pulumi.Output[str]
 
     def __repr__(self) -> str:
         return "StackSecrets(<hidden>)"
@@ -107,7 +108,7 @@ def stack_secrets(name: str, given: Mapping[str, pulumi.Output[str]]) -> StackSe
         return pulumi.Output.secret(generated.result)
 
     return StackSecrets(api_secret=one("apiSecret", "api-secret"), turn_secret=one("turnSecret", "turn-secret"),
-                        token_key=one("tokenKey", "token-key"))
+                        token_key=one("tokenKey", "token-key"), call_password=one("callPassword", "call-password"))
 
 
 def cloud_name(spec: EnvSpec, node: Node | None = None) -> str:
@@ -146,6 +147,7 @@ def stack_outputs(spec: EnvSpec, nodes: list[NodeAddresses], secrets: StackSecre
         "api_secret": secrets.api_secret,
         "turn_secret": secrets.turn_secret,
         "token_key": secrets.token_key,
+        "call_password": secrets.call_password,
         "info": dict(info),
     }
 

@@ -24,7 +24,8 @@ from infra.cloud.components import OUTPUTS_ENV
 from infra.codec import DecodeError
 
 DEFAULT_SSH_KEY = "~/.ssh/id_ed25519"
-EXPECTED = ("spec", "nodes", "api_secret", "turn_secret", "token_key")
+SECRETS = ("api_secret", "turn_secret", "token_key", "call_password")
+EXPECTED = ("spec", "nodes", *SECRETS)
 
 
 class StackOutputsError(Exception):
@@ -37,7 +38,7 @@ def to_outputs(data: Mapping[str, Any], ssh_key: str) -> outputs.Outputs:
     if missing:
         raise StackOutputsError(f"the stack outputs lack {', '.join(missing)}; run \"pulumi up\" for this stack "
                                 "first (is this a voicestack stack?)")
-    masked = [k for k in ("api_secret", "turn_secret", "token_key") if data.get(k) == "[secret]"]
+    masked = [k for k in SECRETS if data.get(k) == "[secret]"]
     if masked:
         raise StackOutputsError(f"{', '.join(masked)} came back as [secret]; read them with "
                                 "\"pulumi stack output --json --show-secrets\"")
@@ -52,7 +53,7 @@ def to_outputs(data: Mapping[str, Any], ssh_key: str) -> outputs.Outputs:
              for n in data["nodes"]]
     try:
         return outputs.assemble(spec, nodes, api_secret=data["api_secret"], turn_secret=data["turn_secret"],
-                                token_key=data["token_key"],
+                                token_key=data["token_key"], call_password=data["call_password"],
                                 deploy=outputs.DeployInputs(known_hosts=str(outputs.EnvPaths(spec.env).known_hosts)))
     except outputs.OutputsError as exc:
         raise StackOutputsError(str(exc)) from exc

@@ -2,7 +2,7 @@
 
 `up` takes the same settings as `make up` (CONFIG, else Pulumi.<env>.yaml, else the built-in
 defaults); `--nodes` overrides nodeCount. `packages` prints the Debian packages the host needs,
-`livekit-bin` builds (or finds) the pinned livekit-server and prints its path.
+`livekit-bin` / `caddy-bin` build (or find) the pinned livekit-server / caddy and print its path.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name, help=text).add_argument("--env", default="local")
     sub.add_parser("packages", help="print the Debian packages the host needs")
     sub.add_parser("livekit-bin", help="build/unpack the pinned livekit-server and print its path")
+    sub.add_parser("caddy-bin", help="build/unpack the pinned caddy and print its path")
     args = parser.parse_args(argv)
     machines = LocalMachines()
     try:
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             print(machines.status(args.env))
         elif args.command == "livekit-bin":
             print(artifacts.livekit_binary(DEFAULTS["livekitVersion"]))
+        elif args.command == "caddy-bin":
+            print(artifacts.caddy_binary(DEFAULTS["caddyVersion"]))
         else:
             print(" ".join(host.HOST_PACKAGES))
     except ConfigError as exc:

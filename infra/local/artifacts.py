@@ -1,9 +1,11 @@
 """Release artifacts for the machines, built from the Go module proxy and served by the host.
 
-The machines cannot reach GitHub releases, so livekit-server is built at the pinned version
-(`go install …@v<version>`), packed in the upstream release layout
-(`livekit_<v>_linux_amd64.tar.gz` holding `livekit-server`) and served over HTTP from the
-gateway. The deploy's manifest entry for this env overrides only `url` and `sha256`.
+The machines cannot reach GitHub releases, so livekit-server and Caddy are built at their
+pinned versions (`go install <module>/cmd/...@v<version>`), packed in the upstream release
+layout (`livekit_<v>_linux_amd64.tar.gz` holding `livekit-server`, `caddy_<v>_linux_amd64.tar.gz`
+holding `caddy`) and served over HTTP from the gateway. The deploy's manifest entry for this env
+overrides only `url` and the digest (in the manifest's algorithm: sha256 for LiveKit, sha512 for
+Caddy, so the deploy checks a local build exactly the way it checks a release).
 """
 from __future__ import annotations
 
@@ -11,17 +13,57 @@ import gzip
 import hashlib
 import io
 import os
+import shlex
+import subprocess
 import sys
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from infra.local import host
 from infra.local.names import CACHE, HTTP_PORT, EnvNames
 
 GO = CACHE / "go"
 ARTIFACTS = CACHE / "artifacts"
-LIVEKIT_MODULE = "github.com/livekit/livekit-server"
 ARCH = "amd64"
+
+
+@dataclass(frozen=True)
+class GoRelease:
+    """How one pinned release is rebuilt from the Go module proxy, and what its tarball looks like."""
+
+    name: str         # the manifest's name (deploy/artifacts.json)
+    module: str       # the main module, as `go version -m` reports it
+    package: str      # what `go install` builds
+    built: str        # the file go install writes into GOBIN
+    packed: str       # the binary's name inside the release tarball
+    tarball: str      # the release file name, with {version} and {arch}
+    algorithm: str    # the digest the deploy checks (the manifest's algorithm for this artifact)
+    first_build: str  # what a first build costs here, for the progress line
+    #: Extra `go install` flags that make the build match the project's own release build. Go
+    #: records -tags in the binary (`go version -m`) but not -ldflags under -trimpath, so
+    #: `reports_version` checks what the ldflags set: a build made otherwise is rebuilt.
+    flags: tuple[str, ...] = ()
+    #: A subcommand whose output starts with "v<version>" (None: no such check).
+    reports_version: str | None = None
+
+    def go_flags(self, version: str) -> list[str]:
+        return [f.format(version=version) for f in self.flags]
+
+
+LIVEKIT = GoRelease("livekit", "github.com/livekit/livekit-server", "github.com/livekit/livekit-server/cmd/server",
+                    "server", "livekit-server", "livekit_{version}_linux_{arch}.tar.gz", "sha256", "about 3.5 min")
+# Caddy's releases (its .goreleaser.yml) build with these tags and -s -w. Built as the main module,
+# Caddy cannot read its own version from the build info ("unknown"); the release build has it as a
+# dependency. CustomVersion (caddy.go, Version()) gives `caddy version` the same answer.
+CADDY = GoRelease("caddy", "github.com/caddyserver/caddy/v2", "github.com/caddyserver/caddy/v2/cmd/caddy",
+                  "caddy", "caddy", "caddy_{version}_linux_{arch}.tar.gz", "sha512", "about 10 min on 2 busy cores",
+                  flags=("-tags=nobadger,nomysql,nopgx",
+                         "-ldflags=-s -w -X github.com/caddyserver/caddy/v2.CustomVersion=v{version}"),
+                  reports_version="version")
+#: Kept for callers of the LiveKit-only API.
+LIVEKIT_MODULE = LIVEKIT.module
 
 
 def go_env() -> dict[str, str]:
@@ -30,33 +72,44 @@ def go_env() -> dict[str, str]:
                 PATH=os.environ.get("PATH", "") + ":/usr/local/go/bin")
 
 
-def _binary_version(binary: Path) -> str | None:
+def _binary_version(binary: Path, module: str = LIVEKIT.module, flags: tuple[str, ...] = (),
+                    reports_version: str | None = None) -> str | None:
+    """The version of `module` a Go binary was built from, or None (missing, or built otherwise)."""
     go = host.which("go")
     if not binary.exists() or go is None:
         return None
     out = host.run([go, "version", "-m", str(binary)], check=False).stdout
+    recorded = {line.split("\t", 2)[2] for line in out.splitlines() if line.startswith("\tbuild\t")}
+    if not {f for f in flags if not f.startswith("-ldflags")} <= recorded:
+        return None
     for line in out.splitlines():
         parts = line.split()
-        if len(parts) >= 3 and parts[0] == "mod" and parts[1] == LIVEKIT_MODULE:
+        if len(parts) >= 3 and parts[0] == "mod" and parts[1] == module:
+            if reports_version is not None:
+                said = host.run([str(binary), reports_version], check=False).stdout.split()
+                if not said or said[0] != parts[2]:
+                    return None
             return parts[2].lstrip("v")
     return None
 
 
-def livekit_tarball(version: str, log: Path) -> tuple[Path, str, bool]:
-    """(tarball, sha256, built now?) for livekit-server `version` (one builder at a time)."""
-    with host.cache_lock("livekit"):
-        return _livekit_tarball(version, log)
+def release_tarball(release: GoRelease, version: str, log: Path,
+                    say: Callable[[str], None] = lambda _m: None) -> tuple[Path, str, bool]:
+    """(tarball, digest in release.algorithm, built now?) for `release` at `version` (one builder at a time)."""
+    with host.cache_lock(release.name):
+        return _release_tarball(release, version, log, say)
 
 
-def livekit_binary(version: str) -> Path:
-    """The livekit-server of the packed release artifact, unpacked once (for tests on the host)."""
-    tarball, digest, _ = livekit_tarball(version, ARTIFACTS / "build.log")
-    target = ARTIFACTS / f"livekit-server-{version}-{digest[:12]}"
+def release_binary(release: GoRelease, version: str) -> Path:
+    """The binary of the packed release artifact, unpacked once (for tests on the host)."""
+    tarball, digest, _ = release_tarball(release, version, ARTIFACTS / "build.log",
+                                         say=lambda m: print(m, file=sys.stderr, flush=True))
+    target = ARTIFACTS / f"{release.packed}-{version}-{digest[:12]}"
     if not target.exists():
         with tarfile.open(tarball) as tar:
-            member = tar.extractfile("livekit-server")
+            member = tar.extractfile(release.packed)
             if member is None:
-                raise host.LocalEnvError(f"{tarball} has no livekit-server inside; delete it to rebuild")
+                raise host.LocalEnvError(f"{tarball} has no {release.packed} inside; delete it to rebuild")
             tmp = target.with_suffix(".tmp")
             tmp.write_bytes(member.read())
             tmp.chmod(0o755)
@@ -64,29 +117,47 @@ def livekit_binary(version: str) -> Path:
     return target
 
 
-def _livekit_tarball(version: str, log: Path) -> tuple[Path, str, bool]:
-    """(tarball, sha256, built now?) for livekit-server `version`, cached under /var/cache/voicestack."""
-    name = f"livekit_{version}_linux_{ARCH}.tar.gz"
-    tarball, digest_file = ARTIFACTS / name, ARTIFACTS / (name + ".sha256")
+def livekit_tarball(version: str, log: Path) -> tuple[Path, str, bool]:
+    """(tarball, sha256, built now?) for livekit-server `version`."""
+    return release_tarball(LIVEKIT, version, log)
+
+
+def livekit_binary(version: str) -> Path:
+    """The livekit-server of the packed release artifact (for tests on the host)."""
+    return release_binary(LIVEKIT, version)
+
+
+def caddy_binary(version: str) -> Path:
+    """The caddy of the packed release artifact (for tests on the host)."""
+    return release_binary(CADDY, version)
+
+
+def _release_tarball(release: GoRelease, version: str, log: Path,
+                     say: Callable[[str], None]) -> tuple[Path, str, bool]:
+    """(tarball, digest, built now?), cached under /var/cache/voicestack (the digest file is written last)."""
+    name = release.tarball.format(version=version, arch=ARCH)
+    tarball, digest_file = ARTIFACTS / name, ARTIFACTS / f"{name}.{release.algorithm}"
     if tarball.exists() and digest_file.exists():
         return tarball, digest_file.read_text().split()[0], False
-    binary = GO / "bin" / "server"
-    if _binary_version(binary) != version:
+    binary = GO / "bin" / release.built
+    flags = tuple(release.go_flags(version))
+    if _binary_version(binary, release.module, flags, release.reports_version) != version:
         host.require_tools(["go"])
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [host.which("go") or "go", "install", f"{LIVEKIT_MODULE}/cmd/server@v{version}"]
+        cmd = [host.which("go") or "go", "install", *flags, f"{release.package}@v{version}"]
+        say(f"building {release.name} v{version} from the Go module proxy ({release.first_build} the first time; "
+            f"cached afterwards); log: {log}")
         with open(log, "w") as out:
-            import subprocess
             rc = subprocess.run(cmd, env=go_env(), stdout=out, stderr=subprocess.STDOUT).returncode
-        if rc != 0 or _binary_version(binary) != version:
-            raise host.LocalEnvError(f"failed to build livekit-server v{version}: "
-                                     f"CGO_ENABLED=0 GOFLAGS=-trimpath {' '.join(cmd)} exited {rc}; see {log}")
+        if rc != 0 or _binary_version(binary, release.module, flags, release.reports_version) != version:
+            raise host.LocalEnvError(f"failed to build {release.name} v{version}: "
+                                     f"CGO_ENABLED=0 GOFLAGS=-trimpath {shlex.join(cmd)} exited {rc}; see {log}")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    data = _pack({"livekit-server": binary.read_bytes()})
+    data = _pack({release.packed: binary.read_bytes()})
     tmp = tarball.with_suffix(".tmp")
     tmp.write_bytes(data)
     tmp.replace(tarball)
-    digest = hashlib.sha256(data).hexdigest()
+    digest = hashlib.new(release.algorithm, data).hexdigest()
     digest_file.write_text(f"{digest}  {name}\n")
     return tarball, digest, True
 

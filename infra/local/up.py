@@ -39,6 +39,8 @@ class Context:
     acme_server_ca: Path | None = None
     boot_s: dict[str, float] = field(default_factory=dict)
     reused_machines: int = 0
+    #: Progress lines inside a long step (e.g. "building caddy ... log: ...").
+    say: Callable[[str], None] = lambda _m: None
 
 
 # ---- steps -----------------------------------------------------------------------------------
@@ -130,13 +132,23 @@ def write_outputs(ctx: Context) -> str:
     return str(path)
 
 
-def artifact_server(ctx: Context) -> str:
+def _artifact(ctx: Context, release: artifacts.GoRelease, version: str) -> str:
+    """Build (or find) one pinned release, serve it, and record its override for the deploy."""
     url = artifacts.serve(ctx.names)
-    version = ctx.spec.config.livekit_version
-    tarball, sha, built = artifacts.livekit_tarball(version, ctx.log_dir / "go-install.log")
-    ctx.artifacts = {"livekit": {"version": version, "url": artifacts.publish(ctx.names, tarball, "artifacts"),
-                                 "sha256": sha}}
-    return f"livekit {version} {'built' if built else 'cached'}, sha256 {sha[:12]}…, served at {url}"
+    tarball, digest, built = artifacts.release_tarball(release, version, ctx.log_dir / f"go-install-{release.name}.log",
+                                                       say=ctx.say)
+    ctx.artifacts[release.name] = {"version": version, "url": artifacts.publish(ctx.names, tarball, "artifacts"),
+                                   release.algorithm: digest}
+    return (f"{release.name} {version} {'built' if built else 'cached'}, {release.algorithm} {digest[:12]}…, "
+            f"served at {url}")
+
+
+def artifact_server(ctx: Context) -> str:
+    return _artifact(ctx, artifacts.LIVEKIT, ctx.spec.config.livekit_version)
+
+
+def caddy_artifact(ctx: Context) -> str:
+    return _artifact(ctx, artifacts.CADDY, ctx.spec.config.caddy_version)
 
 
 def python_wheels(ctx: Context) -> str:
@@ -160,6 +172,7 @@ STEPS: list[tuple[str, Callable[[Context], str]]] = [
     ("machines", machines_up),
     ("outputs", write_outputs),
     ("artifacts", artifact_server),
+    ("caddy artifact", caddy_artifact),
     ("wheelhouse", python_wheels),
     ("outputs (final)", write_outputs),
 ]
@@ -178,7 +191,7 @@ def make_outputs(ctx: Context) -> outputs.Outputs:
                               public_network=str(names.public_net), internet_network=str(names.internet_net),
                               netns={n.name: names.node_netns(n.name) for n in ctx.spec.nodes})
     return outputs.assemble(ctx.spec, nodes, api_secret=ctx.secrets.api_secret, turn_secret=ctx.secrets.turn_secret,
-                            token_key=ctx.secrets.token_key, deploy=deploy,
+                            token_key=ctx.secrets.token_key, call_password=ctx.secrets.call_password, deploy=deploy,
                             ca_bundle=str(ctx.ca_bundle) if ctx.ca_bundle else None,
                             dns_server=ctx.dns_server or None, client_netns=names.client_netns, local=local)
 
@@ -189,7 +202,8 @@ def up(spec: specmod.EnvSpec, progress: steps.Progress | None = None, retain: bo
     progress = progress or steps.Progress()
     names = EnvNames(spec.env)
     existed = names.state_dir.exists()
-    ctx = Context(names=names, spec=spec, secrets=secrets.load_or_create(spec.config), log_dir=names.state_dir / "logs")
+    ctx = Context(names=names, spec=spec, secrets=secrets.load_or_create(spec.config), log_dir=names.state_dir / "logs",
+                  say=progress.child().line)
 
     def cleanup(_label: str) -> None:
         if not retain and not existed:

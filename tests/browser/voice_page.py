@@ -137,6 +137,15 @@ def transcript(page: Page) -> list[dict[str, Any]]:
         text: li.querySelector('.text').textContent }))""")
 
 
+def wait_for_agent_audio(page: Page, timeout_s: float) -> None:
+    """Until the page plays an agent track (an <audio> with a stream under #audio). After a
+    reconnect (LiveKit's resume, e.g. a negotiation that timed out on a busy machine) the
+    track is subscribed again; recording before that would find nothing."""
+    page.wait_for_function("() => { const el = document.querySelector('#audio audio'); "
+                           "return !!(el && el.srcObject && el.srcObject.getAudioTracks().length); }",
+                           timeout=timeout_s * 1000)
+
+
 def start_agent_recording(page: Page) -> None:
     """Record what the page plays from the agent (its <audio> element) with MediaRecorder."""
     page.evaluate("""() => {

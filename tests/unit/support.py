@@ -12,7 +12,9 @@ PUBLIC = ["203.0.113.10", "203.0.113.11", "203.0.113.12"]
 SECRET = "s" * 40
 TURN_SECRET = "t" * 40
 TOKEN_KEY = "k" * 40
-ART = {"livekit": {"version": "1.13.5", "url": "http://198.18.0.1/livekit.tar.gz", "sha256": "ab" * 32}}
+CALL_PASSWORD = "p" * 24
+ART = {"livekit": {"version": "1.13.5", "url": "http://198.18.0.1/livekit.tar.gz", "sha256": "ab" * 32},
+       "caddy": {"version": "2.11.4", "url": "http://198.18.0.1/caddy.tar.gz", "sha512": "cd" * 64}}
 ACME = "https://198.18.0.1:14000/dir"
 
 
@@ -25,9 +27,11 @@ def spec_of(nodes: int = 1, env: str = "t", **changes: Any) -> EnvSpec:
     return derive(cfg)
 
 
-def outputs_for(spec: EnvSpec, *, token_key: str = TOKEN_KEY, **deploy: Any) -> outputs.Outputs:
+def outputs_for(spec: EnvSpec, *, token_key: str = TOKEN_KEY, call_password: str = CALL_PASSWORD,
+                **deploy: Any) -> outputs.Outputs:
     nodes = [outputs.NodeOut(name=n.name, public_ip=PUBLIC[n.index], private_ip=n.private_ip, ssh_user="root",
                              ssh_key="/dev/null", roles=sorted(r.value for r in n.roles)) for n in spec.nodes]
     inputs = outputs.DeployInputs(**{"acme_directory": ACME, "artifacts": ART, **deploy})
     return outputs.assemble(spec, nodes, api_secret=SECRET, turn_secret=TURN_SECRET, token_key=token_key or "x",
+                            call_password=call_password or "x",
                             deploy=inputs)

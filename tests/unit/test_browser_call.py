@@ -7,6 +7,10 @@ environment instead with
     VOICESTACK_CALL_NETNS=<client_netns>  VOICESTACK_CALL_USER=... VOICESTACK_CALL_PASSWORD=...
 (the error-message and recording cases need the loopback stack and are skipped then).
 Figures (page load -> greeting, bundle size) are printed; the test does not pass or fail on time.
+
+The loopback cases carry the `loopback_stack` marker, which pytest.ini deselects by default (they
+take ~3 min; `make test` drives the page against a deployed environment in tests/e2e/test_edge.py).
+Run them with `pytest tests/unit/test_browser_call.py -m loopback_stack` or `make test-browser`.
 Needs Debian's chromium (scripts/install_host_deps.sh) and npm (web/build.py builds the page).
 """
 from __future__ import annotations
@@ -137,6 +141,7 @@ async def _set_room_metadata(stack: LoopbackStack, room: str, metadata: str) -> 
         await lk.aclose()
 
 
+@pytest.mark.loopback_stack
 def test_browser_call_greets_hears_the_phrase_and_answers(stack: LoopbackStack | None, speech_url: str,
                                                           tmp_path: Path) -> None:
     wav = tmp_path / "phrase.wav"
@@ -196,6 +201,7 @@ def loopback(stack: LoopbackStack | None) -> LoopbackStack:
     return stack
 
 
+@pytest.mark.loopback_stack
 def test_browser_call_explains_a_denied_microphone(loopback: LoopbackStack) -> None:
     target = target_for(loopback)
     with chromium(target, audio_file=None, allow_microphone=False) as browser:
@@ -209,6 +215,7 @@ def test_browser_call_explains_a_denied_microphone(loopback: LoopbackStack) -> N
         assert diag["room"]   # still in the call: the user can listen
 
 
+@pytest.mark.loopback_stack
 def test_browser_call_explains_a_failed_connection(loopback: LoopbackStack) -> None:
     target = target_for(loopback, "/nolk/call/")
     with chromium(target, audio_file=None) as browser:
@@ -220,6 +227,7 @@ def test_browser_call_explains_a_failed_connection(loopback: LoopbackStack) -> N
         assert page.text_content("#connect") == "Connect"
 
 
+@pytest.mark.loopback_stack
 def test_browser_call_explains_when_no_agent_joins(loopback: LoopbackStack) -> None:
     target = target_for(loopback, "/noagent/call/")
     with chromium(target, audio_file=None) as browser:
@@ -297,6 +305,7 @@ def test_browser_call_target_trusts_exactly_the_given_ca(page_root: Path, tmp_pa
         server.shutdown()  # type: ignore[attr-defined]
 
 
+@pytest.mark.loopback_stack
 def test_browser_call_public_demo_mode_needs_no_key(loopback: LoopbackStack) -> None:
     """Public mode: the page gets a keyless token for a fresh server-chosen room, and the agent greets."""
     target = target_for(loopback, "/demo/call/")

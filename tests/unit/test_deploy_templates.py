@@ -109,9 +109,10 @@ def test_turn_tls_on_443_puts_an_sni_router_in_front_of_caddy_and_coturn() -> No
     files = rendered()
     nginx = files["nginx.conf"]
     assert f"listen {spec.port('https').start};" in nginx
-    assert f"{spec.config.turn_host} turn_tls;" in nginx
-    # coturn is reached on the node's own address, not loopback (see deploy/tasks/edge.py).
-    assert f"server {PUBLIC[0]}:{spec.port('turn-tls').start};" in nginx
+    # The TURN name goes through the hop that takes the PROXY header off, then to coturn on the
+    # node's own address, not loopback (see deploy/tasks/edge.py).
+    assert f"{spec.config.turn_host} turn_hop;" in nginx
+    assert f"upstream turn_tls {{\n\t\tserver {PUBLIC[0]}:{spec.port('turn-tls').start};" in nginx
     assert f"server 127.0.0.1:{spec.port('caddy-https').start};" in nginx
     assert f"https_port {spec.port('caddy-https').start}" in files["Caddyfile"]
     assert f"tls-listening-port={spec.port('turn-tls').start}" in files["turnserver.conf"]
@@ -258,12 +259,17 @@ def test_the_production_manifest_pins_every_version_for_every_architecture() -> 
 
     manifest = load_manifest()
     assert manifest["livekit"], "no LiveKit version pinned"
+    assert manifest["caddy"], "no Caddy version pinned"
+    # Each project's published checksums: LiveKit's checksums.txt is sha256, Caddy's is sha512.
+    assert {name: next(iter(v.values())).algorithm for name, v in manifest.items()} == \
+        {"livekit": "sha256", "caddy": "sha512"}
     for name, versions in manifest.items():
         for version, art in versions.items():
-            assert set(art.sha256) == {"amd64", "arm64"}, (name, version)
-            for arch in art.sha256:
-                url, sha = art.for_arch(arch)  # raises when not pinned
-                assert len(sha) == 64 and url.endswith(f"_{version}_linux_{arch}.tar.gz")
+            assert set(art.digests) == {"amd64", "arm64"}, (name, version)
+            for arch in art.digests:
+                url, digest = art.for_arch(arch)  # raises when not pinned
+                assert len(digest) == {"sha256": 64, "sha512": 128}[art.algorithm], (name, version, arch)
+                assert url.endswith(f"_{version}_linux_{arch}.tar.gz")
 
 
 def test_an_unknown_or_unpinned_version_is_a_config_problem() -> None:

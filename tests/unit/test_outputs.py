@@ -61,10 +61,12 @@ def test_assemble_refuses_nodes_the_spec_does_not_have_and_missing_secrets() -> 
     spec = spec_of(env="unit")
     node = outputs.NodeOut("node-7", "203.0.113.7", None, "root", "/k", ["livekit"])
     with pytest.raises(outputs.OutputsError, match="node-7"):
-        outputs.assemble(spec, [node], api_secret="a", turn_secret="b", token_key="c")
+        outputs.assemble(spec, [node], api_secret="a", turn_secret="b", token_key="c", call_password="d")
     good = outputs_for(spec).nodes
     with pytest.raises(outputs.OutputsError, match="turn_secret"):
-        outputs.assemble(spec, good, api_secret="a", turn_secret="", token_key="c")
+        outputs.assemble(spec, good, api_secret="a", turn_secret="", token_key="c", call_password="d")
+    with pytest.raises(outputs.OutputsError, match="call_password"):
+        outputs.assemble(spec, good, api_secret="a", turn_secret="b", token_key="c", call_password="")
 
 
 def test_urls_come_from_the_spec(stack: Path) -> None:

@@ -32,7 +32,8 @@ RRSET, PRIMARY_IP = "hcloud:index/zoneRrset:ZoneRrset", "hcloud:index/primaryIp:
 
 SINGLE = {"provider": "hetzner", "domain": "example.com", "adminCidrs": [ADMIN], "sshPublicKey": SSH_KEY}
 CLUSTER = {**SINGLE, "nodeCount": 3, "region": "fsn1", "serverType": "cpx31", "privateNetwork": "10.9.0.0/24"}
-GIVEN_SECRETS = {"apiSecret": "a" * 40 + "given-api", "turnSecret": "t" * 40 + "given-turn", "tokenKey": "k" * 30}
+GIVEN_SECRETS = {"apiSecret": "a" * 40 + "given-api", "turnSecret": "t" * 40 + "given-turn", "tokenKey": "k" * 30,
+                 "callPassword": "c" * 20 + "given-call"}
 SHAPES = {"single": SINGLE, "cluster": CLUSTER}
 
 
@@ -125,21 +126,23 @@ def test_ssh_is_world_open_only_with_allow_world_ssh():
 
 def test_secrets_are_secret_outputs_and_generated_once(shape):
     _, _, run = shape
-    for key in ("api_secret", "turn_secret", "token_key"):
+    for key in ("api_secret", "turn_secret", "token_key", "call_password"):
         assert run.secret[key] is True, key
         assert len(run.outputs[key]) >= 48 and run.outputs[key].isalnum()
     assert run.secret["spec"] is False and run.secret["nodes"] is False
     passwords = run.of("random:index/randomPassword:RandomPassword")
-    assert len(passwords) == 3
+    assert len(passwords) == 4
     assert all(int(p.inputs["length"]) >= 48 and p.inputs["special"] is False for p in passwords)
 
 
 def test_given_secrets_are_used_and_stay_secret():
     run = run_stack({**SINGLE, **GIVEN_SECRETS}, secret_keys=GIVEN_SECRETS)
     assert not run.of("random:index/randomPassword:RandomPassword")
-    assert (run.outputs["api_secret"], run.outputs["turn_secret"], run.outputs["token_key"]) == \
-        (GIVEN_SECRETS["apiSecret"], GIVEN_SECRETS["turnSecret"], GIVEN_SECRETS["tokenKey"])
-    assert all(run.secret[k] for k in ("api_secret", "turn_secret", "token_key"))
+    assert (run.outputs["api_secret"], run.outputs["turn_secret"], run.outputs["token_key"],
+            run.outputs["call_password"]) == \
+        (GIVEN_SECRETS["apiSecret"], GIVEN_SECRETS["turnSecret"], GIVEN_SECRETS["tokenKey"],
+         GIVEN_SECRETS["callPassword"])
+    assert all(run.secret[k] for k in ("api_secret", "turn_secret", "token_key", "call_password"))
 
 
 def test_user_data_is_cloud_config_without_secrets():
@@ -156,7 +159,7 @@ def test_user_data_is_cloud_config_without_secrets():
 
 def test_generated_secrets_stay_out_of_user_data(shape):
     _, _, run = shape
-    generated = [run.outputs[k] for k in ("api_secret", "turn_secret", "token_key")]
+    generated = [run.outputs[k] for k in ("api_secret", "turn_secret", "token_key", "call_password")]
     assert all(s not in server.inputs["userData"] for server in run.of(SERVER) for s in generated)
 
 

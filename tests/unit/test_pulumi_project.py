@@ -60,7 +60,7 @@ def sample() -> dict:
         "spec": specmod.to_json(spec),
         "nodes": [{"name": "node-1", "public_ip": "203.0.113.8", "private_ip": None, "ssh_user": "root",
                    "roles": ["agent", "livekit", "turn"], "ssh_port": 22}],
-        "api_secret": "s" * 48, "turn_secret": "t" * 48, "token_key": "k" * 48,
+        "api_secret": "s" * 48, "turn_secret": "t" * 48, "token_key": "k" * 48, "call_password": "p" * 48,
         "info": {"provider": "hetzner", "dns_nameservers": ["hydrogen.ns.hetzner.com"]},
     }
 

@@ -26,6 +26,7 @@ SECRET_FILES = [  # path, owner, group, allowed modes
     ("/etc/livekit/turn-secret", "livekit", "livekit", {0o600}),
     ("/etc/turnserver.conf", "root", "turnserver", {0o640, 0o600}),
     ("/etc/voicestack/agent.env", "root", "root", {0o600}),
+    ("/etc/caddy/caddy.env", "root", "root", {0o600}),
 ]
 WILDCARD = {"0.0.0.0", "::", "*", "[::]"}
 
