@@ -14,13 +14,14 @@ CONFIG_ARG = $(if $(CONFIG),--config "$(CONFIG)")
 ROOM ?= voice-test
 USER_ID ?=
 
-.PHONY: help up down deploy verify validate preflight test test-unit test-e2e test-browser lint bench token deps venv
+.PHONY: help up down deploy verify validate preflight shell test test-unit test-e2e test-browser lint bench token deps venv
 
 help:
 	@echo "make up [ENV=local|<stack>] [CONFIG=<stack file>]   validate, provision, deploy, verify, summary"
 	@echo "make down [ENV=...]           remove it"
 	@echo "make deploy|verify|preflight  one step on its own, against .stack/\$$ENV/outputs.json"
 	@echo "make validate CONFIG=Pulumi.<stack>.yaml   check a stack file, create nothing"
+	@echo "make shell [ENV=local]        a shell on a local environment's emulated internet (its names, its CA)"
 	@echo "make token [ROOM=voice-test] [USER_ID=..]  mint a LiveKit token"
 	@echo "make test                     everything CI runs (lint, unit, e2e)"
 	@echo "make test-browser             the voice page in Chromium against a loopback stack (~3 min)"
@@ -63,6 +64,9 @@ verify: $(VENV_STAMP) $(AGENT_STAMP)
 
 preflight: $(VENV_STAMP)
 	@$(PY) -m infra.preflight --env $(ENV)
+
+shell: $(VENV_STAMP)
+	@$(PY) -m infra.local shell --env $(ENV)
 
 # ruff (pinned in requirements.txt) over the whole tree; import cycles are a unit test.
 lint: $(VENV_STAMP)

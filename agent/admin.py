@@ -72,6 +72,10 @@ def resolve_target(env: str, url: str | None, ca_bundle: str | None) -> Target:
         out = read(env)
     except OutputsError as exc:
         raise AdminError(f"no LIVEKIT_API_KEY/LIVEKIT_API_SECRET in the environment and {exc}", 2) from exc
+    if not url and not env_url and os.geteuid() == 0:
+        # A local environment's names resolve only on its emulated internet: go there first.
+        from infra.local.shell import rerun_in_client_namespace
+        rerun_in_client_namespace(out, "agent.admin", sys.argv[1:])
     return Target(http_url(url or env_url or out.livekit_url), out.api_key, out.api_secret,
                   ca_bundle or out.ca_bundle)
 

@@ -17,6 +17,11 @@ from infra.local.provisioner import LocalMachines
 from infra.steps import Progress, StepFailed
 
 
+def outputs_error() -> type[Exception]:
+    from infra.outputs import OutputsError
+    return OutputsError
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.local", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--retain", action="store_true", help="keep a half-made environment when a step fails")
     for name, text in (("down", "remove the environment (caches are kept)"), ("status", "what is running")):
         sub.add_parser(name, help=text).add_argument("--env", default="local")
+    p_shell = sub.add_parser("shell", help="a shell (or `-- command`) on the environment's emulated internet")
+    p_shell.add_argument("--env", default="local")
+    p_shell.add_argument("command_args", nargs="*", metavar="command")
     sub.add_parser("packages", help="print the Debian packages the host needs")
     sub.add_parser("livekit-bin", help="build/unpack the pinned livekit-server and print its path")
     sub.add_parser("caddy-bin", help="build/unpack the pinned caddy and print its path")
@@ -48,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             machines.down(args.env, Progress())
         elif args.command == "status":
             print(machines.status(args.env))
+        elif args.command == "shell":
+            from infra import outputs
+            from infra.local import shell
+            shell.exec_in_client_namespace(outputs.read(args.env), args.command_args)
         elif args.command == "livekit-bin":
             print(artifacts.livekit_binary(DEFAULTS["livekitVersion"]))
         elif args.command == "caddy-bin":
@@ -58,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the configuration has problems:\n" + "\n".join(f"  - {k}: {m}" for k, m in exc.problems),
               file=sys.stderr)
         return 1
-    except (host.LocalEnvError, EnvNameError, StepFailed) as exc:
+    except (host.LocalEnvError, EnvNameError, StepFailed, outputs_error()) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

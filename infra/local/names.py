@@ -8,12 +8,15 @@ in 198.19.0.0/16, both picked by a hash of the env name so that two environments
 from __future__ import annotations
 
 import hashlib
+import os
 import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-CACHE = Path("/var/cache/voicestack")
+#: Host-side build caches (base image, Go builds, artifacts, wheels). VOICESTACK_CACHE moves them,
+#: e.g. to measure a cold start without throwing away the shared caches (bench/bench_feedback.py).
+CACHE = Path(os.environ.get("VOICESTACK_CACHE", "/var/cache/voicestack"))
 STATE = Path("/var/lib/voicestack")
 RUN = Path("/run/voicestack")
 

@@ -28,9 +28,9 @@ SERVICES = ("livekit", "caddy", "coturn", "nginx", "fail2ban", "ssh", "nftables"
 pytestmark = pytest.mark.e2e
 
 
-def deploy(env: str = ENV, timeout: float = 900) -> tuple[subprocess.CompletedProcess, dict, float]:
+def deploy(env: str = ENV, timeout: float = 900, *extra: str) -> tuple[subprocess.CompletedProcess, dict, float]:
     t0 = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "deploy", "--env", env], cwd=ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "deploy", "--env", env, *extra], cwd=ROOT, capture_output=True,
                             text=True, timeout=timeout)
     seconds = time.monotonic() - t0
     summary_path = outputs.EnvPaths(env).deploy_last
@@ -98,10 +98,29 @@ def test_agent_services_answer_as_the_unprivileged_user_with_an_owner_only_env_f
 
 
 def test_second_converge_changes_nothing(env):
-    result, summary, seconds = deploy()
-    print(f"no-op converge: {seconds:.1f}s")
+    result, summary, seconds = deploy(ENV, 900, "--full")
+    print(f"no-op converge, every operation: {seconds:.1f}s")
     assert result.returncode == 0, result.stderr
-    assert summary["changed"] == {}, summary["changed"]
+    assert summary["changed"] == {} and summary["operations"] > 50, summary
+
+
+def test_a_no_op_deploy_is_one_check_per_node_and_drift_is_repaired(env):
+    result, summary, seconds = deploy()
+    print(f"no-op deploy (one SSH check): {seconds:.2f}s")
+    assert result.returncode == 0 and summary.get("fast") is True and summary["operations"] == 0, result.stdout
+    # Drift on the node (an edited config) is noticed by the check and repaired by the full converge.
+    ssh(env, "echo '# edited by hand' >> /etc/turnserver.conf")
+    result, summary, _ = deploy()
+    assert result.returncode == 0, result.stderr
+    assert "the node's state changed since the last converge" in result.stdout
+    assert any("Render /etc/turnserver.conf" in n for n in summary["changed"]["node-1"]), summary["changed"]
+    assert "edited by hand" not in ssh(env, "cat /etc/turnserver.conf")
+    assert deploy()[1].get("fast") is True
+    # A stopped service is drift too.
+    ssh(env, "systemctl stop voicestack-webhooks")
+    result, summary, _ = deploy()
+    assert result.returncode == 0 and not summary.get("fast"), result.stdout
+    assert ssh(env, "systemctl is-active voicestack-webhooks").strip() == "active"
 
 
 def test_changing_one_setting_restarts_only_that_service(env, tmp_path):
