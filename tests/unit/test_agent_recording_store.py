@@ -37,10 +37,18 @@ def test_agent_recording_store_marks_a_dead_writer_partial(tmp_path: Path, caplo
 def test_agent_recording_store_leaves_a_live_writer_alone(tmp_path: Path) -> None:
     store = Store(tmp_path)
     rec = store.create(kind="meeting", room="r", room_sid=None)  # pid: this process, alive
-    rec.heartbeat(time.time() - 40)
-    assert not store.mark_stale(store.open(rec.id), stale_after_s=30)  # slow, not dead
-    rec.heartbeat(time.time() - 100)
-    assert store.mark_stale(store.open(rec.id), stale_after_s=30)  # hung for 3x the limit
+    rec.heartbeat(time.time() - 120)
+    assert not store.mark_stale(store.open(rec.id), stale_after_s=30)  # slow (a busy machine), not dead
+    rec.heartbeat(time.time() - 301)
+    assert store.mark_stale(store.open(rec.id), stale_after_s=30)  # hung for 10x the limit
+
+
+def test_agent_recording_store_a_reused_pid_is_not_the_writer(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    rec = store.create(kind="meeting", room="r", room_sid=None)
+    rec.manifest["pid_start"] = (rec.manifest["pid_start"] or 0) + 1  # same pid, another process
+    rec.heartbeat(time.time() - 60)
+    assert store.mark_stale(store.open(rec.id), stale_after_s=30)
 
 
 def test_agent_recording_store_retention_deletes_only_old_finished_recordings(tmp_path: Path) -> None:
