@@ -182,6 +182,16 @@ class Store:
         log.info("recording %s started: room=%s kind=%s dir=%s", rid, room, kind, path)
         return rec
 
+    def active_for(self, room: str, stale_after_s: float) -> Recording | None:
+        """A live recording of `room` on this node, if there is one (its writer runs and beats)."""
+        now = time.time()
+        for rec in self.all():
+            m = rec.manifest
+            if (m.get("room") == room and m.get("status") == "recording" and writer_alive(m)
+                    and now - float(m.get("heartbeat_at") or 0) < HUNG_FACTOR * stale_after_s):
+                return rec
+        return None
+
     def path_of(self, recording_id: str) -> Path:
         """The directory of `recording_id`; raises StoreError for anything that is not an id."""
         if not ID_RE.match(recording_id):

@@ -80,7 +80,7 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
                                                          prompt or None)
         else:
             text = await asyncio.to_thread(stt.transcribe, audio, language)
-    except Exception as exc:  # undecodable audio surfaces from PyAV as many exception types
+    except Exception as exc:  # noqa: BLE001 - undecodable audio surfaces from PyAV as many exception types
         log.warning("failed to transcribe %d bytes: %s", len(audio), exc)
         return _error(400, f"failed to decode or transcribe the audio: {exc}")
     if response_format == "text":

@@ -188,7 +188,7 @@ class Stack:
         for what, url, proc in [("livekit-server", f"http://127.0.0.1:{self.ports['lk']}/", lk),
                                 ("the speech server", f"{self.speech_url.rsplit('/v1', 1)[0]}/health", speech),
                                 ("the recordings service", f"{self.api_url}/health", recs)]:
-            wait_until(lambda: http_ok(url) or proc.poll() is not None, 90, what)
+            wait_until(lambda url=url, proc=proc: http_ok(url) or proc.poll() is not None, 90, what)
             assert proc.poll() is None, f"{what} exited:\n{self.log(next(k for k, v in self.procs.items() if v is proc))[-3000:]}"
 
     def use_policy(self, policy: str) -> None:
@@ -204,7 +204,7 @@ class Stack:
         wait_until(lambda: http_ok(f"http://127.0.0.1:{self.ports['webhooks']}/health") or hooks.poll() is not None,
                    60, "the webhook receiver")
         for name, proc in (("recorder", rec), ("agent", agent)):
-            wait_until(lambda: "registered worker" in self.log(name) or proc.poll() is not None, 90,
+            wait_until(lambda name=name, proc=proc: "registered worker" in self.log(name) or proc.poll() is not None, 90,
                        f"the {name} worker to register")
             assert proc.poll() is None, f"{name} exited:\n{self.log(name)[-3000:]}"
         self.policy = policy
@@ -230,6 +230,14 @@ class Stack:
             self.stop(name)
 
     # ---- helpers for the tests ----------------------------------------------------------------
+
+    def tails(self, names: tuple[str, ...] = ("recorder", "recordings", "webhooks")) -> str:
+        """The end of each service's log, for a failure message."""
+        out = []
+        for name in names:
+            lines = [ln for ln in self.log(name).splitlines() if '"level": "DEBUG"' not in ln]
+            out.append(f"--- {name}\n" + "\n".join(ln[:300] for ln in lines[-15:]))
+        return "\n".join(out)
 
     def recordings_of(self, room: str) -> list[dict[str, Any]]:
         out = []
@@ -399,7 +407,8 @@ def test_agent_recording_meeting_three_speakers_transcribed_in_order_and_deliver
 
     script = asyncio.run(meeting())
     ev = wait_until(lambda: stack.receiver.recording_finished(room=room), 120, "recording_finished")
-    assert ev["kind"] == "meeting" and ev["status"] == "complete" and ev["partial_reason"] is None
+    assert (ev["kind"], ev["status"], ev["partial_reason"]) == ("meeting", "complete", None), stack.tails()
+    assert len(stack.recordings_of(room)) == 1, "one meeting, one recording"
     for key in ("recording_id", "room", "started_at", "ended_at", "duration_s", "participants", "files",
                 "transcript", "summary"):
         assert ev[key] not in (None, ""), key

@@ -132,3 +132,12 @@ def test_agent_recording_files_are_not_world_readable(tmp_path: Path) -> None:
     w.close()
     modes = {p.name: p.stat().st_mode & 0o777 for p in (rec.path, rec.path / "manifest.json", rec.path / "01-a.ogg")}
     assert all(mode & 0o007 == 0 for mode in modes.values()), {k: oct(v) for k, v in modes.items()}
+
+
+def test_agent_recording_store_finds_the_live_recording_of_a_room(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    live = store.create(kind="meeting", room="standup", room_sid=None)  # written by this (live) process
+    done = store.create(kind="meeting", room="retro", room_sid=None)
+    done.finish("complete")
+    assert store.active_for("standup", 30).id == live.id
+    assert store.active_for("retro", 30) is None and store.active_for("other", 30) is None
