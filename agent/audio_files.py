@@ -99,9 +99,22 @@ def iter_pcm(path: Path, sample_rate: int = 16000, channel: int | None = None,
     A file cut off by a crash ends where its last whole page ends; that is logged, not raised.
     """
     block = max(1, int(sample_rate * block_s))
-    pending = np.zeros(0, dtype=np.int16)
+    parts: list[np.ndarray] = []  # decoded frames not yet handed out, joined once per block
+    held = 0
     layout = "mono" if channel is None else "stereo"
     resampler = av.AudioResampler(format="s16", layout=layout, rate=sample_rate)
+
+    def blocks(final: bool = False) -> Iterator[np.ndarray]:
+        nonlocal parts, held
+        if held < block and not (final and held):
+            return
+        joined = np.concatenate(parts)
+        whole = joined.size - joined.size % block if not final else joined.size
+        for i in range(0, whole, block):
+            yield joined[i:i + block]
+        rest = joined[whole:]
+        parts, held = ([rest] if rest.size else []), rest.size
+
     with av.open(str(path)) as container:
         stream = container.streams.audio[0]
         stream.thread_type = "AUTO"
@@ -110,19 +123,17 @@ def iter_pcm(path: Path, sample_rate: int = 16000, channel: int | None = None,
         try:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    pending = np.concatenate([pending, _pick(out, channel)])
-                    while pending.size >= block:
-                        yield pending[:block]
-                        pending = pending[block:]
+                    pcm = _pick(out, channel)
+                    parts.append(pcm)
+                    held += pcm.size
+                yield from blocks()
         except (av.error.InvalidDataError, av.error.EOFError) as exc:
             log.warning("%s ends early (a recording cut off by a crash?): %s", path.name, exc)
         for out in resampler.resample(None):
-            pending = np.concatenate([pending, _pick(out, channel)])
-    while pending.size >= block:
-        yield pending[:block]
-        pending = pending[block:]
-    if pending.size:
-        yield pending
+            pcm = _pick(out, channel)
+            parts.append(pcm)
+            held += pcm.size
+    yield from blocks(final=True)
 
 
 def _pick(frame: av.AudioFrame, channel: int | None) -> np.ndarray:

@@ -27,7 +27,7 @@ from livekit.agents import AgentSession, JobContext
 
 from agent.recording_config import RecordingConfig
 from agent.recording_indicator import set_indicator
-from agent.recording_store import CALL_AUDIO, Recording, Store, free_bytes, write_json_atomic
+from agent.recording_store import CALL_AUDIO, Recording, Store, StoreError, free_bytes, write_json_atomic
 
 log = logging.getLogger("agent.call_recording")
 
@@ -62,7 +62,7 @@ async def record_options(ctx: JobContext, session: AgentSession) -> dict[str, bo
     """
     try:
         return await _record_options(ctx, session)
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever fails, the call must go ahead (unrecorded, and logged)
         log.exception("call in room %s NOT recorded: preparing the recording failed", ctx.job.room.name)
         call = _CALLS.pop(ctx.job.id, None)
         if call is not None and call.heartbeat is not None:
@@ -87,7 +87,7 @@ async def _record_options(ctx: JobContext, session: AgentSession) -> dict[str, b
     try:
         Store(cfg.root).ensure()
         free = free_bytes(cfg.root)
-    except Exception as exc:
+    except (StoreError, OSError) as exc:
         log.error("call in room %s NOT recorded: %s", room.name, exc)
         return False
     if free < cfg.min_free_bytes:

@@ -104,6 +104,13 @@ class MeetingRecording:
                       "free disk space or lower the limit", room.name, self.cfg.root, free >> 20,
                       self.cfg.min_free_mb)
             return False
+        # A dispatch can reach a second job under load (a slow accept is re-assigned); one
+        # recording per room: the second one would also take over the first's identity.
+        running = self.store.active_for(room.name, self.cfg.stale_after_s)
+        if running is not None:
+            log.warning("room %s is already being recorded (%s, pid %s); this recorder leaves",
+                        room.name, running.id, running.manifest.get("pid"))
+            return False
         # Shown before anything is written; no indicator, no recording.
         if not await self._indicator(True):
             log.error("room %s NOT recorded: the recording indicator could not be shown", room.name)

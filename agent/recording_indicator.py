@@ -31,7 +31,7 @@ async def set_indicator(room: str, recording: bool, *, url: str | None = None) -
             metadata = with_indicator(rooms.rooms[0].metadata, recording)
             await lk.room.update_room_metadata(api.UpdateRoomMetadataRequest(room=room, metadata=metadata))
         return True
-    except Exception as exc:  # TwirpError, aiohttp errors, bad credentials: all mean "not shown"
+    except Exception as exc:  # noqa: BLE001 - TwirpError, aiohttp errors, bad credentials: all mean "not shown"
         log.warning("failed to set %s=%s on room %s at %s: %s", "voicestack.recording",
                     str(recording).lower(), room, url, exc)
         return False

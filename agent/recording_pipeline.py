@@ -17,8 +17,7 @@ from typing import Any
 from agent.audio_files import duration_s, mixdown
 from agent.outbox import Outbox
 from agent.recording_config import RecordingConfig
-from agent.recording_store import (MIX, PROCESSING, SUMMARY, TRANSCRIPT, Recording, iso, read_json,
-                                   write_json_atomic)
+from agent.recording_store import MIX, PROCESSING, SUMMARY, TRANSCRIPT, Recording, iso, read_json, write_json_atomic
 from agent.summary import LlmClient, SummaryError, summarize
 from agent.transcription import SttClient, merge, transcribe_track, transcript_text
 

@@ -36,6 +36,7 @@ CALL_AUDIO = "audio.ogg"  # livekit-agents' RecorderIO writes this name
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,79}$")
 FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MANIFEST_VERSION = 1
+HUNG_FACTOR = 10  # a live writer silent this many times RECORDING_STALE_AFTER is taken as hung
 # Recordings are personal data: readable by the service user (and its group) only.
 FILE_MODE = 0o640
 DIR_MODE = 0o750
@@ -96,16 +97,26 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
+def process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), or None.
+
+    With the pid it names one process for good: a pid reused after a crash has another start.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def writer_alive(manifest: dict[str, Any]) -> bool:
+    """Is the process that writes this recording still running (on this host)?"""
+    pid = manifest.get("pid")
+    if not pid or manifest.get("host") != socket.gethostname():
         return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+    started = process_start(int(pid))
+    return started is not None and started == manifest.get("pid_start", started)
 
 
 @dataclass
@@ -164,12 +175,22 @@ class Store:
             "version": MANIFEST_VERSION, "id": rid, "kind": kind, "room": room, "room_sid": room_sid,
             "status": "recording", "partial_reason": None,
             "started_at": started, "ended_at": None, "heartbeat_at": started,
-            "pid": os.getpid(), "host": socket.gethostname(),
+            "pid": os.getpid(), "pid_start": process_start(os.getpid()), "host": socket.gethostname(),
             "participants": {}, "tracks": [], **(extra or {}),
         })
         rec.save()
         log.info("recording %s started: room=%s kind=%s dir=%s", rid, room, kind, path)
         return rec
+
+    def active_for(self, room: str, stale_after_s: float) -> Recording | None:
+        """A live recording of `room` on this node, if there is one (its writer runs and beats)."""
+        now = time.time()
+        for rec in self.all():
+            m = rec.manifest
+            if (m.get("room") == room and m.get("status") == "recording" and writer_alive(m)
+                    and now - float(m.get("heartbeat_at") or 0) < HUNG_FACTOR * stale_after_s):
+                return rec
+        return None
 
     def path_of(self, recording_id: str) -> Path:
         """The directory of `recording_id`; raises StoreError for anything that is not an id."""
@@ -209,8 +230,10 @@ class Store:
     def mark_stale(self, rec: Recording, stale_after_s: float, now: float | None = None) -> bool:
         """Mark a "recording" whose writer is gone as partial; True if it was marked.
 
-        Gone = no heartbeat for `stale_after_s` and its process is dead (or silent for three
-        times as long: a hung writer). ended_at is the last sign of life: the newest of the
+        Gone = no heartbeat for `stale_after_s` and its process (pid and start time) is not
+        running. A writer that still runs is only given up after HUNG_FACTOR times as long
+        without a heartbeat: a busy machine delays heartbeats, and marking a live recording
+        would announce it twice. ended_at is the last sign of life: the newest of the
         heartbeat and the audio files' modification times.
         """
         m = rec.manifest
@@ -218,9 +241,7 @@ class Store:
             return False
         now = now if now is not None else time.time()
         quiet = now - float(m.get("heartbeat_at") or m.get("started_at") or 0)
-        same_host = m.get("host") == socket.gethostname()
-        alive = same_host and pid_alive(m.get("pid"))
-        if quiet < stale_after_s or (alive and quiet < 3 * stale_after_s):
+        if quiet < stale_after_s or (writer_alive(m) and quiet < HUNG_FACTOR * stale_after_s):
             return False
         last = float(m.get("heartbeat_at") or m.get("started_at") or now)
         for track in m.get("tracks", []):

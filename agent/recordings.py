@@ -72,7 +72,7 @@ class Processor:
             try:
                 await recording_pipeline.process(rec, self.cfg, backends)
                 self.processed += 1
-            except Exception as exc:  # a step's own errors, OutboxError, an unreadable file…
+            except Exception as exc:  # noqa: BLE001 - a step's errors, OutboxError, a bad file: retried later
                 log.error("recording %s: processing failed, will retry: %s", rec.id, exc)
 
 

@@ -67,7 +67,7 @@ def _recording(request: web.Request):  # -> Recording
         return request.app[STORE_KEY].open(request.match_info["id"])
     except StoreError:
         # One answer for "malformed" and "absent": ids are not to be probed.
-        raise web.HTTPNotFound(reason=f"no recording {request.match_info['id'][:100]!r}")
+        raise web.HTTPNotFound(reason=f"no recording {request.match_info['id'][:100]!r}") from None
 
 
 def _file(path, content_type: str, download_name: str | None = None) -> web.FileResponse:

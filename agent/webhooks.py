@@ -224,7 +224,7 @@ async def dispatch_recorder(cfg: RecordingConfig, room: str, *, attempts: int = 
                     metadata=json.dumps({"reason": reason})))
             log.info("recorder dispatched to room %s (%s)", room, reason)
             return True
-        except Exception as exc:  # TwirpError, connection errors: retried, then logged
+        except Exception as exc:  # noqa: BLE001 - TwirpError, connection errors: retried, then logged
             log.warning("failed to dispatch the recorder %r to room %s (attempt %d/%d): %s",
                         cfg.recorder_agent_name, room, attempt, attempts, exc)
             await asyncio.sleep(attempt)

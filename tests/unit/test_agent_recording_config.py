@@ -5,8 +5,13 @@ import json
 
 import pytest
 
-from agent.recording_config import (INDICATOR_KEY, RecordingConfig, RecordingConfigError,
-                                    room_requests_recording, with_indicator)
+from agent.recording_config import (
+    INDICATOR_KEY,
+    RecordingConfig,
+    RecordingConfigError,
+    room_requests_recording,
+    with_indicator,
+)
 
 ASKS = json.dumps({"voicestack.record": "true"})
 

@@ -37,10 +37,18 @@ def test_agent_recording_store_marks_a_dead_writer_partial(tmp_path: Path, caplo
 def test_agent_recording_store_leaves_a_live_writer_alone(tmp_path: Path) -> None:
     store = Store(tmp_path)
     rec = store.create(kind="meeting", room="r", room_sid=None)  # pid: this process, alive
-    rec.heartbeat(time.time() - 40)
-    assert not store.mark_stale(store.open(rec.id), stale_after_s=30)  # slow, not dead
-    rec.heartbeat(time.time() - 100)
-    assert store.mark_stale(store.open(rec.id), stale_after_s=30)  # hung for 3x the limit
+    rec.heartbeat(time.time() - 120)
+    assert not store.mark_stale(store.open(rec.id), stale_after_s=30)  # slow (a busy machine), not dead
+    rec.heartbeat(time.time() - 301)
+    assert store.mark_stale(store.open(rec.id), stale_after_s=30)  # hung for 10x the limit
+
+
+def test_agent_recording_store_a_reused_pid_is_not_the_writer(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    rec = store.create(kind="meeting", room="r", room_sid=None)
+    rec.manifest["pid_start"] = (rec.manifest["pid_start"] or 0) + 1  # same pid, another process
+    rec.heartbeat(time.time() - 60)
+    assert store.mark_stale(store.open(rec.id), stale_after_s=30)
 
 
 def test_agent_recording_store_retention_deletes_only_old_finished_recordings(tmp_path: Path) -> None:
@@ -124,3 +132,12 @@ def test_agent_recording_files_are_not_world_readable(tmp_path: Path) -> None:
     w.close()
     modes = {p.name: p.stat().st_mode & 0o777 for p in (rec.path, rec.path / "manifest.json", rec.path / "01-a.ogg")}
     assert all(mode & 0o007 == 0 for mode in modes.values()), {k: oct(v) for k, v in modes.items()}
+
+
+def test_agent_recording_store_finds_the_live_recording_of_a_room(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    live = store.create(kind="meeting", room="standup", room_sid=None)  # written by this (live) process
+    done = store.create(kind="meeting", room="retro", room_sid=None)
+    done.finish("complete")
+    assert store.active_for("standup", 30).id == live.id
+    assert store.active_for("retro", 30) is None and store.active_for("other", 30) is None
