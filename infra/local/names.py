@@ -8,8 +8,8 @@ in 198.19.0.0/16, both picked by a hash of the env name so that two environments
 from __future__ import annotations
 
 import hashlib
-import os
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
