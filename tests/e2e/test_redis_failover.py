@@ -134,11 +134,14 @@ def test_02_stopping_the_primary_promotes_a_replica_and_new_calls_succeed(env, o
     print(f"  Sentinel +sdown after      {sdown - stopped_at:6.2f} s" if sdown else "  Sentinel +sdown: not logged")
     print(f"  Sentinel +switch-master    {switched - stopped_at:6.2f} s" if switched else "  no +switch-master")
     for a in attempts:
-        print(f"  call started {a['started_s']:6.2f} s, ended {a['ended_s']:6.2f} s: "
-              f"{'ok' if a['ok'] else a.get('error', '')[:120]}")
+        detail = (f"ok, agent joined in {a['agent_join_s']:.2f} s, voice-to-voice {a['latency_s']:.2f} s" if a["ok"]
+                  else a.get("error", "")[:120])
+        print(f"  call started {a['started_s']:6.2f} s, ended {a['ended_s']:6.2f} s: {detail}")
     if first_ok:
-        print(f"  first successful new call ended {first_ok['ended_s']:.2f} s after the stop "
-              f"(a healthy call takes {baseline_s:.2f} s here, client start included)")
+        b = baseline[0]
+        print(f"  first successful new call ended {first_ok['ended_s']:.2f} s after the stop (a healthy call "
+              f"before it: {baseline_s:.2f} s, client start included; agent joined in {b['agent_join_s']:.2f} s, "
+              f"voice-to-voice {b['latency_s']:.2f} s)")
     assert first_ok, f"no new call succeeded within {CALL_DEADLINE_S} s of the stop: {attempts}"
     assert after["primary"] and after["agreed"], f"the surviving Sentinels name no primary: {after}"
     new = by_ip[after["primary"].rsplit(":", 1)[0]]
