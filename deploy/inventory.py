@@ -14,7 +14,7 @@ from typing import Any
 from deploy import artifacts as artifactsmod
 from infra import config as configmod
 from infra import outputs as outputsmod
-from infra.secrets import redis_password
+from infra.secrets import redis_config_command, redis_password, redis_sentinel_password
 from infra.spec import EnvSpec, Node, Role, Scope
 
 #: acmeCa -> ACME directory (acmeCa "local": the environment's own server, from the outputs).
@@ -38,6 +38,8 @@ class Secrets:
     redis_password: str
     token_key: str = ""       # the bearer key of the token endpoint (agent nodes)
     call_password: str = ""   # basic auth of the private voice page (Caddy keeps only its bcrypt hash)
+    redis_sentinel_password: str = ""   # the Sentinels' requirepass (clusters)
+    redis_config_command: str = ""      # the secret name of Redis' CONFIG command (clusters)
 
     def __repr__(self) -> str:
         return "Secrets(<hidden>)"
@@ -53,7 +55,9 @@ class NodeVars:
     private_ip: str | None
     secrets: Secrets = field(repr=False)
     livekit_peers: tuple[str, ...]       # every address a LiveKit node relays from (coturn allow-list)
-    redis_address: str | None            # host:port of the cluster's Redis (several nodes)
+    #: Private IPs of the nodes that run Redis + Sentinel, in spec order (the first is the seed
+    #: primary, see EnvSpec.redis_seed_node); empty with one node.
+    redis_nodes: tuple[str, ...]
     acme_directory: str
     artifacts: dict[str, artifactsmod.Artifact]
     apt_proxy: str | None
@@ -133,7 +137,9 @@ def node_vars(out: outputsmod.Outputs) -> dict[str, NodeVars]:
         except ValueError as exc:
             raise DeployInputError(f"node {n.name}: public_ip {n.public_ip!r} is not an IP address") from exc
     secrets = Secrets(out.api_key, out.api_secret, out.turn_secret, redis_password(out.api_secret),
-                      token_key=out.token_key, call_password=out.call_password)
+                      token_key=out.token_key, call_password=out.call_password,
+                      redis_sentinel_password=redis_sentinel_password(out.api_secret),
+                      redis_config_command=redis_config_command(out.api_secret))
 
     def private_ip(node: Node) -> str | None:
         return by_name[node.name].private_ip or node.private_ip
@@ -141,9 +147,12 @@ def node_vars(out: outputsmod.Outputs) -> dict[str, NodeVars]:
     peers: list[str] = []
     for n in spec.nodes_with(Role.LIVEKIT):
         peers += [by_name[n.name].public_ip] + ([private_ip(n)] if private_ip(n) else [])
-    redis_address = None
-    if spec.redis_node is not None:
-        redis_address = f"{private_ip(spec.redis_node)}:{spec.port('redis').start}"
+    redis_nodes = []
+    for n in spec.redis_nodes:
+        if not private_ip(n):
+            raise DeployInputError(f"{n.name} runs Redis but has no private IP in the outputs; re-run the "
+                                   "provisioner (make up) so every cluster node has one")
+        redis_nodes.append(str(private_ip(n)))
     acme = _acme_directory(spec, out.deploy)
     arts = _artifacts(spec, out.deploy)
     leader = spec.certificate_node
@@ -155,7 +164,7 @@ def node_vars(out: outputsmod.Outputs) -> dict[str, NodeVars]:
         o = by_name[node.name]
         result[node.name] = NodeVars(
             spec=spec, node=node, public_ip=o.public_ip, private_ip=private_ip(node), secrets=secrets,
-            livekit_peers=tuple(dict.fromkeys(peers)), redis_address=redis_address, acme_directory=acme,
+            livekit_peers=tuple(dict.fromkeys(peers)), redis_nodes=tuple(redis_nodes), acme_directory=acme,
             artifacts=arts, apt_proxy=out.deploy.apt_proxy, pip_index=out.deploy.pip_index,
             certificate_relay=relay if leader is not None and node != leader else None)
     return result

@@ -415,6 +415,16 @@ def _check_network(v: V, c: _Checker) -> None:
                                 "one for Redis and node-to-node traffic, e.g. 10.77.0.0/24")
 
 
+def _check_cluster(v: V, c: _Checker) -> None:
+    # Accepted, not refused: two nodes still add capacity and keep a live copy of Redis, and the
+    # loss of the replica's node costs nothing; only the primary's node is still a single point.
+    if v["node_count"] == 2:
+        v["warnings"].append(
+            "nodeCount is 2: both nodes run Redis and Sentinel, but a failover needs a majority of the "
+            "Sentinels (2 of 2), so if the node with the Redis primary is lost, new calls fail until it is back; "
+            "use nodeCount 3 (or more) for a cluster that survives the loss of any one node")
+
+
 def _check_ports(v: V, c: _Checker) -> None:
     if v["ice_mode"] not in ("range", "mux"):
         c.add("iceMode", f"{v['ice_mode']!r} is not 'range' (port range) or 'mux' (one UDP port)")
@@ -512,8 +522,8 @@ def _check_call(v: V, c: _Checker) -> None:
 
 
 CHECKS: tuple[Callable[[V, _Checker], None], ...] = (
-    _check_provider, _check_names, _check_ssh, _check_network, _check_ports, _check_urls, _check_acme,
-    _check_secrets, _check_hosts, _check_agent, _check_versions, _check_call)
+    _check_provider, _check_names, _check_ssh, _check_network, _check_cluster, _check_ports, _check_urls,
+    _check_acme, _check_secrets, _check_hosts, _check_agent, _check_versions, _check_call)
 
 
 def check(raw: Mapping[str, Any], env: str = "local") -> tuple[StackConfig, list[tuple[str, str]]]:

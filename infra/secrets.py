@@ -58,3 +58,14 @@ def derived(api_secret: str, purpose: str) -> str:
 def redis_password(api_secret: str) -> str:
     """Redis' requirepass (every node's LiveKit and Redis derive the same one)."""
     return derived(api_secret, "redis/requirepass")
+
+
+def redis_sentinel_password(api_secret: str) -> str:
+    """The Sentinels' own requirepass (LiveKit's sentinel_password; Sentinels authenticate to each other with it)."""
+    return derived(api_secret, "redis/sentinel-requirepass")
+
+
+def redis_config_command(api_secret: str) -> str:
+    """The secret name CONFIG is renamed to: Sentinel needs CONFIG to fail over (it sends CONFIG REWRITE),
+    so it cannot be disabled, but only Redis and the Sentinels know the name."""
+    return "config-" + derived(api_secret, "redis/config-command")[:32]

@@ -20,6 +20,9 @@ WORLD = ("0.0.0.0/0", "::/0")
 TOKEN_PATH = "/api/token"
 #: Where Caddy serves the voice page (web/) on the LiveKit name; its token route is CALL_PATH + "token".
 CALL_PATH = "/call/"
+#: Redis Sentinel's port on every node of a cluster (Sentinel's well-known default, fixed like
+#: the agent's ports: nothing outside the private network uses it).
+SENTINEL_PORT = 26379
 
 
 class Scope(str, Enum):
@@ -147,9 +150,23 @@ class EnvSpec:
         return tuple(n for n in self.nodes if n.has(role))
 
     @property
-    def redis_node(self) -> Node | None:
-        found = self.nodes_with(Role.REDIS)
+    def redis_nodes(self) -> tuple[Node, ...]:
+        """Nodes that run redis-server and redis-sentinel (every node of a cluster, none alone)."""
+        return self.nodes_with(Role.REDIS)
+
+    @property
+    def redis_seed_node(self) -> Node | None:
+        """The node whose Redis starts as the primary when the cluster is first deployed. Only a
+        bootstrap choice: after a failover the Sentinels know the current primary, and the deploy
+        asks them (deploy/tasks/redis.py) rather than assuming this node."""
+        found = self.redis_nodes
         return found[0] if found else None
+
+    @property
+    def redis_quorum(self) -> int:
+        """Sentinels that must agree the primary is down: a majority, which is also what a failover
+        needs to elect a leader. With 2 nodes that is both, so losing either stops failovers."""
+        return len(self.redis_nodes) // 2 + 1
 
     @property
     def livekit_url(self) -> str:
@@ -208,8 +225,10 @@ def _nodes(cfg: StackConfig) -> tuple[Node, ...]:
     nodes = []
     for i, name in enumerate(names):
         roles = {Role.LIVEKIT, Role.TURN, Role.AGENT}
-        if cfg.node_count > 1 and i == 0:
-            roles.add(Role.REDIS)  # one Redis for the cluster, on the first node
+        if cfg.node_count > 1:
+            # Redis on every node (one primary, the rest replicas) with a Sentinel beside each:
+            # no node is special, and losing any one leaves a majority of Sentinels to fail over.
+            roles.add(Role.REDIS)
         private_ip = None
         if cfg.hosts and cfg.hosts[i].private_ip:
             private_ip = cfg.hosts[i].private_ip
@@ -259,8 +278,12 @@ def _ports(cfg: StackConfig, multi: bool) -> tuple[Port, ...]:
         ports.append(P("turn-tls", "coturn", "tcp", cfg.turn_tls_port, cfg.turn_tls_port, S.PUBLIC,
                        "TURN over TLS", R.TURN))
     if multi:
-        ports.append(P("redis", "redis", "tcp", cfg.redis_port, cfg.redis_port, S.PRIVATE, "Redis for LiveKit nodes",
-                       R.REDIS))
+        ports += [
+            P("redis", "redis", "tcp", cfg.redis_port, cfg.redis_port, S.PRIVATE,
+              "Redis (primary or replica) for LiveKit nodes", R.REDIS),
+            P("redis-sentinel", "redis", "tcp", SENTINEL_PORT, SENTINEL_PORT, S.PRIVATE,
+              "Redis Sentinel: LiveKit finds the current primary here; Sentinels fail over", R.REDIS),
+        ]
     return tuple(ports)
 
 

@@ -1,6 +1,6 @@
 """Cloud firewall guardrails, read from the spec's defaults (infra/spec.py), not written here again.
 
-* Redis, the LiveKit API port and the Prometheus port never face the internet: a cloud firewall
+* Redis, its Sentinel, the LiveKit API port and the Prometheus port never face the internet: a cloud firewall
   rule that opens them (to any source) is a violation; nodes reach them over the private network.
 * The WebRTC media rule (ICE over UDP, from anywhere) must be there, or calls connect and stay silent.
 * DigitalOcean firewalls must allow egress (they deny it otherwise: no apt, ACME or STUN).
@@ -22,7 +22,8 @@ DO_FIREWALL = "digitalocean:index/firewall:Firewall"
 # A cluster of the defaults: the spec with every port that exists in any shape (Redis included).
 _DEFAULT_SPEC = derive(parse({"provider": "hetzner", "domain": "example.com", "nodeCount": 2,
                               "adminCidrs": ["192.0.2.1/32"]}, env="policy"))
-INTERNAL_PORTS = tuple(_DEFAULT_SPEC.port(name) for name in ("redis", "livekit-http", "livekit-prometheus"))
+INTERNAL_PORTS = tuple(_DEFAULT_SPEC.port(name) for name in ("redis", "redis-sentinel", "livekit-http",
+                                                             "livekit-prometheus"))
 ICE_UDP = _DEFAULT_SPEC.port("livekit-ice-udp")
 
 
@@ -84,7 +85,7 @@ def _do_egress(args: ResourceValidationArgs, report: ReportViolation) -> None:
 
 no_public_internal_ports = ResourceValidationPolicy(
     name="no-public-internal-ports",
-    description="Redis, the LiveKit API port and Prometheus are never opened in a cloud firewall.",
+    description="Redis, Sentinel, the LiveKit API port and Prometheus are never opened in a cloud firewall.",
     validate=_no_public_internal_ports)
 ice_udp_open = ResourceValidationPolicy(
     name="ice-udp-open", description="The WebRTC media UDP rule is open to the internet.", validate=_ice_udp_open)

@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # Install the Debian packages the operator machine needs: the local environment's tools
 # (infra/local/packages.txt) and what the tests run for real (coturn for the TURN probe;
-# Debian's chromium + chromium-driver for the voice page's browser test, libnss3-tools so that
-# test can make Chromium trust a local environment's CA; nodejs + npm, with which the deploy builds
-# the voice page, web/build.py).
+# redis-server and redis-sentinel for the Sentinel failover test; Debian's chromium +
+# chromium-driver for the voice page's browser test, libnss3-tools so that test can make Chromium
+# trust a local environment's CA; nodejs + npm, with which the deploy builds the voice page,
+# web/build.py).
 # Idempotent: only missing packages are installed.
 #
 # The operator host runs no daemon of these packages: Debian's coturn config has no
-# authentication (an open relay into private ranges and the cloud metadata address) and
-# apt-cacher-ng would listen on every address. The tests and the local environment start their
+# authentication (an open relay into private ranges and the cloud metadata address),
+# apt-cacher-ng would listen on every address, and Redis/Sentinel would run unauthenticated. The tests and the local environment start their
 # own instances with their own configs, so the packaged services are disabled, now and on every
 # run (a package upgrade may enable them again).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-read -r -a pkgs <<<"make git openssl coturn chromium chromium-driver libnss3-tools nodejs npm $(grep -v '^#' "$here/infra/local/packages.txt" | tr '\n' ' ')"
-no_daemons=(coturn apt-cacher-ng)
+read -r -a pkgs <<<"make git openssl coturn redis-server redis-sentinel chromium chromium-driver libnss3-tools nodejs npm $(grep -v '^#' "$here/infra/local/packages.txt" | tr '\n' ' ')"
+no_daemons=(coturn apt-cacher-ng redis-server redis-sentinel)
 missing=()
 for p in "${pkgs[@]}"; do
   # Go from /usr/local/go (newer than Debian's) satisfies golang-go.

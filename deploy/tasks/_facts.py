@@ -69,3 +69,76 @@ class OpenFilesHardLimit(FactBase):
     def process(self, output):
         value = output[0].strip() if output else ""
         return int(value) if value.isdigit() else None
+
+
+def redis_cli(auth_file: str, host: str, port: int, *args: str, timeout: int = 5) -> str:
+    """A redis-cli command that authenticates with the `requirepass` line of `auth_file` (a seed file
+    the deploy keeps on the node) through REDISCLI_AUTH: the password is in no argv and no log."""
+    q = shlex.quote
+    return (f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {q(auth_file)})\" timeout {timeout} "
+            f"redis-cli --no-auth-warning -h {q(host)} -p {int(port)} " + " ".join(q(a) for a in args))
+
+
+class SeedState(FactBase):
+    """True when `dest` exists and was made from the current `seed` (the sha256 in `stamp` matches).
+
+    For files a daemon rewrites itself (redis.conf, sentinel.conf): their content says nothing about
+    whether the deploy's inputs changed, the seed's hash does."""
+
+    def command(self, seed: str, dest: str, stamp: str) -> str:
+        s, d, t = (shlex.quote(p) for p in (seed, dest, stamp))
+        return (f'if [ -f {d} ] && [ -f {t} ] && [ -f {s} ] && '
+                f'[ "$(sha256sum < {s} | cut -d" " -f1)" = "$(cat {t})" ]; then echo current; else echo stale; fi')
+
+    def process(self, output):
+        return bool(output) and output[0].strip() == "current"
+
+
+class RedisPrimary(FactBase):
+    """What the cluster's Sentinels say the current Redis primary is, asked from this node:
+    `{"primary": "ip:port" | None, "answers": {sentinel ip: "ip:port" | None}, "agreed": bool}`.
+
+    primary is the answer of a strict majority of the Sentinels that answered (None when none
+    answered: a cluster not deployed yet); agreed is False when answers exist but no majority."""
+
+    def command(self, sentinels: tuple[str, ...], port: int, master: str, auth_file: str) -> str:
+        asks = " ".join(
+            f"( r=$({redis_cli(auth_file, ip, port, 'SENTINEL', 'get-master-addr-by-name', master, timeout=3)} "
+            f"2>/dev/null | tr '\\n' ' '); echo \"sentinel={ip} $r\" ) &" for ip in sentinels)
+        return (f"command -v redis-cli >/dev/null 2>&1 && [ -r {shlex.quote(auth_file)} ] || exit 0; "
+                f"{asks} wait")
+
+    def process(self, output):
+        answers: dict[str, str | None] = {}
+        for line in output:
+            if not line.startswith("sentinel="):
+                continue
+            who, *words = line.removeprefix("sentinel=").split()
+            ok = len(words) == 2 and words[1].isdigit() and words[0].count(".") == 3
+            answers[who] = f"{words[0]}:{words[1]}" if ok else None
+        given = [a for a in answers.values() if a]
+        best = max(set(given), key=given.count) if given else None
+        agreed = best is not None and given.count(best) * 2 > len(given)
+        return {"primary": best if agreed else None, "answers": answers, "agreed": agreed or not given}
+
+    def default(self):
+        return {"primary": None, "answers": {}, "agreed": True}
+
+
+class SentinelMaster(FactBase):
+    """A Sentinel's (by default the local one's) view of a monitored master (`SENTINEL MASTER <name>` as a dict of
+    strings: quorum, down-after-milliseconds, failover-timeout, ip, port, flags...); {} if it does
+    not answer."""
+
+    def command(self, port: int, master: str, auth_file: str, host: str = "127.0.0.1") -> str:
+        return (f"command -v redis-cli >/dev/null 2>&1 && [ -r {shlex.quote(auth_file)} ] || exit 0; "
+                f"{redis_cli(auth_file, host, port, 'SENTINEL', 'MASTER', master)} 2>/dev/null || true")
+
+    def process(self, output):
+        lines = [line.strip() for line in output]
+        if len(lines) < 2 or len(lines) % 2 or " " in lines[0]:
+            return {}  # an error reply ("ERR No such master ..."), or nothing
+        return dict(zip(lines[0::2], lines[1::2]))
+
+    def default(self):
+        return {}

@@ -8,6 +8,7 @@ from pyinfra.operations import files, server, systemd
 
 from deploy.artifacts import ARCHES
 from deploy.inventory import DeployInputError, NodeVars
+from deploy.tasks import redis
 from deploy.tasks._ops import extract_once, fetch_verified, install_validated, put_rendered, service_current
 from infra.spec import Role, Scope
 
@@ -52,8 +53,7 @@ def livekit_vars(vs: NodeVars) -> dict:
         "turn_servers": [{"host": t.host, "port": t.port, "protocol": t.protocol} for t in spec.turn_servers],
         "turn_secret_file": TURN_SECRET_FILE,
         "turn_ttl": TURN_TTL_SECONDS,
-        "redis_address": vs.redis_address if spec.multi_node else None,
-        "redis_password": vs.secrets.redis_password,
+        "redis": redis_client(vs),
         "webhook_urls": webhook_urls(vs),
         "api_key": vs.secrets.api_key,
         "api_secret": vs.secrets.api_secret,
@@ -63,6 +63,16 @@ def livekit_vars(vs: NodeVars) -> dict:
         "drain_seconds": DRAIN_SECONDS,
         "health_url": f"http://127.0.0.1:{http.start}/",
     }
+
+
+def redis_client(vs: NodeVars) -> dict | None:
+    """LiveKit's redis section with several nodes: it finds the current primary through the
+    Sentinels (go-redis's failover client follows +switch-master). The master name is always set:
+    several sentinel_addresses without it make go-redis build a Redis *Cluster* client."""
+    if not vs.spec.multi_node:
+        return None
+    return {"master_name": redis.MASTER_NAME, "sentinel_addresses": redis.sentinel_addresses(vs),
+            "sentinel_password": vs.secrets.redis_sentinel_password, "password": vs.secrets.redis_password}
 
 
 def webhook_urls(vs: NodeVars) -> list[str]:

@@ -107,6 +107,16 @@ def test_nat_and_firewall_providers_are_accepted_with_a_warning(provider: str) -
     assert cfg.warnings and provider in cfg.warnings[0]
 
 
+@pytest.mark.parametrize("nodes,warned", [(1, False), (2, True), (3, False)], ids=["one", "two", "three"])
+def test_two_nodes_are_accepted_with_a_warning_that_they_do_not_survive_losing_the_primary(nodes: int,
+                                                                                           warned: bool) -> None:
+    cfg = parse({**GOOD, "nodeCount": nodes}, env="t")
+    cluster = [w for w in cfg.warnings if "nodeCount" in w]
+    assert bool(cluster) == warned, cfg.warnings
+    if warned:
+        assert "Sentinel" in cluster[0] and "nodeCount 3" in cluster[0]
+
+
 def test_all_problems_are_reported_at_once() -> None:
     found = problems(domain="bad domain", apiSecret="x", nodeCount=0, region="mars1")
     assert {"domain", "apiSecret", "nodeCount", "region"} <= set(found)

@@ -19,7 +19,7 @@ from pyinfra.context import ctx_host
 
 DATA = Path(__file__).parent / "deploy_ops"
 MODULES = {"_ops": "deploy.tasks._ops", "_facts": "deploy.tasks._facts", "certificates": "deploy.tasks.certificates",
-           "agent": "deploy.tasks.agent"}
+           "agent": "deploy.tasks.agent", "redis": "deploy.tasks.redis"}
 
 
 def _resolve(dotted: str) -> Any:

@@ -30,8 +30,9 @@ def rendered(nodes: int = 1, node: str = "node-1", **changes) -> dict[str, str]:
     }
     if spec.sni_split:
         files["nginx.conf"] = render("edge", "nginx.conf.j2", edge.edge_vars(vs))
-    if spec.multi_node and vs.node.name == spec.redis_node.name:
+    if vs.node in spec.redis_nodes:
         files["redis.conf"] = render("redis", "redis.conf.j2", redis.redis_vars(vs))
+        files["sentinel.conf"] = render("redis", "sentinel.conf.j2", redis.sentinel_vars(vs))
     return files
 
 
@@ -57,21 +58,76 @@ def test_ice_mux_mode_uses_one_udp_port() -> None:
     assert "udp dport 7885 accept" in rendered(iceMode="mux", iceUdpPort=7885)["nftables.conf"]
 
 
-def test_three_nodes_share_redis_on_the_private_network() -> None:
+def test_one_node_has_no_redis_and_livekit_keeps_its_state_in_memory() -> None:
+    files = rendered(1)
+    assert "redis:" not in files["livekit.yaml"]
+    assert "redis.conf" not in files and "sentinel.conf" not in files
+    assert "6379" not in files["nftables.conf"] and "26379" not in files["nftables.conf"]
+
+
+def test_three_nodes_run_redis_and_sentinel_everywhere_and_livekit_asks_the_sentinels() -> None:
     spec = spec_of(3)
-    redis_ip = spec.nodes[0].private_ip
+    sentinels = [f"{n.private_ip}:{spec.port('redis-sentinel').start}" for n in spec.nodes]
+    vs = node_vars(outputs_for(spec))["node-1"]
     for node in spec.nodes:
         files = rendered(3, node.name)
         lk = files["livekit.yaml"]
-        assert f"redis:\n  address: {redis_ip}:{spec.port('redis').start}\n  password: {redis_password(SECRET)}" in lk
+        # Always the master name: several sentinel_addresses without it make go-redis a Cluster client.
+        assert ("redis:\n  sentinel_master_name: voicestack\n  sentinel_addresses:\n" +
+                "".join(f"    - {a}\n" for a in sentinels) +
+                f"  sentinel_password: {vs.secrets.redis_sentinel_password}\n"
+                f"  password: {redis_password(SECRET)}\n") in lk
+        assert "address:" not in lk.split("redis:")[1].split("sentinel_addresses")[0]
         assert f"  - {node.private_ip}\n" in lk  # API reachable on the private network
         assert f"relay-ip={node.private_ip}" in files["turnserver.conf"]
-        assert ("redis.conf" in files) == (node.index == 0)
-    rconf = rendered(3)["redis.conf"]
-    assert f"bind 127.0.0.1 {redis_ip}\n" in rconf
-    assert "protected-mode yes" in rconf and f"requirepass {redis_password(SECRET)}" in rconf
-    nft = rendered(3)["nftables.conf"]
-    assert f"ip saddr {{ 10.77.0.0/24 }} tcp dport {spec.port('redis').start} accept" in nft
+        rconf, sconf = files["redis.conf"], files["sentinel.conf"]
+        # Private network and loopback only, protected mode, passwords for clients and replication.
+        assert f"bind 127.0.0.1 {node.private_ip}\nport {spec.port('redis').start}\nprotected-mode yes\n" in rconf
+        assert f"requirepass {redis_password(SECRET)}\nmasterauth {redis_password(SECRET)}\n" in rconf
+        assert f"replica-announce-ip {node.private_ip}\n" in rconf
+        assert f"bind 127.0.0.1 {node.private_ip}\nport 26379\nprotected-mode yes\n" in sconf
+        assert f"sentinel announce-ip {node.private_ip}\n" in sconf
+        assert f"requirepass {vs.secrets.redis_sentinel_password}\n" in sconf
+        assert f"sentinel sentinel-pass {vs.secrets.redis_sentinel_password}\n" in sconf
+        assert f"sentinel auth-pass voicestack {redis_password(SECRET)}\n" in sconf
+        # Nothing persisted; the seed never names a primary (the deploy asks the Sentinels for it).
+        assert 'save ""\nappendonly no\n' in rconf
+        assert not [line for line in (rconf + sconf).splitlines() if line.startswith(("replicaof", "sentinel monitor"))]
+        nft = files["nftables.conf"]
+        for port in (spec.port("redis").start, spec.port("redis-sentinel").start):
+            assert f"ip saddr {{ 10.77.0.0/24 }} tcp dport {port} accept" in nft
+
+
+def test_config_is_renamed_to_the_same_secret_for_redis_and_sentinel_and_other_commands_are_off() -> None:
+    files = rendered(3, "node-2")
+    vs = node_vars(outputs_for(spec_of(3)))["node-2"]
+    name = vs.secrets.redis_config_command
+    assert name.startswith("config-") and len(name) == 39 and SECRET not in name
+    assert f"rename-command CONFIG {name}\n" in files["redis.conf"]
+    assert 'rename-command CONFIG ""' not in files["redis.conf"]  # would abort every failover
+    assert f"sentinel rename-command voicestack CONFIG {name}\n" in files["sentinel.conf"]
+    for command in ("FLUSHALL", "FLUSHDB", "DEBUG"):
+        assert f'rename-command {command} ""\n' in files["redis.conf"]
+
+
+def test_the_live_files_start_with_the_current_primary_then_the_seed() -> None:
+    spec = spec_of(3)
+    vs = node_vars(outputs_for(spec))["node-2"]
+    assert redis.seed_primary(vs) == f"{spec.nodes[0].private_ip}:6379"
+    # A replica follows whichever node is the primary now; the primary itself has no replicaof.
+    assert redis.redis_head("10.77.0.12:6379", "10.77.0.11") == ["replicaof 10.77.0.12 6379"]
+    assert redis.redis_head("10.77.0.11:6379", "10.77.0.11") == []
+    head = redis.sentinel_head("10.77.0.12:6379", redis.sentinel_tunables(vs))
+    assert head == ["sentinel monitor voicestack 10.77.0.12 6379 2",
+                    "sentinel down-after-milliseconds voicestack 2000",
+                    "sentinel failover-timeout voicestack 10000"]
+    assert redis.compose(head, "seed\n") == "\n".join(head) + "\nseed\n"
+
+
+@pytest.mark.parametrize("nodes,quorum", [(2, 2), (3, 2), (4, 3), (5, 3)])
+def test_sentinel_quorum_is_a_majority_of_the_nodes(nodes: int, quorum: int) -> None:
+    spec = spec_of(nodes)
+    assert len(spec.redis_nodes) == nodes and spec.redis_quorum == quorum
 
 
 def test_redis_password_is_derived_from_and_rotates_with_the_api_secret() -> None:

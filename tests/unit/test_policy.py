@@ -30,11 +30,11 @@ def violations(policy, typ: str, props: dict, name: str = "fw") -> list[str]:
 
 
 def test_policies_read_their_ports_from_the_spec():
-    assert {p.start for p in vp.INTERNAL_PORTS} == {6379, 7880, 6789}
+    assert {p.start for p in vp.INTERNAL_PORTS} == {6379, 26379, 7880, 6789}
     assert (vp.ICE_UDP.start, vp.ICE_UDP.end) == (50000, 60000)
 
 
-@pytest.mark.parametrize("port", ["6379", "7880", "6789", "6000-7000", "any"])
+@pytest.mark.parametrize("port", ["6379", "26379", "7880", "6789", "6000-7000", "any"])
 def test_hcloud_rule_opening_an_internal_port_is_a_violation(port):
     props = {"rules": [ICE_HCLOUD, {"direction": "in", "protocol": "tcp", "port": port, "sourceIps": WORLD}]}
     assert violations(vp.no_public_internal_ports, vp.HCLOUD_FIREWALL, props)

@@ -28,7 +28,7 @@ def test_no_cloud_resource_is_created(pair):
 def test_nodes_come_from_the_host_list(pair):
     assert [(n["name"], n["public_ip"], n["private_ip"]) for n in pair.outputs["nodes"]] == \
         [(h["name"], h["publicIp"], h["privateIp"]) for h in HOSTS]
-    assert [n["name"] for n in pair.outputs["nodes"] if "redis" in n["roles"]] == ["edge-a"]
+    assert [n["name"] for n in pair.outputs["nodes"] if "redis" in n["roles"]] == ["edge-a", "edge-b"]
 
 
 def test_cloud_firewall_is_flagged_as_the_operators_job_with_the_rules_to_apply(pair):

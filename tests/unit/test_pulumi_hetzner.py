@@ -103,7 +103,7 @@ def test_cluster_nodes_sit_on_the_private_network_at_their_spec_addresses():
         nets = by_name[node.name].inputs["networks"]
         assert [(int(n["networkId"]), n["ip"]) for n in nets] == [(int(network.id), node.private_ip)]
     assert {n["name"]: n["private_ip"] for n in run.outputs["nodes"]} == {n.name: n.private_ip for n in spec.nodes}
-    assert [n["name"] for n in run.outputs["nodes"] if "redis" in n["roles"]] == [spec.redis_node.name]
+    assert [n["name"] for n in run.outputs["nodes"] if "redis" in n["roles"]] == [n.name for n in spec.redis_nodes]
 
 
 def test_single_node_has_no_private_network():

@@ -29,14 +29,30 @@ def test_single_node_roles_and_no_redis() -> None:
     assert spec.nodes[0].private_ip is None
 
 
-def test_cluster_has_one_redis_on_private_network() -> None:
+def test_cluster_runs_redis_and_sentinel_on_every_node_on_the_private_network() -> None:
     spec = spec_of(nodeCount=3, privateNetwork="10.9.0.0/24")
     assert [n.private_ip for n in spec.nodes] == ["10.9.0.10", "10.9.0.11", "10.9.0.12"]
-    assert [n.name for n in spec.nodes_with(Role.REDIS)] == ["node-1"]
-    redis = spec.port("redis")
-    assert redis.scope is Scope.PRIVATE
-    assert ("tcp", 6379, 6379, ("10.9.0.0/24",)) in rule_set(spec.host_firewall)
-    assert all(r.start != 6379 for r in spec.cloud_firewall)
+    assert [n.name for n in spec.nodes_with(Role.REDIS)] == ["node-1", "node-2", "node-3"]
+    assert spec.redis_seed_node.name == "node-1" and spec.redis_quorum == 2
+    for name, number in (("redis", 6379), ("redis-sentinel", 26379)):
+        port = spec.port(name)
+        assert port.scope is Scope.PRIVATE and port.role is Role.REDIS and port.start == number
+        assert ("tcp", number, number, ("10.9.0.0/24",)) in rule_set(spec.host_firewall)
+        assert all(r.start != number for r in spec.cloud_firewall)
+        assert port in spec.closed_ports()  # the verify suite probes it from outside
+
+
+def test_one_node_has_no_redis_nodes_and_no_sentinel_port() -> None:
+    spec = spec_of()
+    assert spec.redis_nodes == () and spec.redis_seed_node is None
+    assert not spec.has_port("redis-sentinel")
+
+
+def test_a_redis_port_on_the_sentinel_port_is_refused() -> None:
+    from infra.config import parse as parse_config
+    from infra.spec import port_problems
+    problems = port_problems(parse_config({**BASE, "nodeCount": 3, "redisPort": 26379}, env="t"))
+    assert any(key == "redisPort" and "redis-sentinel" in msg for key, msg in problems), problems
 
 
 def test_cloud_firewall_is_exactly_public_ports_plus_admin_ssh() -> None:

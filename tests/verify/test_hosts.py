@@ -17,7 +17,7 @@ SERVICES: dict[str, Role | None] = {
     "ssh.service": None, "nftables.service": None, "fail2ban.service": None,
     "unattended-upgrades.service": None,  # timesyncd: see test_host_06 (containers skip it by design)
     "livekit.service": Role.LIVEKIT, "caddy.service": Role.LIVEKIT, "coturn.service": Role.TURN,
-    "redis-server.service": Role.REDIS,
+    "redis-server.service": Role.REDIS, "redis-sentinel.service": Role.REDIS,
     "voicestack-speech.service": Role.AGENT, "voicestack-agent.service": Role.AGENT,
     "voicestack-token.service": Role.AGENT, "voicestack-webhooks.service": Role.AGENT,
 }
