@@ -41,8 +41,9 @@ MANAGED_PATHS = (
     # Certificates Caddy renewed must reach the other nodes (the share phase): a renewal is a change.
     "/var/lib/caddy/.local/share/caddy/certificates",
 )
-#: Files under MANAGED_PATHS that daemons rewrite themselves (their content is not the deploy's).
-VOLATILE = ("/etc/redis/sentinel.conf",)
+#: Files under MANAGED_PATHS that daemons rewrite themselves (their content is not the deploy's:
+#: Redis and Sentinel rewrite theirs on every failover; the deploy's seeds in /etc/voicestack/redis count).
+VOLATILE = ("/etc/redis/sentinel.conf", "/etc/redis/redis.conf")
 UNITS_EVERY_NODE = ("ssh", "nftables", "fail2ban", "unattended-upgrades", "systemd-journald", "apt-daily.timer",
                     "apt-daily-upgrade.timer")
 UNITS_BY_ROLE = {

@@ -17,7 +17,8 @@ TASKS = Path(fastpath.ROOT) / "deploy" / "tasks"
 NOT_STATE = ("/usr/sbin/policy-rc.d", "/var/cache/", "/opt/voicestack/livekit-", "/opt/voicestack/agent/venv",
              "/var/lib/voicestack", "/opt/voicestack", "/usr/sbin/nologin", "/var/lib/livekit",
              "/usr/local/share/ca-certificates", "/var/lib/caddy/.local/share/caddy",
-             "/etc/ssh/sshd_config")  # read (a restart input), not written
+             "/etc/ssh/sshd_config",  # read (a restart input), not written
+             "/var/lib/redis")  # Redis' own working directory
 ROOTS = ("/etc/", "/usr/", "/opt/", "/srv/", "/var/")
 
 
