@@ -16,9 +16,11 @@ and `playback_latency`. For each answered turn this module
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
@@ -77,9 +79,12 @@ def ensure_multiprocess_dir() -> str:
     in-memory or file-backed values once, at import. Returns the directory."""
     path = os.environ.get(MULTIPROC_ENV, "").strip()
     if not path:
-        # Private /tmp under systemd (PrivateTmp=yes), gone when the service stops.
+        # Private /tmp under systemd (PrivateTmp=yes); removed at exit by the process that
+        # made it (job processes inherit the variable, not the directory's ownership).
         path = tempfile.mkdtemp(prefix="voicestack-agent-metrics-")
         os.environ[MULTIPROC_ENV] = path
+        owner = os.getpid()
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, ignore_errors=True))
     os.makedirs(path, exist_ok=True)
     return path
 
