@@ -10,7 +10,7 @@ Why this design (only when the spec says `sni_split`, i.e. turnTlsPort is 443):
   * No PROXY protocol: coturn 4.6.1 does accept it, but only on a plain-TCP `tcp-proxy-port`
     (it cannot terminate TLS there, coturn/coturn#1642) and nginx can only send v1. Using it
     would mean terminating TURN's TLS in nginx with a second copy of the certificate.
-    Instead nginx connects to coturn on the node's public address, not on loopback: coturn then
+    Instead nginx connects to coturn on the node's interface address, not on loopback: coturn then
     sees a non-loopback client address, which Firefox needs to accept the TURN/TLS relay (it
     discards candidates whose mapped address is loopback). The port is still closed from
     outside (its scope is loopback in the spec; the firewall only lets it in on `lo`).
@@ -40,7 +40,7 @@ def edge_vars(vs: NodeVars) -> dict:
         "listen_port": spec.port("https").start,
         "turn_host": cfg.turn_host,
         # Non-loopback on purpose (see the module docstring).
-        "turn_upstream": f"{vs.public_ip}:{turn_tls.start}",
+        "turn_upstream": f"{vs.interface_ip}:{turn_tls.start}",
         "https_upstream": f"{vs.bind_address(caddy_https.scope)}:{caddy_https.start}",
         "proxy_timeout": PROXY_TIMEOUT,
         "env": spec.env,
