@@ -56,7 +56,7 @@ async def main_async(args: dict[str, Any]) -> dict[str, Any]:
     if not turn_tls:
         return await _trips(args)
     tunnel = TlsTunnel(turn_tls["host"], int(turn_tls["port"]), turn_tls["server_name"], args.get("ca_bundle"))
-    async with tunnel as port:
+    with tunnel as port:
         server = {"urls": [f"turn:127.0.0.1:{port}?transport=tcp"], "username": turn_tls["username"],
                   "password": turn_tls["password"]}
         out = await _trips({**args, "relay_only": True, "ice_servers": [server]})

@@ -13,27 +13,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import threading
 
 
 class TlsTunnel:
-    """`async with TlsTunnel(host, 443, server_name, cafile) as port:` -> a loopback port to dial."""
+    """`with TlsTunnel(host, 443, server_name, cafile) as port:` -> a loopback port to dial.
+
+    It runs its own event loop in a thread: media packets are forwarded even while the caller's
+    loop is busy (the round-trip client decodes audio frames on its own)."""
 
     def __init__(self, host: str, port: int, server_name: str, cafile: str | None) -> None:
         self.host, self.port, self.server_name = host, port, server_name
         self.ctx = ssl.create_default_context(cafile=cafile)
         self.ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="tls-tunnel", daemon=True)
         self.server: asyncio.base_events.Server | None = None
         self.connections = 0  # how many TURN connections went through (the caller may assert on it)
 
-    async def __aenter__(self) -> int:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+    def __enter__(self) -> int:
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", 0), self.loop).result(10)
         return self.server.sockets[0].getsockname()[1]
 
-    async def __aexit__(self, *_exc: object) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await self.server.wait_closed()
+    def __exit__(self, *_exc: object) -> None:
+        async def stop() -> None:
+            if self.server is not None:
+                self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
 
     async def _handle(self, local_r: asyncio.StreamReader, local_w: asyncio.StreamWriter) -> None:
         try:

@@ -166,3 +166,16 @@ def test_the_cloud_firewall_ruleset_passes_nft_check(tmp_path: Path, changes: di
     path.write_text(firewall.render(EnvNames("unit"), spec_of(3, env="unit", **changes)))
     result = subprocess.run(["nft", "-c", "-f", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_client_network_conditions_filter_both_directions() -> None:
+    """LiveKit sends ICE checks to the client too: a condition that only filters the way out lets
+    UDP in, and the client's answers then pass as "established" (the media would use UDP)."""
+    from infra.probes import netcond
+
+    assert netcond.RULES["normal"] is None
+    for name in ("udp-blocked", "tcp443-only"):
+        out, into = netcond.RULES[name]
+        assert "udp dport != 53 drop" in out and "udp sport != 53 drop" in into
+    out, into = netcond.RULES["tcp443-only"]
+    assert "tcp dport != 443 drop" in out and "tcp sport != 443 drop" in into
