@@ -87,6 +87,9 @@ class RoundTripResult:
     greeting_audio_s: float  # voiced seconds of the greeting
     answer_audio_s: float    # voiced seconds of the answer
     answer_wav: bytes = field(repr=False, default=b"")
+    #: With collect_ice: the ICE candidates this client saw, per PeerConnection that has any
+    #: ("publisher", "subscriber"; see ice_summary).
+    ice: dict | None = None
 
 
 @dataclass
@@ -176,6 +179,44 @@ async def _utterance(rec: _Recorder, start: float, deadline: float, what: str,
     return first, last
 
 
+def _enum_name(message, field_name: str) -> str:
+    """The name of an enum field's value (the SDK's stats are protobuf messages)."""
+    enum = message.DESCRIPTOR.fields_by_name[field_name].enum_type
+    return enum.values_by_number[getattr(message, field_name)].name
+
+
+def _candidate(c) -> dict:
+    out = {"address": c.address, "port": c.port, "protocol": c.protocol,
+           "type": _enum_name(c, "candidate_type").lower()}
+    if c.HasField("relay_protocol"):  # candidates that came from a TURN server: udp, tcp or tls to it
+        out["relay_protocol"] = _enum_name(c, "relay_protocol").removeprefix("TRANSPORT_").lower()
+    if c.url:
+        out["url"] = c.url
+    return out
+
+
+def ice_summary(stats: list) -> dict:
+    """What one PeerConnection's WebRTC stats say about ICE: every local and remote candidate, and
+    the selected pair (from the transport's selected_candidate_pair_id, else the nominated pair)."""
+    local, remote, pairs, selected_id = {}, {}, {}, ""
+    for s in stats:
+        kind = s.WhichOneof("stats")
+        if kind == "local_candidate":
+            local[s.local_candidate.rtc.id] = _candidate(s.local_candidate.candidate)
+        elif kind == "remote_candidate":
+            remote[s.remote_candidate.rtc.id] = _candidate(s.remote_candidate.candidate)
+        elif kind == "candidate_pair":
+            pairs[s.candidate_pair.rtc.id] = s.candidate_pair.candidate_pair
+        elif kind == "transport" and s.transport.transport.selected_candidate_pair_id:
+            selected_id = s.transport.transport.selected_candidate_pair_id
+    pair = pairs.get(selected_id) or next(
+        (p for p in pairs.values() if p.nominated and _enum_name(p, "state") == "PAIR_SUCCEEDED"), None)
+    selected = None
+    if pair is not None and pair.local_candidate_id in local and pair.remote_candidate_id in remote:
+        selected = {"local": local[pair.local_candidate_id], "remote": remote[pair.remote_candidate_id]}
+    return {"selected": selected, "local": list(local.values()), "remote": list(remote.values())}
+
+
 def _wav(pcm: bytes, rate: int = RECORD_RATE) -> bytes:
     buf = io.BytesIO()
     with wave.open(buf, "wb") as out:
@@ -231,12 +272,14 @@ async def round_trip(
     rtc_config: rtc.RtcConfiguration | None = None,
     timeout: float = 60.0,
     expect_greeting: bool = True,
+    collect_ice: bool = False,
 ) -> RoundTripResult:
     """Speak `phrase` to the agent in the token's room; return transcripts and latency.
 
     url: ws(s):// LiveKit URL; token: a join token (publish + subscribe);
     ca_bundle: PEM file to trust (a local ACME root); rtc_config: e.g. relay-only ICE
-    to prove TURN; timeout: overall deadline in seconds.
+    to prove TURN; timeout: overall deadline in seconds; collect_ice: read the WebRTC stats
+    once the answer arrived and return the ICE candidates seen (`ice`).
     """
     deadline = time.monotonic() + timeout
     pcm, rate = _read_wav(await speech.synthesize(phrase))
@@ -281,6 +324,14 @@ async def round_trip(
         speaker = asyncio.ensure_future(_speak(source, bytes(2 * rate * 3), rate))
 
         a0, a1 = await _utterance(rec, t_end_of_speech, deadline, "answer")
+        ice = None
+        if collect_ice:  # while media still flows: the selected pairs are the ones that carried it
+            stats = await room.get_rtc_stats()
+            # With LiveKit's single-PeerConnection mode one connection carries both directions and
+            # the other reports nothing: only connections that gathered candidates are listed.
+            summaries = {"publisher": ice_summary(stats.publisher_stats),
+                         "subscriber": ice_summary(stats.subscriber_stats)}
+            ice = {pc: got for pc, got in summaries.items() if got["local"] or got["remote"]}
         answer_pcm, answer_s = rec.audio_between(a0 - 0.3, a1 + 0.3)
         answer_wav = _wav(answer_pcm)
         greeting = await speech.transcribe(_wav(greeting_pcm)) if greeting_pcm else ""
@@ -288,7 +339,7 @@ async def round_trip(
         return RoundTripResult(
             greeting=greeting, answer=answer, latency_s=a0 - t_end_of_speech,
             agent_join_s=agent_join_s, greeting_audio_s=greeting_s, answer_audio_s=answer_s,
-            answer_wav=answer_wav,
+            answer_wav=answer_wav, ice=ice,
         )
     finally:
         for task in (speaker, rec.task):

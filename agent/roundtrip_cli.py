@@ -1,6 +1,13 @@
 """One spoken round trip from the client side; prints a JSON result. Runs in .venv-agent.
 
     ip netns exec <client_netns> .venv-agent/bin/python -m agent.roundtrip_cli '<json>'
+    ... -m agent.roundtrip_cli - < args.json      # the arguments on stdin (they hold tokens)
+
+Arguments: url, tokens, ca_bundle, timeout, phrase; optional collect_ice (report the ICE
+candidates seen), relay_only plus ice_servers [{urls, username, password}] (ICE may only use
+these TURN servers: the SFU's own list is ignored), or turn_tls {host, port, server_name,
+username, password}: ICE may only use that TURN server over TLS, through agent.tls_tunnel
+(libwebrtc cannot be told to trust a local CA for TURN/TLS).
 
 The client's own voice and ears are the offline models in-process (piper, faster-whisper), so
 it needs nothing but the LiveKit URL: its traffic is exactly what a user's would be.
@@ -13,9 +20,12 @@ import sys
 import time
 from typing import Any
 
+from livekit import rtc
+
 from agent.roundtrip import round_trip
 from agent.speech.stt import SttConfig, Transcriber
 from agent.speech.tts import Synthesizer, TtsConfig
+from agent.tls_tunnel import TlsTunnel
 
 
 class LocalSpeech:
@@ -30,16 +40,42 @@ class LocalSpeech:
         return await asyncio.to_thread(self.stt.transcribe, wav)
 
 
+def rtc_config(args: dict[str, Any]) -> rtc.RtcConfiguration | None:
+    """relay_only: ICE uses only relay candidates of `ice_servers` (e.g. one TURN/TLS server on 443)."""
+    if not args.get("relay_only"):
+        return None
+    servers = [rtc.IceServer(urls=list(s["urls"]), username=s.get("username", ""), password=s.get("password", ""))
+               for s in args.get("ice_servers", [])]
+    if not servers:
+        raise ValueError("relay_only needs ice_servers: the TURN servers the client may use")
+    return rtc.RtcConfiguration(ice_transport_type=rtc.IceTransportType.TRANSPORT_RELAY, ice_servers=servers)
+
+
 async def main_async(args: dict[str, Any]) -> dict[str, Any]:
+    turn_tls = args.get("turn_tls")
+    if not turn_tls:
+        return await _trips(args)
+    tunnel = TlsTunnel(turn_tls["host"], int(turn_tls["port"]), turn_tls["server_name"], args.get("ca_bundle"))
+    with tunnel as port:
+        server = {"urls": [f"turn:127.0.0.1:{port}?transport=tcp"], "username": turn_tls["username"],
+                  "password": turn_tls["password"]}
+        out = await _trips({**args, "relay_only": True, "ice_servers": [server]})
+    out["turn_tls_connections"] = tunnel.connections
+    return out
+
+
+async def _trips(args: dict[str, Any]) -> dict[str, Any]:
     speech = LocalSpeech()
+    config = rtc_config(args)
     results = []
     for token in args["tokens"]:
         started = time.monotonic()
         try:
             r = await round_trip(args["url"], token, speech=speech, phrase=args.get("phrase", "turn on the lights"),
-                                 ca_bundle=args.get("ca_bundle"), timeout=float(args.get("timeout", 60)))
+                                 ca_bundle=args.get("ca_bundle"), timeout=float(args.get("timeout", 60)),
+                                 rtc_config=config, collect_ice=bool(args.get("collect_ice")))
             results.append({"ok": True, "greeting": r.greeting, "answer": r.answer, "latency_s": r.latency_s,
-                            "agent_join_s": r.agent_join_s})
+                            "agent_join_s": r.agent_join_s, "ice": r.ice})
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the caller as text
             results.append({"ok": False, "error": f"{type(exc).__name__}: {exc}",
                             "elapsed": time.monotonic() - started})
@@ -47,7 +83,8 @@ async def main_async(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
-    print(json.dumps(asyncio.run(main_async(json.loads(sys.argv[1])))))
+    raw = sys.stdin.read() if sys.argv[1:] == ["-"] else sys.argv[1]
+    print(json.dumps(asyncio.run(main_async(json.loads(raw)))))
     return 0
 
 

@@ -54,7 +54,9 @@ class NodeVars:
     public_ip: str
     private_ip: str | None
     secrets: Secrets = field(repr=False)
-    livekit_peers: tuple[str, ...]       # every address a LiveKit node relays from (coturn allow-list)
+    #: Every address of a LiveKit node that coturn may relay to (its allow-list): each node's public
+    #: address (the only one LiveKit advertises) and, behind 1:1 NAT, its interface address.
+    livekit_peers: tuple[str, ...]
     #: Private IPs of the nodes that run Redis + Sentinel, in spec order (the first is the seed
     #: primary, see EnvSpec.redis_seed_node); empty with one node.
     redis_nodes: tuple[str, ...]
@@ -65,6 +67,18 @@ class NodeVars:
     #: host:port of the certificate node's HTTP on the private network (its followers relay ACME
     #: challenges there); None on the certificate node itself and with one node.
     certificate_relay: str | None = None
+    #: The address on the node's public-facing interface: = public_ip (direct), or the private
+    #: address the cloud maps public_ip to (nat). Services bind here; they advertise public_ip.
+    interface_ip: str = ""
+    network: str = "direct"
+
+    def __post_init__(self) -> None:
+        if not self.interface_ip:
+            object.__setattr__(self, "interface_ip", self.public_ip)
+
+    @property
+    def nat(self) -> bool:
+        return self.network == "nat"
 
     @property
     def cfg(self) -> configmod.StackConfig:
@@ -100,7 +114,8 @@ class NodeVars:
             if not self.private_ip:
                 raise DeployInputError(f"{self.node.name} has no private IP but a private port must bind on it")
             return self.private_ip
-        return self.public_ip
+        # A public listener binds the interface's address: behind 1:1 NAT the public one is on no interface.
+        return self.interface_ip
 
 
 def _acme_directory(spec: EnvSpec, deploy: outputsmod.DeployInputs) -> str:
@@ -146,7 +161,8 @@ def node_vars(out: outputsmod.Outputs) -> dict[str, NodeVars]:
 
     peers: list[str] = []
     for n in spec.nodes_with(Role.LIVEKIT):
-        peers += [by_name[n.name].public_ip] + ([private_ip(n)] if private_ip(n) else [])
+        o = by_name[n.name]
+        peers += [o.public_ip] + ([o.interface_ip] if o.interface_ip and o.interface_ip != o.public_ip else [])
     redis_nodes = []
     for n in spec.redis_nodes:
         if not private_ip(n):
@@ -166,7 +182,8 @@ def node_vars(out: outputsmod.Outputs) -> dict[str, NodeVars]:
             spec=spec, node=node, public_ip=o.public_ip, private_ip=private_ip(node), secrets=secrets,
             livekit_peers=tuple(dict.fromkeys(peers)), redis_nodes=tuple(redis_nodes), acme_directory=acme,
             artifacts=arts, apt_proxy=out.deploy.apt_proxy, pip_index=out.deploy.pip_index,
-            certificate_relay=relay if leader is not None and node != leader else None)
+            certificate_relay=relay if leader is not None and node != leader else None,
+            interface_ip=o.interface_ip or o.public_ip, network=o.network)
     return result
 
 

@@ -27,7 +27,8 @@ def main() -> None:
         pulumi.log.warn(warning)
     secrets = components.stack_secrets(NAME, given.secrets)
     component = COMPONENTS[spec.config.provider_info.kind](NAME, components.ProgramArgs(spec=spec))
-    outputs = components.stack_outputs(spec, component.nodes, secrets, component.info)
+    outputs = components.stack_outputs(spec, component.nodes, secrets, component.info,
+                                       components.published_dns(spec, component.nodes, component.dns_overrides))
     components.export(outputs)
     if components.wants_chained_deploy(spec.config):
         components.chain_deploy(NAME, spec, component, outputs)

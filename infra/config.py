@@ -30,6 +30,8 @@ MIN_CALL_PASSWORD = 16
 SECRET_KEYS = ("apiSecret", "turnSecret", "tokenKey", "callPassword")
 LOCAL_SPEECH_URL = "http://127.0.0.1:8000/v1"
 ACME_CAS = frozenset({"letsencrypt", "letsencrypt-staging", "local"})
+#: How a node's public address reaches it: on its interface, or mapped 1:1 by the cloud (AWS/GCP).
+NETWORK_MODELS = ("direct", "nat")
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _API_KEY = re.compile(r"^[A-Za-z0-9_-]{3,64}$")
@@ -74,6 +76,9 @@ class HostEntry:
     name: str
     public_ip: str
     private_ip: str | None = None
+    #: The address on the host's public-facing interface when the provider maps the public one
+    #: to it (1:1 NAT); None: the public address is on the interface.
+    interface_ip: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("adminCidrs", "list", [], "Networks allowed to SSH in (the only source of port 22)"),
     Setting("allowWorldSsh", "bool", False, "Accept SSH from the whole internet (not recommended)"),
     Setting("privateNetwork", "str", "10.77.0.0/24", "Private IPv4 network between nodes"),
+    Setting("network", "str", "direct", "direct (the public address is on the interface: Hetzner, DigitalOcean, bare "
+            "metal) | nat (1:1 NAT: the interface holds a private address, e.g. AWS/GCP); provider existing: set "
+            "interfaceIp per host instead"),
+    Setting("blockUdp", "bool", False, "local only: the emulated cloud drops all UDP from the internet, like a "
+            "provider that blocks UDP (media must use TURN/TLS 443 or ICE/TCP)"),
     Setting("iceMode", "str", "range", "range (UDP port range) or mux (one UDP port)"),
     _port("icePortStart", 50000),
     _port("icePortEnd", 60000),
@@ -149,7 +159,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sshPublicKey", "str", "", "OpenSSH public key the servers are created with "
             "(required for hetzner/digitalocean)"),
     Setting("hosts", "hosts", [], "provider existing: the hosts you bring, "
-            "[{name: node-1, publicIp: 203.0.113.10, privateIp: 10.0.0.2}]"),
+            "[{name: node-1, publicIp: 203.0.113.10, privateIp: 10.0.0.2, interfaceIp: 172.31.5.9}] "
+            "(interfaceIp only behind 1:1 NAT: the address on the host's interface)"),
     Setting("deployOnUp", "bool", False, "Run the deploy inside `pulumi up` (for operators who run pulumi alone; "
             "make up always deploys as its own step)"),
 )
@@ -170,6 +181,8 @@ class StackConfig:
     admin_cidrs: tuple[str, ...]
     allow_world_ssh: bool
     private_network: str | None
+    network: str  # "direct" | "nat" (provider existing: per host, see HostEntry.interface_ip)
+    block_udp: bool
     ice_mode: str  # "range" | "mux"
     ice_port_start: int
     ice_port_end: int
@@ -478,15 +491,20 @@ def _check_hosts(v: V, c: _Checker) -> None:
             continue
         name = str(entry.get("name") or f"node-{i + 1}")
         try:
-            ipaddress.ip_address(str(entry["publicIp"]))
-            if entry.get("privateIp"):
-                ipaddress.ip_address(str(entry["privateIp"]))
+            for key in ("publicIp", "privateIp", "interfaceIp"):
+                if entry.get(key):
+                    ipaddress.IPv4Address(str(entry[key]))
         except ValueError as exc:
-            c.add(f"hosts[{i}]", f"{exc}")
+            c.add(f"hosts[{i}]", f"{exc}; write IPv4 addresses")
             continue
         if not _NODE_NAME.match(name):
             c.add(f"hosts[{i}].name", f"{name!r} must be lower-case letters, digits and '-'")
-        hosts.append(HostEntry(name, str(entry["publicIp"]), entry.get("privateIp")))
+        interface = str(entry["interfaceIp"]) if entry.get("interfaceIp") else None
+        if interface == str(entry["publicIp"]):
+            c.add(f"hosts[{i}].interfaceIp", f"equals publicIp {interface}; leave interfaceIp out for a host whose "
+                                             "public address is on its interface")
+            interface = None
+        hosts.append(HostEntry(name, str(entry["publicIp"]), entry.get("privateIp"), interface))
     kind = PROVIDERS[v["provider"]].kind
     if kind == "existing":
         if not hosts:
@@ -497,6 +515,32 @@ def _check_hosts(v: V, c: _Checker) -> None:
     elif hosts:
         c.add("hosts", f"is only used with bring-your-own providers, not {v['provider']}")
     v["hosts"] = tuple(hosts)
+
+
+_DIRECT_ONLY = {
+    "hetzner": "a Hetzner server's primary IP is on its interface",
+    "digitalocean": "a droplet's own public IP is on eth0 and carries media, TURN and SSH; the reserved IP only "
+                    "serves the LiveKit name (README, \"DigitalOcean networking\")",
+}
+
+
+def _check_network_model(v: V, c: _Checker) -> None:
+    """The networking model: what LiveKit's node IP and coturn's addresses are derived from."""
+    model = v["network"] = v["network"].lower()
+    kind = PROVIDERS[v["provider"]].kind
+    if model not in NETWORK_MODELS:
+        c.add("network", f"{model!r} is not direct (public address on the interface) or nat (1:1 NAT)")
+    elif model == "nat" and kind in _DIRECT_ONLY:
+        c.add("network", f"is nat, but {_DIRECT_ONLY[kind]}: that is the direct model; remove network (or set direct)")
+    elif model == "nat" and kind == "existing":
+        for i, h in enumerate(v["hosts"]):
+            if h.interface_ip is None:
+                c.add(f"hosts[{i}].interfaceIp", f"network is nat but {h.name} has no interfaceIp; add the address "
+                                                 "on its interface (ip -4 addr on the host), the one its public "
+                                                 f"address {h.public_ip} is mapped to")
+    if v["block_udp"] and kind != "local":
+        c.add("blockUdp", f"only the local cloud emulates a provider that blocks UDP, not {v['provider']}; remove it "
+                          "(real providers known to block UDP are refused, and make preflight measures yours)")
 
 
 def _check_agent(v: V, c: _Checker) -> None:
@@ -523,7 +567,7 @@ def _check_call(v: V, c: _Checker) -> None:
 
 CHECKS: tuple[Callable[[V, _Checker], None], ...] = (
     _check_provider, _check_names, _check_ssh, _check_network, _check_cluster, _check_ports, _check_urls,
-    _check_acme, _check_secrets, _check_hosts, _check_agent, _check_versions, _check_call)
+    _check_acme, _check_secrets, _check_hosts, _check_network_model, _check_agent, _check_versions, _check_call)
 
 
 def check(raw: Mapping[str, Any], env: str = "local") -> tuple[StackConfig, list[tuple[str, str]]]:

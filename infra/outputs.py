@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from infra import spec as specmod
 from infra.codec import DecodeError, from_plain, to_plain
@@ -22,8 +22,8 @@ from infra.files import write_private
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK_DIR = ROOT / ".stack"
-#: Bumped whenever a reader of an older file would misread it.
-SCHEMA = 2
+#: Bumped whenever a reader of an older file would misread it (3: networking models, published DNS).
+SCHEMA = 3
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,10 @@ class NodeOut:
     ssh_key: str
     roles: list[str]
     ssh_port: int = 22
+    #: "direct": public_ip is on the node's interface; "nat": the cloud maps it 1:1 to interface_ip.
+    network: str = "direct"
+    #: The address on the node's public-facing interface (what services bind); = public_ip for direct.
+    interface_ip: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class LocalInfo:
     public_network: str
     internet_network: str
     netns: dict[str, str]     # node name -> its network namespace
+    interface_network: str | None = None  # nat: the machines' interface addresses (behind the 1:1 NAT)
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,9 @@ class Outputs:
     #: Basic-auth password of the private voice page (user: spec.config.call_user). Empty in files
     #: written before the page existed: the deploy then asks for a re-run of the provisioner.
     call_password: str = ""
+    #: What the provisioner published in DNS: name -> addresses (the spec's records; a provider may
+    #: publish another address than the nodes' for a name, e.g. DigitalOcean's reserved IPs).
+    dns: dict[str, list[str]] = field(default_factory=dict)
     deploy: DeployInputs = field(default_factory=DeployInputs)
     ca_bundle: str | None = None     # local: the ACME root to trust
     dns_server: str | None = None    # local: the environment's DNS server
@@ -134,14 +142,48 @@ class OutputsError(Exception):
     pass
 
 
+def _checked_node(spec: specmod.EnvSpec, node: NodeOut) -> NodeOut:
+    """`node` with its interface address filled in, or OutputsError when its addresses contradict
+    the networking model the spec gives it."""
+    model = spec.node(node.name).network
+    if node.network != model:
+        raise OutputsError(f"node {node.name}: the provisioner reports network {node.network!r} but the spec "
+                           f"says {model!r}")
+    if model == "direct":
+        if node.interface_ip not in (None, node.public_ip):
+            raise OutputsError(f"node {node.name}: network direct means the public address {node.public_ip} is on "
+                               f"the interface, but interface_ip is {node.interface_ip}")
+        return dataclasses.replace(node, interface_ip=node.public_ip)
+    if not node.interface_ip or node.interface_ip == node.public_ip:
+        raise OutputsError(f"node {node.name}: network nat needs the interface address the public address "
+                           f"{node.public_ip} is mapped to, got {node.interface_ip!r}")
+    return node
+
+
+def _checked_dns(spec: specmod.EnvSpec, dns: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    want = {r.name: r for r in spec.dns_records}
+    if sorted(dns) != sorted(want):
+        raise OutputsError(f"the provisioner published DNS names {sorted(dns)} but the spec has {sorted(want)}")
+    short = [name for name, ips in dns.items() if len(ips) != len(want[name].nodes)]
+    if short:
+        raise OutputsError(f"DNS names {short} carry another number of addresses than the nodes that serve them")
+    return {name: list(ips) for name, ips in dns.items()}
+
+
 def assemble(spec: specmod.EnvSpec, nodes: list[NodeOut], *, api_secret: str, turn_secret: str, token_key: str,
-             call_password: str, deploy: DeployInputs | None = None, ca_bundle: str | None = None, dns_server: str | None = None,
-             client_netns: str | None = None, local: LocalInfo | None = None) -> Outputs:
-    """The outputs of an environment, the same way for every provisioner."""
+             call_password: str, dns: Mapping[str, list[str]] | None = None, deploy: DeployInputs | None = None,
+             ca_bundle: str | None = None, dns_server: str | None = None, client_netns: str | None = None,
+             local: LocalInfo | None = None) -> Outputs:
+    """The outputs of an environment, the same way for every provisioner.
+
+    dns: what the provisioner published (default: every record at its nodes' public addresses)."""
     have = sorted(n.name for n in nodes)
     want = sorted(n.name for n in spec.nodes)
     if have != want:
         raise OutputsError(f"the provisioner reports nodes {have} but the spec has {want}")
+    nodes = [_checked_node(spec, n) for n in nodes]
+    if dns is None:
+        dns = spec.dns_addresses({n.name: n.public_ip for n in nodes})
     missing = [k for k, v in (("api_secret", api_secret), ("turn_secret", turn_secret), ("token_key", token_key),
                               ("call_password", call_password)) if not v]
     if missing:
@@ -150,7 +192,8 @@ def assemble(spec: specmod.EnvSpec, nodes: list[NodeOut], *, api_secret: str, tu
     return Outputs(env=spec.env, provider=cfg.provider, spec=spec, livekit_url=spec.livekit_url,
                    livekit_domain=cfg.livekit_host, turn_domain=cfg.turn_host, token_endpoint=spec.token_endpoint,
                    api_key=cfg.api_key, api_secret=api_secret, turn_secret=turn_secret, token_key=token_key,
-                   nodes=list(nodes), call_password=call_password, deploy=deploy or DeployInputs(), ca_bundle=ca_bundle, dns_server=dns_server,
+                   nodes=list(nodes), call_password=call_password, dns=_checked_dns(spec, dns),
+                   deploy=deploy or DeployInputs(), ca_bundle=ca_bundle, dns_server=dns_server,
                    client_netns=client_netns, local=local)
 
 

@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             blocked |= verdict == "BLOCKED"
     if blocked:
         print(f"verdict: UDP BLOCKED. {ADVICE}")
+        if spec.udp_blocked:
+            print("note: this environment emulates a provider that blocks UDP (blockUdp): media can only use "
+                  "TURN over TLS on 443 and ICE over TCP; make verify checks that they carry it.")
         return 1
     print("verdict: UDP reaches the media ports from outside — voice will work over UDP.")
     return 0

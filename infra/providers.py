@@ -75,8 +75,9 @@ CONTABO = Provider(name="contabo", kind="existing")
 
 _NAT_WARNING = (
     "{name}: UDP works but needs set-up by hand: open TCP 80/443/7881 and the ICE/TURN UDP ports in the "
-    "security group / firewall and give each node a public address without NAT rewriting of UDP "
-    "(AWS/GCP: elastic/static external IP, no NAT gateway for media). Hosts are taken from 'hosts'."
+    "security group / firewall and give each node a public address mapped 1:1 to it (AWS/GCP: elastic/static "
+    "external IP, no NAT gateway for media); list each host's interface address as interfaceIp (network nat) "
+    "so LiveKit and coturn advertise the public one. Hosts are taken from 'hosts'."
 )
 
 SCALEWAY = Provider(

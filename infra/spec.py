@@ -10,7 +10,7 @@ import dataclasses
 import ipaddress
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Mapping
 
 from infra.codec import from_plain, to_plain
 from infra.config import SecretValue, StackConfig
@@ -84,6 +84,9 @@ class Node:
     index: int
     roles: frozenset[Role]
     private_ip: str | None
+    #: How the node's public address reaches it: "direct" (it is on the interface) or "nat" (the
+    #: cloud maps it 1:1 to the interface's private address). The provisioner reports both addresses.
+    network: str = "direct"
 
     def has(self, role: Role) -> bool:
         return role in self.roles
@@ -117,6 +120,9 @@ class EnvSpec:
     host_firewall: tuple[FirewallRule, ...]
     dns_records: tuple[DnsRecord, ...]
     turn_servers: tuple[TurnServer, ...]
+    #: Flows between the environment's own nodes (sources: the nodes themselves), for a cloud
+    #: firewall that also filters traffic between its servers (DigitalOcean, VPC included).
+    node_firewall: tuple[FirewallRule, ...] = ()
 
     # ---- convenience views --------------------------------------------------------------
     @property
@@ -191,6 +197,15 @@ class EnvSpec:
         return self.config.turn_tls_port == 443
 
     @property
+    def udp_blocked(self) -> bool:
+        """The (emulated) provider drops UDP from the internet: media must use ICE/TCP or TURN over TCP/TLS."""
+        return self.config.block_udp
+
+    def dns_addresses(self, ip_of: Mapping[str, str]) -> dict[str, list[str]]:
+        """Each record's name -> the addresses of the nodes it points at (`ip_of`: node name -> address)."""
+        return {r.name: [ip_of[n] for n in r.nodes] for r in self.dns_records}
+
+    @property
     def cloud_firewall_managed(self) -> bool:
         """False for bring-your-own hosts: their security group is the operator's job."""
         return self.config.provider_info.kind != "existing"
@@ -219,6 +234,14 @@ class EnvSpec:
         raise KeyError(f"no node named {name!r}; the spec has {', '.join(n.name for n in self.nodes)}")
 
 
+def _network(cfg: StackConfig, i: int) -> str:
+    """A node's networking model: bring-your-own hosts say it per host (interfaceIp), the local
+    cloud emulates the configured one, Hetzner and DigitalOcean are direct (validated)."""
+    if cfg.hosts:
+        return "nat" if cfg.hosts[i].interface_ip else "direct"
+    return cfg.network
+
+
 def _nodes(cfg: StackConfig) -> tuple[Node, ...]:
     names = [h.name for h in cfg.hosts] if cfg.hosts else [f"node-{i + 1}" for i in range(cfg.node_count)]
     net = ipaddress.ip_network(cfg.private_network) if cfg.private_network else None
@@ -234,7 +257,8 @@ def _nodes(cfg: StackConfig) -> tuple[Node, ...]:
             private_ip = cfg.hosts[i].private_ip
         elif net is not None and cfg.node_count > 1:
             private_ip = str(net.network_address + 10 + i)  # .1 is the cloud gateway on Hetzner
-        nodes.append(Node(name=name, index=i, roles=frozenset(roles), private_ip=private_ip))
+        nodes.append(Node(name=name, index=i, roles=frozenset(roles), private_ip=private_ip,
+                          network=_network(cfg, i)))
     return tuple(nodes)
 
 
@@ -255,8 +279,10 @@ def _ports(cfg: StackConfig, multi: bool) -> tuple[Port, ...]:
           internal, "Prometheus metrics", R.LIVEKIT),
         P("turn-udp", "coturn", "udp", cfg.turn_udp_port, cfg.turn_udp_port, S.PUBLIC, "TURN/STUN over UDP", R.TURN),
         P("turn-tcp", "coturn", "tcp", cfg.turn_udp_port, cfg.turn_udp_port, S.PUBLIC, "TURN over TCP", R.TURN),
+        # coturn relays from the node's own interface address to LiveKit's public node IP (the only
+        # address LiveKit advertises); LiveKit's answers come back to it as replies of that flow.
         P("turn-relay", "coturn", "udp", cfg.turn_relay_start, cfg.turn_relay_end, internal,
-          "TURN relay addresses (LiveKit reaches them on the node/private network)", R.TURN),
+          "TURN relay addresses (LiveKit nodes answer relayed media here)", R.TURN),
         P("agent-health", "agent", "tcp", 8081, 8081, S.LOOPBACK, "agent worker health", R.AGENT),
         P("speech", "agent", "tcp", 8000, 8000, S.LOOPBACK, "offline speech backends (OpenAI-compatible)", R.AGENT),
         P("token", "agent", "tcp", 8090, 8090, S.LOOPBACK, "token endpoint behind Caddy", R.AGENT),
@@ -327,9 +353,31 @@ def _firewalls(cfg: StackConfig, ports: tuple[Port, ...]) -> tuple[tuple[Firewal
             cloud.append(rule)
             host.append(rule)
         elif p.scope is Scope.PRIVATE and cfg.private_network:
-            # Private networks bypass the cloud firewall; only the host firewall needs them.
+            # Hetzner's cloud firewall does not filter private networks (Hetzner Firewalls FAQ), so
+            # only the host firewall needs these; DigitalOcean's filters VPC traffic too: see
+            # _node_firewall.
             host.append(FirewallRule(p.protocol, p.start, p.end, (cfg.private_network,), f"{p.name}: {p.purpose}"))
     return tuple(cloud), tuple(host)
+
+
+#: Public ports that other nodes use as well: coturn relays media to LiveKit's ICE ports of any node.
+_NODE_TO_NODE_PUBLIC = ("livekit-ice-udp",)
+
+
+def _node_firewall(ports: tuple[Port, ...], multi: bool) -> tuple[FirewallRule, ...]:
+    """Inbound flows from the environment's own nodes: every private-network port (Redis, LiveKit's
+    API and metrics, the TURN relay range) and LiveKit's ICE ports (coturn on one node relays to
+    LiveKit on another, to its public node IP).
+
+    Needed where the cloud firewall filters traffic between the provider's own servers, VPC
+    included (DigitalOcean: "Firewalls affect both public and VPC network traffic"); Hetzner's does
+    not filter private networks, and the relayed flows to public ICE ports are world-open there.
+    Sources are the nodes themselves: a provider names them its own way (DigitalOcean: the env tag).
+    """
+    if not multi:
+        return ()
+    return tuple(FirewallRule(p.protocol, p.start, p.end, (), f"{p.name} between nodes: {p.purpose}")
+                 for p in ports if p.scope is Scope.PRIVATE or p.name in _NODE_TO_NODE_PUBLIC)
 
 
 def _dns(cfg: StackConfig, nodes: tuple[Node, ...]) -> tuple[DnsRecord, ...]:
@@ -360,6 +408,7 @@ def derive(cfg: StackConfig) -> EnvSpec:
         host_firewall=host,
         dns_records=_dns(cfg, nodes),
         turn_servers=tuple(turn_servers),
+        node_firewall=_node_firewall(ports, len(nodes) > 1),
     )
 
 

@@ -1,7 +1,8 @@
 """Cloud firewall guardrails, read from the spec's defaults (infra/spec.py), not written here again.
 
-* Redis, its Sentinel, the LiveKit API port and the Prometheus port never face the internet: a cloud firewall
-  rule that opens them (to any source) is a violation; nodes reach them over the private network.
+* Redis, its Sentinel, the LiveKit API port and the Prometheus port never face the internet: a cloud
+  firewall rule that opens them to any address is a violation; nodes reach them over the private
+  network (on DigitalOcean through rules whose only sources are the environment's own droplets, by tag).
 * The WebRTC media rule (ICE over UDP, from anywhere) must be there, or calls connect and stay silent.
 * DigitalOcean firewalls must allow egress (they deny it otherwise: no apt, ACME or STUN).
 
@@ -55,6 +56,8 @@ def _firewalls(args: ResourceValidationArgs) -> bool:
 
 def _no_public_internal_ports(args: ResourceValidationArgs, report: ReportViolation) -> None:
     for proto, lo, hi, sources in inbound_rules(args.resource_type, args.props):
+        if not sources:
+            continue  # no address at all: only tagged droplets (the environment's own nodes) are let in
         for port in INTERNAL_PORTS:
             if proto == port.protocol and lo <= port.end and port.start <= hi:
                 report(f"{args.name}: inbound {proto} {lo}-{hi} from {', '.join(sources)} opens {port.label} "

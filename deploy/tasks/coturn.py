@@ -11,7 +11,6 @@ from pyinfra.operations.util import any_changed
 from deploy.inventory import DeployInputError, NodeVars
 from deploy.tasks import certificates
 from deploy.tasks._ops import install_packages, put_rendered, service_current, unmask
-from infra.spec import Scope
 
 CONFIG = "/etc/turnserver.conf"
 DROPIN = "/etc/systemd/system/coturn.service.d/voicestack.conf"
@@ -38,15 +37,18 @@ def coturn_vars(vs: NodeVars) -> dict:
     spec, cfg = vs.spec, vs.cfg
     relay = spec.port("turn-relay")
     tls = spec.port("turn-tls")
-    # Loopback scope for the relay range means "only this node's LiveKit": coturn refuses loopback
-    # peers, so LiveKit reaches the relay on the node's own public address (over lo, which the
-    # firewall accepts); with several nodes the relay sits on the private network.
-    relay_ip = vs.private_ip if relay.scope is Scope.PRIVATE else vs.public_ip
+    # coturn can bind only an address its interface holds (another one makes it retry the bind
+    # forever while its unit looks active), and it relays to LiveKit's public node IP, the only
+    # address LiveKit advertises: so it listens and relays on the interface address. Behind 1:1
+    # NAT, external-ip makes it hand out the public address in XOR-RELAYED-ADDRESS. With several
+    # nodes the relay must not sit on the private network: a private source towards another
+    # node's public address is dropped by clouds (anti-spoofing).
     low_port = min(spec.port("turn-udp").start, tls.start) < 1024
     return {
         "realm": cfg.turn_host,
-        "listening_ip": vs.public_ip,
-        "relay_ip": relay_ip,
+        "listening_ip": vs.interface_ip,
+        "relay_ip": vs.interface_ip,
+        "external_ip": f"{vs.public_ip}/{vs.interface_ip}" if vs.nat else None,
         "listening_port": spec.port("turn-udp").start,
         "tls_port": tls.start,
         "tls": True,

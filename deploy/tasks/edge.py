@@ -13,7 +13,7 @@ Why this design (only when the spec says `sni_split`, i.e. turnTlsPort is 443):
     switch per nginx server: TURN connections therefore pass through a second, internal server
     on a unix socket that takes the header off. coturn logs the node's own address as the client
     of TURN/TLS (its per-user quotas still apply; fail2ban is only for sshd).
-  * nginx connects to coturn on the node's public address, not on loopback: coturn then sees a
+  * nginx connects to coturn on the node's interface address, not on loopback: coturn then sees a
     non-loopback client address, which Firefox needs to accept the TURN/TLS relay (it discards
     candidates whose mapped address is loopback). The port is still closed from outside (its
     scope is loopback in the spec; the firewall only lets it in on `lo`).
@@ -63,7 +63,7 @@ def edge_vars(vs: NodeVars, hard_limit: int | None = None) -> dict:
         "listen_port": spec.port("https").start,
         "turn_host": cfg.turn_host,
         # Non-loopback on purpose (see the module docstring).
-        "turn_upstream": f"{vs.public_ip}:{turn_tls.start}",
+        "turn_upstream": f"{vs.interface_ip}:{turn_tls.start}",
         "https_upstream": f"{vs.bind_address(caddy_https.scope)}:{caddy_https.start}",
         "turn_socket": TURN_SOCKET,
         "conns_per_address": cfg.edge_conns_per_address,

@@ -48,7 +48,11 @@ def livekit_vars(vs: NodeVars) -> dict:
         "ice_range": cfg.ice_mode == "range",
         "ice_start": ice.start,
         "ice_end": ice.end,
+        # The address LiveKit advertises in every ICE candidate (use_external_ip stays off: it would
+        # replace this by a STUN lookup); candidates come only from the interface address, so other
+        # interfaces (private network, docker) add no duplicates of it.
         "node_ip": vs.public_ip,
+        "ice_ips": [f"{vs.interface_ip}/32"],
         "key_file": KEY_FILE,
         "turn_servers": [{"host": t.host, "port": t.port, "protocol": t.protocol} for t in spec.turn_servers],
         "turn_secret_file": TURN_SECRET_FILE,

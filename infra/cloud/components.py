@@ -52,6 +52,8 @@ class NodeAddresses:
     public_ip: pulumi.Input[str]
     private_ip: pulumi.Input[str] | None
     server_id: pulumi.Output[str] | None = None  # None: the operator's own host (no cloud server)
+    #: The address on the node's public-facing interface; None: public_ip itself (network direct).
+    interface_ip: pulumi.Input[str] | None = None
 
 
 class ProviderComponent(pulumi.ComponentResource):
@@ -61,10 +63,15 @@ class ProviderComponent(pulumi.ComponentResource):
     #: Informational stack outputs for the operator (e.g. the zone's nameservers); the pipeline reads none.
     info: dict[str, Any]
 
+    #: Addresses a provider publishes for a name instead of its nodes' public ones (DigitalOcean:
+    #: the reserved IPs for the LiveKit name); every other record points at the nodes.
+    dns_overrides: dict[str, list[pulumi.Input[str]]]
+
     def __init__(self, kind: str, name: str, args: ProgramArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(f"voicestack:cloud:{kind}", name, None, opts)
         self.nodes = []
         self.info = {"provider": args.spec.config.provider}
+        self.dns_overrides = {}
 
     def _child(self, **kwargs: Any) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=self, **kwargs)
@@ -121,15 +128,27 @@ def dns_slug(relative_name: str) -> str:
     return "apex" if relative_name == "@" else re.sub(r"[^a-z0-9-]+", "-", relative_name.lower())
 
 
-def dns_targets(spec: EnvSpec, nodes: list[NodeAddresses]) -> list[tuple[str, DnsRecord, list[pulumi.Input[str]]]]:
-    """(name relative to the zone, record, public IPs it points at) for each spec.dns_records entry."""
+def dns_targets(spec: EnvSpec, nodes: list[NodeAddresses],
+                overrides: Mapping[str, list[pulumi.Input[str]]] | None = None,
+                ) -> list[tuple[str, DnsRecord, list[pulumi.Input[str]]]]:
+    """(name relative to the zone, record, addresses it points at) for each spec.dns_records entry:
+    its nodes' public IPs, unless `overrides` (fully qualified name -> addresses) says otherwise."""
     by_name = {n.node.name: n for n in nodes}
-    return [(rel, rec, [by_name[name].public_ip for name in rec.nodes]) for rel, rec in spec.dns_zone_records()]
+    overrides = overrides or {}
+    return [(rel, rec, list(overrides.get(rec.name) or [by_name[name].public_ip for name in rec.nodes]))
+            for rel, rec in spec.dns_zone_records()]
+
+
+def published_dns(spec: EnvSpec, nodes: list[NodeAddresses],
+                  overrides: Mapping[str, list[pulumi.Input[str]]] | None = None) -> dict[str, list[pulumi.Input[str]]]:
+    """The stack output `dns`: fully qualified name -> the addresses the records publish."""
+    return {rec.name: ips for _rel, rec, ips in dns_targets(spec, nodes, overrides)}
 
 
 def stack_outputs(spec: EnvSpec, nodes: list[NodeAddresses], secrets: StackSecrets,
-                  info: Mapping[str, Any]) -> dict[str, Any]:
-    """The stack outputs: the derived spec, each node's addresses and the secrets (secret outputs).
+                  info: Mapping[str, Any], dns: Mapping[str, list[pulumi.Input[str]]] | None = None) -> dict[str, Any]:
+    """The stack outputs: the derived spec, each node's addresses and networking model, the
+    published DNS and the secrets (secret outputs).
 
     `infra.cloud.stack_outputs` assembles outputs.json from exactly these, plus the operator's
     private key path, which belongs to the machine that deploys, not to the state."""
@@ -143,7 +162,10 @@ def stack_outputs(spec: EnvSpec, nodes: list[NodeAddresses], secrets: StackSecre
             "ssh_user": cfg.ssh_user,
             "roles": sorted(r.value for r in n.node.roles),
             "ssh_port": 22,
+            "network": n.node.network,
+            "interface_ip": n.interface_ip if n.interface_ip is not None else n.public_ip,
         } for n in nodes],
+        "dns": dict(dns) if dns is not None else published_dns(spec, nodes),
         "api_secret": secrets.api_secret,
         "turn_secret": secrets.turn_secret,
         "token_key": secrets.token_key,

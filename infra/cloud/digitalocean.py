@@ -1,4 +1,12 @@
-"""DigitalOcean: droplets, cloud firewall, VPC, reserved IPs, DNS and a project for one spec."""
+"""DigitalOcean: droplets, cloud firewall, VPC, reserved IPs, DNS and a project for one spec.
+
+Networking (README, "DigitalOcean networking"): media, TURN and SSH use each droplet's own
+public IP, which is on eth0 (the `direct` model). The reserved IP is kept only as the stable
+address of the LiveKit name (HTTPS/signalling): it arrives on the droplet's anchor IP on eth0,
+where Caddy (80) and the SNI router (443) listen on every address. So there is no default-route
+surgery, no anchor address the program cannot know, and media answers from the address it was
+sent to.
+"""
 from __future__ import annotations
 
 import pulumi
@@ -26,11 +34,16 @@ class DigitalOceanStack(ProviderComponent):
         key = do.SshKey(f"{name}-ssh-key", name=cloud_name(spec), public_key=cfg.ssh_public_key, opts=self._child())
         # The firewall applies by tag, so a droplet is covered from the moment it exists.
         self.tag = do.Tag(f"{name}-tag", name=cloud_name(spec), opts=self._child())
+        # DigitalOcean's firewall filters traffic between droplets too, VPC included: the spec's
+        # node-to-node flows are allowed from the environment's own droplets, by their tag.
         self.firewall = do.Firewall(
             f"{name}-firewall", name=cloud_name(spec), tags=[self.tag.name], opts=self._child(),
-            inbound_rules=[do.FirewallInboundRuleArgs(protocol=r.protocol, port_range=r.port_range,
-                                                      source_addresses=list(r.sources))
-                           for r in spec.cloud_firewall],
+            inbound_rules=[*(do.FirewallInboundRuleArgs(protocol=r.protocol, port_range=r.port_range,
+                                                        source_addresses=list(r.sources))
+                             for r in spec.cloud_firewall),
+                           *(do.FirewallInboundRuleArgs(protocol=r.protocol, port_range=r.port_range,
+                                                        source_tags=[self.tag.name])
+                             for r in spec.node_firewall)],
             outbound_rules=[do.FirewallOutboundRuleArgs(protocol=proto, port_range=ports,
                                                         destination_addresses=list(WORLD))
                             for proto, ports in EGRESS])
@@ -58,23 +71,25 @@ class DigitalOceanStack(ProviderComponent):
                 # user_data only runs at first boot; a changed template must not replace live droplets.
                 opts=self._child(depends_on=[self.firewall], ignore_changes=["userData"]),
             )
-            # The reserved IP outlives a droplet rebuild, so DNS and clients keep the address.
+            # The reserved IP outlives a droplet rebuild, so the LiveKit name keeps its address.
             rip = do.ReservedIp(f"{name}-{node.name}-ip", region=cfg.region, opts=self._child())
             do.ReservedIpAssignment(f"{name}-{node.name}-ip-assignment", ip_address=rip.ip_address,
                                     droplet_id=droplet.id.apply(int), opts=self._child())
             self.droplets[node.name] = droplet
             self.reserved_ips[node.name] = rip
             self.nodes.append(NodeAddresses(
-                node=node, public_ip=rip.ip_address,
+                node=node, public_ip=droplet.ipv4_address,
                 # DigitalOcean hands out VPC addresses itself; the deploy reads them from the outputs.
                 private_ip=droplet.ipv4_address_private if self.vpc else None,
                 server_id=droplet.id))
 
+        livekit = next(r for r in spec.dns_records if r.name == cfg.livekit_host)
+        self.dns_overrides[livekit.name] = [self.reserved_ips[n].ip_address for n in livekit.nodes]
         self.domain = do.Domain(f"{name}-domain", name=cfg.domain, opts=self._child())
         self.records = [
             do.DnsRecord(f"{name}-dns-{dns_slug(rel)}-{i}", domain=self.domain.id, type=rec.type, name=rel,
                          value=ip, ttl=DNS_TTL, opts=self._child())
-            for rel, rec, ips in dns_targets(spec, self.nodes) for i, ip in enumerate(ips)]
+            for rel, rec, ips in dns_targets(spec, self.nodes, self.dns_overrides) for i, ip in enumerate(ips)]
 
         self.project = do.Project(
             f"{name}-project", name=cloud_name(spec), purpose="Service or API", environment="Production",

@@ -20,10 +20,14 @@ class ExistingHosts(ProviderComponent):
         hosts = {h.name: h for h in spec.config.hosts}
         for node in spec.nodes:
             self.nodes.append(NodeAddresses(node=node, public_ip=hosts[node.name].public_ip,
-                                            private_ip=node.private_ip))
+                                            private_ip=node.private_ip, interface_ip=hosts[node.name].interface_ip))
         self.info.update({
             "cloud_firewall_rules": [{"protocol": r.protocol, "ports": r.port_range, "sources": list(r.sources),
                                       "description": r.description} for r in spec.cloud_firewall],
+            # Where the provider's firewall also filters traffic between your hosts (a security group
+            # around them): allow these from the hosts themselves.
+            "node_firewall_rules": [{"protocol": r.protocol, "ports": r.port_range, "sources": "the hosts",
+                                     "description": r.description} for r in spec.node_firewall],
             "warnings": list(spec.config.warnings),
         })
         self._finish()

@@ -49,11 +49,13 @@ def to_outputs(data: Mapping[str, Any], ssh_key: str) -> outputs.Outputs:
                                 "run \"pulumi up\" with this checkout") from exc
     nodes = [outputs.NodeOut(name=n["name"], public_ip=n["public_ip"], private_ip=n.get("private_ip"),
                              ssh_user=n["ssh_user"], ssh_key=ssh_key, roles=list(n["roles"]),
-                             ssh_port=int(n.get("ssh_port", 22)))
+                             ssh_port=int(n.get("ssh_port", 22)), network=n.get("network", "direct"),
+                             interface_ip=n.get("interface_ip"))
              for n in data["nodes"]]
     try:
         return outputs.assemble(spec, nodes, api_secret=data["api_secret"], turn_secret=data["turn_secret"],
                                 token_key=data["token_key"], call_password=data["call_password"],
+                                dns=data.get("dns"),
                                 deploy=outputs.DeployInputs(known_hosts=str(outputs.EnvPaths(spec.env).known_hosts)))
     except outputs.OutputsError as exc:
         raise StackOutputsError(str(exc)) from exc

@@ -1,8 +1,9 @@
-"""python -m infra.local up|down|status --env <env> [--config F] [--nodes N] [--retain]
+"""python -m infra.local up|down|status --env <env> [--config F] [--nodes N] [--network direct|nat] [--retain]
 
 `up` takes the same settings as `make up` (CONFIG, else Pulumi.<env>.yaml, else the built-in
-defaults); `--nodes` overrides nodeCount. `packages` prints the Debian packages the host needs,
-`livekit-bin` / `caddy-bin` build (or find) the pinned livekit-server / caddy and print its path.
+defaults); `--nodes` overrides nodeCount, `--network` the networking model (network).
+`packages` prints the Debian packages the host needs, `livekit-bin` / `caddy-bin` build (or
+find) the pinned livekit-server / caddy and print its path.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--env", default="local")
     p_up.add_argument("--config", default=None, help="stack file (default Pulumi.<env>.yaml, else built-in defaults)")
     p_up.add_argument("--nodes", type=int, default=None, help="number of machines (overrides nodeCount)")
+    p_up.add_argument("--network", default=None, help="direct | nat: emulate 1:1 NAT in front of each machine "
+                      "(overrides network)")
     p_up.add_argument("--retain", action="store_true", help="keep a half-made environment when a step fails")
     for name, text in (("down", "remove the environment (caches are kept)"), ("status", "what is running")):
         sub.add_parser(name, help=text).add_argument("--env", default="local")
@@ -43,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     machines = LocalMachines()
     try:
         if args.command == "up":
-            overrides = {"nodeCount": args.nodes} if args.nodes is not None else {}
+            overrides = {key: value for key, value in (("nodeCount", args.nodes), ("network", args.network))
+                         if value is not None}
             spec = pipeline.load(args.env, args.config, **overrides)
             if spec.config.provider_info.kind != "local":
                 raise ConfigError([("provider", f"is {spec.config.provider}, not local; use make up ENV={args.env}")])

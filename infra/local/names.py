@@ -4,6 +4,8 @@
 same way. Addresses come from the benchmark range 198.18.0.0/15 (RFC 2544), which no real
 network routes: the machines' "public" /24 in 198.18.0.0/16 and the emulated internet's /24
 in 198.19.0.0/16, both picked by a hash of the env name so that two environments coexist.
+Behind the emulated 1:1 NAT (network: nat) the machines' interfaces hold addresses of a /24 in
+the shared address space 100.64.0.0/10 (RFC 6598, the range carrier NATs use), same octet.
 """
 from __future__ import annotations
 
@@ -120,6 +122,20 @@ class EnvNames:
 
     def node_public_ip(self, index: int) -> str:
         return str(self.public_net.network_address + 10 + index)
+
+    @property
+    def interface_net(self) -> ipaddress.IPv4Network:
+        """network nat: the machines' eth0 addresses; the cloud router maps each to a public one."""
+        return ipaddress.ip_network(f"100.64.{self.octet}.0/24")
+
+    @property
+    def interface_gateway(self) -> str:
+        """network nat: the router's address on the machines' network (their default gateway)."""
+        return str(self.interface_net.network_address + 1)
+
+    def node_interface_ip(self, index: int) -> str:
+        """network nat: the private address on machine `index`'s eth0 (node_public_ip maps to it)."""
+        return str(self.interface_net.network_address + 10 + index)
 
     # ---- paths --------------------------------------------------------------------------
     @property

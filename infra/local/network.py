@@ -8,6 +8,11 @@ The host is the machines' only gateway. Its address on the public bridge (`gatew
 DNS, ACME, apt and artifacts; its address on the internet side (`operator_ip`) is where its
 own SSH and the ACME validations come from, so they cross the cloud firewall like any
 outside traffic would.
+
+Networking models (spec node.network): `direct` puts each machine's public address on its
+eth0. `nat` puts only a private address there (names.interface_net) and the host is the
+cloud's 1:1 NAT router (infra/local/firewall.py renders the DNAT/SNAT): the public addresses
+exist on no interface, as with AWS elastic IPs or GCP external IPs.
 """
 from __future__ import annotations
 
@@ -39,9 +44,18 @@ def links_with_prefix(prefix: str) -> list[str]:
     return [link["ifname"] for link in (json.loads(out) if out else []) if link["ifname"].startswith(prefix)]
 
 
-def check_collisions(names: EnvNames) -> None:
+def uses_nat(spec: EnvSpec) -> bool:
+    return any(n.network == "nat" for n in spec.nodes)
+
+
+def interface_ip(names: EnvNames, spec: EnvSpec, index: int) -> str:
+    """The address on machine `index`'s eth0: its public one (direct), or the private one it maps to (nat)."""
+    return names.node_interface_ip(index) if spec.nodes[index].network == "nat" else names.node_public_ip(index)
+
+
+def check_collisions(names: EnvNames, spec: EnvSpec | None = None) -> None:
     """Fail clearly when the env's networks overlap something on the host that is not ours."""
-    ours = (names.public_net, names.internet_net)
+    ours = (names.public_net, names.internet_net) + ((names.interface_net,) if spec and uses_nat(spec) else ())
     problems = []
     addrs = json.loads(host.run(["ip", "-j", "-4", "addr", "show"]).stdout or "[]")
     for link in addrs:
@@ -62,7 +76,8 @@ def check_collisions(names: EnvNames) -> None:
                 problems.append(f"route {r['dst']} dev {r.get('dev')} overlaps {mine}")
     if problems:
         raise host.LocalEnvError(
-            f"env {names.env!r} wants {names.public_net} (machines) and {names.internet_net} (internet side), "
+            f"env {names.env!r} wants {', '.join(str(n) for n in ours)} (machines, internet side"
+            f"{', behind the NAT' if len(ours) > 2 else ''}), "
             f"but the host already uses them: {'; '.join(problems)}. If that is another voicestack env, "
             f"pick another env name (networks are chosen from a hash of the name) or take it down first")
 
@@ -101,6 +116,21 @@ def _ensure_addr(cidr: str, dev: str, netns: str | None = None) -> None:
         _ip(*pre, "addr", "add", cidr, "dev", dev, what=f"add {cidr} to {netns + ':' if netns else ''}{dev}")
 
 
+def _set_only_addr(cidr: str, dev: str, netns: str | None = None) -> None:
+    """`dev` holds exactly this IPv4 address (another one is left from a run with another model)."""
+    pre = ["-n", netns] if netns else []
+    have = json.loads(_ip(*pre, "-j", "-4", "addr", "show", "dev", dev) or "[]")
+    for link in have:
+        for a in link.get("addr_info", []):
+            if f"{a['local']}/{a['prefixlen']}" != cidr:
+                _ip(*pre, "addr", "del", f"{a['local']}/{a['prefixlen']}", "dev", dev)
+    _ensure_addr(cidr, dev, netns)
+
+
+def _drop_addr(cidr: str, dev: str) -> None:
+    _ip("addr", "del", cidr, "dev", dev, check=False)
+
+
 def _sysctl(key: str, value: str) -> None:
     Path("/proc/sys/" + key.replace(".", "/")).write_text(value)
 
@@ -109,6 +139,13 @@ def ensure_host(names: EnvNames, spec: EnvSpec) -> None:
     """Bridges, the client namespace (the internet) and the host's routes."""
     _ensure_bridge(names.public_bridge)
     _ensure_addr(f"{names.gateway}/32", names.public_bridge)
+    # nat: the router's leg on the machines' private network; the host services stay on `gateway`,
+    # which the machines reach through it (like a cloud's metadata/DNS addresses).
+    nat_gateway = f"{names.interface_gateway}/{names.interface_net.prefixlen}"
+    if uses_nat(spec):
+        _ensure_addr(nat_gateway, names.public_bridge)
+    else:
+        _drop_addr(nat_gateway, names.public_bridge)
     # The client namespace stands on the internet side.
     _ensure_netns(names.client_netns)
     _ensure_veth(names.client_link, names.client_netns, "eth0")
@@ -133,15 +170,25 @@ def write_client_resolver(names: EnvNames, dns_server: str) -> Path:
 
 
 def ensure_machine_links(names: EnvNames, spec: EnvSpec, index: int) -> str:
-    """The machine's namespace with eth0 on the public bridge (and eth1 on the private one)."""
+    """The machine's namespace with eth0 on the public bridge (and eth1 on the private one).
+
+    eth0 holds the public address (direct) or only the private one behind the NAT (nat)."""
     node = spec.nodes[index]
     ns = names.node_netns(node.name)
     _ensure_netns(ns)
     pub = names.node_public_link(index)
     _ensure_veth(pub, ns, "eth0")
     _ip("link", "set", pub, "master", names.public_bridge)
-    _ensure_addr(f"{names.node_public_ip(index)}/{names.public_net.prefixlen}", "eth0", ns)
-    _ip("-n", ns, "route", "replace", "default", "via", names.gateway)
+    # Hairpin NAT towards a machine's own public address: with br_netfilter loaded (bridge-nf-call-
+    # iptables, as Docker hosts have it) the host DNATs such a frame on the bridge itself and must
+    # send it back out of the port it came in on, which a bridge port only does in hairpin mode.
+    _ip("link", "set", "dev", pub, "type", "bridge_slave", "hairpin", "on" if node.network == "nat" else "off")
+    if node.network == "nat":
+        _set_only_addr(f"{names.node_interface_ip(index)}/{names.interface_net.prefixlen}", "eth0", ns)
+        _ip("-n", ns, "route", "replace", "default", "via", names.interface_gateway)
+    else:
+        _set_only_addr(f"{names.node_public_ip(index)}/{names.public_net.prefixlen}", "eth0", ns)
+        _ip("-n", ns, "route", "replace", "default", "via", names.gateway)
     if spec.multi_node and node.private_ip:
         prv = names.node_private_link(index)
         _ensure_veth(prv, ns, "eth1")

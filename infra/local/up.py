@@ -49,7 +49,7 @@ def check_host(ctx: Context) -> str:
     host.require_root()
     host.require_tools(["systemd-nspawn", "debootstrap", "nft", "ip", "pebble", "apt-cacher-ng", "dnsmasq",
                         "ssh", "ssh-keygen"])
-    network.check_collisions(ctx.names)
+    network.check_collisions(ctx.names, ctx.spec)
     ctx.names.run_dir.mkdir(parents=True, exist_ok=True)
     ctx.names.state_dir.mkdir(parents=True, exist_ok=True)
     ctx.ssh_key, ctx.public_key = machines.ensure_ssh_key(ctx.names)
@@ -65,12 +65,16 @@ def networks(ctx: Context) -> str:
     network.ensure_host(ctx.names, ctx.spec)
     for node in ctx.spec.nodes:
         network.ensure_machine_links(ctx.names, ctx.spec, node.index)
-    return f"{len(ctx.spec.nodes)} machine namespace(s), client netns {ctx.names.client_netns}"
+    model = ("nat: eth0 holds " + str(ctx.names.interface_net) + ", the host maps the public addresses 1:1"
+             if network.uses_nat(ctx.spec) else "direct: eth0 holds the public address")
+    return f"{len(ctx.spec.nodes)} machine namespace(s) ({model}), client netns {ctx.names.client_netns}"
 
 
 def cloud_firewall(ctx: Context) -> str:
     firewall.apply(ctx.names, ctx.spec)
-    return f"table inet {ctx.names.nft_table}: {len(ctx.spec.cloud_firewall)} allow rules, default deny"
+    extra = "".join([", 1:1 NAT" if network.uses_nat(ctx.spec) else "",
+                     ", UDP from the internet dropped (blockUdp)" if ctx.spec.udp_blocked else ""])
+    return f"table inet {ctx.names.nft_table}: {len(ctx.spec.cloud_firewall)} allow rules, default deny{extra}"
 
 
 def dns_server(ctx: Context) -> str:
@@ -182,16 +186,22 @@ def make_outputs(ctx: Context) -> outputs.Outputs:
     names = ctx.names
     nodes = [outputs.NodeOut(name=n.name, public_ip=names.node_public_ip(n.index), private_ip=n.private_ip,
                              ssh_user="root", ssh_key=str(ctx.ssh_key), roles=sorted(r.value for r in n.roles),
-                             ssh_port=22)
+                             ssh_port=22, network=n.network,
+                             interface_ip=network.interface_ip(names, ctx.spec, n.index))
              for n in ctx.spec.nodes]
     deploy = outputs.DeployInputs(acme_directory=ctx.acme_directory, artifacts=ctx.artifacts, apt_proxy=ctx.apt_proxy,
                                   pip_index=ctx.pip_index, known_hosts=str(names.known_hosts),
                                   ssh_strict_host_key_checking="yes")
     local = outputs.LocalInfo(operator_ip=names.operator_ip, gateway=names.gateway,
                               public_network=str(names.public_net), internet_network=str(names.internet_net),
-                              netns={n.name: names.node_netns(n.name) for n in ctx.spec.nodes})
+                              netns={n.name: names.node_netns(n.name) for n in ctx.spec.nodes},
+                              interface_network=str(names.interface_net) if network.uses_nat(ctx.spec) else None)
+    # What dnsmasq answers (infra/local/dns.py): every spec record at its nodes' public addresses.
+    published = {name: ips for name, ips in dns.records(names, ctx.spec).items()
+                 if name in {r.name for r in ctx.spec.dns_records}}
     return outputs.assemble(ctx.spec, nodes, api_secret=ctx.secrets.api_secret, turn_secret=ctx.secrets.turn_secret,
-                            token_key=ctx.secrets.token_key, call_password=ctx.secrets.call_password, deploy=deploy,
+                            token_key=ctx.secrets.token_key, call_password=ctx.secrets.call_password,
+                            dns=published, deploy=deploy,
                             ca_bundle=str(ctx.ca_bundle) if ctx.ca_bundle else None,
                             dns_server=ctx.dns_server or None, client_netns=names.client_netns, local=local)
 

@@ -109,8 +109,9 @@ def turn(host: str, port: int, username: str, password: str, transport: str, ser
         return {"allocated": False, "code": None, "reason": f"{type(exc).__name__}: {exc}"}
     try:
         alloc = session.allocate()
+        # relayed: XOR-RELAYED-ADDRESS, the address peers send to (the relay candidate a browser gets).
         result: dict[str, Any] = {"allocated": alloc.ok, "code": alloc.code, "reason": alloc.reason,
-                                  "permissions": {}}
+                                  "relayed": list(alloc.relayed) if alloc.relayed else None, "permissions": {}}
         if alloc.ok:
             for peer in peers:
                 r = session.permit(peer)

@@ -9,6 +9,8 @@ from infra.spec import EnvSpec, derive, port_problems
 
 ADMIN = "198.51.100.7/32"
 PUBLIC = ["203.0.113.10", "203.0.113.11", "203.0.113.12"]
+#: Interface addresses of nat nodes (the cloud maps PUBLIC[i] to INTERFACE[i]).
+INTERFACE = ["172.31.9.10", "172.31.9.11", "172.31.9.12"]
 SECRET = "s" * 40
 TURN_SECRET = "t" * 40
 TOKEN_KEY = "k" * 40
@@ -30,7 +32,8 @@ def spec_of(nodes: int = 1, env: str = "t", **changes: Any) -> EnvSpec:
 def outputs_for(spec: EnvSpec, *, token_key: str = TOKEN_KEY, call_password: str = CALL_PASSWORD,
                 **deploy: Any) -> outputs.Outputs:
     nodes = [outputs.NodeOut(name=n.name, public_ip=PUBLIC[n.index], private_ip=n.private_ip, ssh_user="root",
-                             ssh_key="/dev/null", roles=sorted(r.value for r in n.roles)) for n in spec.nodes]
+                             ssh_key="/dev/null", roles=sorted(r.value for r in n.roles), network=n.network,
+                             interface_ip=INTERFACE[n.index] if n.network == "nat" else None) for n in spec.nodes]
     inputs = outputs.DeployInputs(**{"acme_directory": ACME, "artifacts": ART, **deploy})
     return outputs.assemble(spec, nodes, api_secret=SECRET, turn_secret=TURN_SECRET, token_key=token_key or "x",
                             call_password=call_password or "x",

@@ -70,6 +70,7 @@ class Stack:
         self.procs: dict[str, subprocess.Popen] = {}
         self.lk_port, self.speech_port, self.health_port = free_port(), free_port(), free_port()
         self.metrics_port = free_port()
+        self.udp_port = free_port(socket.SOCK_DGRAM)
         self.url = f"ws://127.0.0.1:{self.lk_port}"
         self.speech_url = f"http://127.0.0.1:{self.speech_port}/v1"
 
@@ -84,8 +85,10 @@ class Stack:
               speech_env: dict[str, str] | None = None) -> None:
         config = (
             f"port: {self.lk_port}\nbind_addresses: [127.0.0.1]\n"
-            f"rtc: {{tcp_port: {free_port()}, udp_port: {free_port(socket.SOCK_DGRAM)}, "
-            "node_ip: 127.0.0.1, use_external_ip: false}\n"
+            # As the deploy renders it: node_ip advertised, candidates only from that one address.
+            f"rtc: {{tcp_port: {free_port()}, udp_port: {self.udp_port}, "
+            "node_ip: 127.0.0.1, use_external_ip: false, ips: {includes: [127.0.0.1/32]}, "
+            "enable_loopback_candidate: true}\n"
             f"keys: {{{API_KEY}: {API_SECRET}}}\nlogging: {{level: info}}\n"
         )
         lk = self.spawn("livekit", [SERVER_BIN, "--config-body", config], {})
@@ -217,6 +220,17 @@ def test_agent_roundtrip_barging_in_stops_the_agent_and_is_answered(stack: Stack
     assert "kitchen" in result.turn.heard.lower()
     assert result.turn.answer == "Okay, I turned on the lights in the kitchen."
     print(f"\nbarge-in: agent audio stopped {result.stop_s:.2f} s after the user's voice started")
+def test_agent_roundtrip_reports_the_ice_candidates_the_client_saw(stack: Stack) -> None:
+    """The client's WebRTC stats: what the verify suite checks LiveKit's advertised addresses with."""
+    result = asyncio.run(round_trip(stack.url, token("roundtrip-ice"), speech=HttpSpeech(stack.speech_url),
+                                    timeout=90, collect_ice=True))
+    assert result.ice, result.ice
+    for pc, seen in result.ice.items():
+        assert seen["remote"] and {c["address"] for c in seen["remote"]} == {"127.0.0.1"}, (pc, seen)  # node_ip
+        selected = seen["selected"]
+        assert selected["remote"] == {"address": "127.0.0.1", "port": stack.udp_port, "protocol": "udp",
+                                      "type": "host"}, selected
+        assert selected["local"]["type"] == "host"
 
 
 def test_agent_roundtrip_worker_drains_and_exits_on_sigterm(stack: Stack) -> None:

@@ -84,6 +84,21 @@ CASES = [
     ("existing-without-admin", {"provider": "existing", "region": None, "serverType": None, "adminCidrs": [],
                                 "hosts": [{"name": "node-1", "publicIp": "203.0.113.5"}]}, "adminCidrs", "is empty"),
     ("http-acme-directory", {"acmeCa": "http://ca.example.com/dir"}, "acmeCa", "https://"),
+    # Networking models: Hetzner and DigitalOcean put the public address on the interface.
+    ("unknown-network", {"network": "bridge"}, "network", "not direct"),
+    ("nat-on-hetzner", {"network": "nat"}, "network", "primary IP is on its interface"),
+    ("nat-on-digitalocean", {"provider": "digitalocean", "region": "fra1", "serverType": "s-2vcpu-4gb",
+                             "network": "nat"}, "network", "reserved IP only serves the LiveKit name"),
+    ("nat-host-without-interface", {"provider": "aws", "region": None, "serverType": None, "network": "nat",
+                                    "hosts": [{"name": "node-1", "publicIp": "203.0.113.5"}]},
+     "hosts[0].interfaceIp", "has no interfaceIp"),
+    ("interface-equals-public", {"provider": "existing", "region": None, "serverType": None,
+                                 "hosts": [{"publicIp": "203.0.113.5", "interfaceIp": "203.0.113.5"}]},
+     "hosts[0].interfaceIp", "leave interfaceIp out"),
+    ("bad-interface-ip", {"provider": "existing", "region": None, "serverType": None,
+                          "hosts": [{"publicIp": "203.0.113.5", "interfaceIp": "172.31.5"}]},
+     "hosts[0]", "write IPv4 addresses"),
+    ("block-udp-in-the-cloud", {"blockUdp": True}, "blockUdp", "only the local cloud"),
 ]
 
 
@@ -115,6 +130,20 @@ def test_two_nodes_are_accepted_with_a_warning_that_they_do_not_survive_losing_t
     assert bool(cluster) == warned, cfg.warnings
     if warned:
         assert "Sentinel" in cluster[0] and "nodeCount 3" in cluster[0]
+def test_local_environments_take_both_networking_models_and_blocked_udp() -> None:
+    for model in ("direct", "nat"):
+        spec = load({"network": model, "blockUdp": model == "nat", "nodeCount": 3}, env="t")
+        assert spec.config.network == model and {n.network for n in spec.nodes} == {model}
+    assert load({"network": "nat", "blockUdp": True}, env="t").udp_blocked
+
+
+def test_an_existing_host_with_an_interface_address_is_behind_nat() -> None:
+    hosts = [{"name": "a", "publicIp": "203.0.113.5", "interfaceIp": "172.31.5.9"},
+             {"name": "b", "publicIp": "203.0.113.6", "privateIp": "10.1.0.6"}]
+    spec = load({**GOOD, "provider": "aws", "region": None, "serverType": None, "nodeCount": 2,
+                 "privateNetwork": "10.1.0.0/24", "hosts": hosts}, env="t")
+    assert [(n.name, n.network) for n in spec.nodes] == [("a", "nat"), ("b", "direct")]
+    assert spec.config.hosts[0].interface_ip == "172.31.5.9"
 
 
 def test_all_problems_are_reported_at_once() -> None:

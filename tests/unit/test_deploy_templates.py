@@ -1,6 +1,7 @@
 """Deploy templates render from the spec: a port changed in the config changes every file that uses it."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -11,10 +12,12 @@ import pytest
 from deploy.inventory import DeployInputError, node_vars
 from deploy.render import render
 from deploy.tasks import caddy, coturn, edge, firewall, livekit, redis
+from infra import outputs
 from infra.config import parse
+from infra.outputs import OutputsError
 from infra.secrets import redis_password
 from infra.spec import TOKEN_PATH, derive
-from tests.unit.support import ADMIN, ART, PUBLIC, SECRET, TURN_SECRET, outputs_for, spec_of
+from tests.unit.support import ADMIN, ART, INTERFACE, PUBLIC, SECRET, TURN_SECRET, outputs_for, spec_of
 
 
 def rendered(nodes: int = 1, node: str = "node-1", **changes) -> dict[str, str]:
@@ -79,7 +82,8 @@ def test_three_nodes_run_redis_and_sentinel_everywhere_and_livekit_asks_the_sent
                 f"  password: {redis_password(SECRET)}\n") in lk
         assert "address:" not in lk.split("redis:")[1].split("sentinel_addresses")[0]
         assert f"  - {node.private_ip}\n" in lk  # API reachable on the private network
-        assert f"relay-ip={node.private_ip}" in files["turnserver.conf"]
+        # The relay sends to LiveKit's public node IPs, so it sits on the public interface, not the private net.
+        assert f"relay-ip={PUBLIC[node.index]}" in files["turnserver.conf"]
         rconf, sconf = files["redis.conf"], files["sentinel.conf"]
         # Private network and loopback only, protected mode, passwords for clients and replication.
         assert f"bind 127.0.0.1 {node.private_ip}\nport {spec.port('redis').start}\nprotected-mode yes\n" in rconf
@@ -227,14 +231,58 @@ def test_internal_caddy_https_binds_loopback_but_port_80_stays_public() -> None:
     assert "bind" not in rendered(turnTlsPort=5349)["Caddyfile"]
 
 
+# ---- networking models ----------------------------------------------------------------------
+
+def _lines(text: str, *prefixes: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip().startswith(prefixes)]
+
+
+@pytest.mark.parametrize("nodes", [1, 3], ids=["one-node", "three-nodes"])
+def test_direct_nodes_advertise_bind_and_relay_on_the_public_address_of_their_interface(nodes: int) -> None:
+    for node in spec_of(nodes).nodes:
+        files = rendered(nodes, node.name)
+        pub = PUBLIC[node.index]
+        lk = files["livekit.yaml"]
+        assert f"node_ip: {pub}\n  use_external_ip: false\n  ips:\n    includes:\n      - {pub}/32\n" in lk
+        turn = files["turnserver.conf"]
+        assert _lines(turn, "listening-ip", "relay-ip", "external-ip") == [f"listening-ip={pub}", f"relay-ip={pub}"]
+        assert f"server {pub}:5349;" in files["nginx.conf"]
+
+
+@pytest.mark.parametrize("nodes", [1, 3], ids=["one-node", "three-nodes"])
+def test_nat_nodes_bind_the_interface_address_and_advertise_the_public_one(nodes: int) -> None:
+    """1:1 NAT: the public address is on no interface; coturn could not bind it (it would retry forever)."""
+    spec = spec_of(nodes, network="nat")
+    for node in spec.nodes:
+        files = rendered(nodes, node.name, network="nat")
+        pub, iface = PUBLIC[node.index], INTERFACE[node.index]
+        lk = files["livekit.yaml"]
+        assert f"node_ip: {pub}\n  use_external_ip: false\n  ips:\n    includes:\n      - {iface}/32\n" in lk
+        turn = files["turnserver.conf"]
+        assert _lines(turn, "listening-ip", "relay-ip", "external-ip") == [
+            f"listening-ip={iface}", f"relay-ip={iface}", f"external-ip={pub}/{iface}"]
+        # coturn relays to LiveKit's advertised (public) addresses, and to the interface ones behind the NAT.
+        want = [ip for n in spec.nodes for ip in (PUBLIC[n.index], INTERFACE[n.index])]
+        assert re.findall(r"^allowed-peer-ip=(.+)$", turn, re.M) == want
+        assert f"server {iface}:5349;" in files["nginx.conf"]
+        # Port 80 and the SNI router listen on every address: the firewall stays port based.
+        assert re.search(r"^\s*listen 443;$", files["nginx.conf"], re.M)
+        assert files["nftables.conf"] == rendered(nodes, node.name)["nftables.conf"]
+
+
+def test_a_node_without_an_interface_address_behind_nat_is_refused() -> None:
+    spec = spec_of(network="nat")
+    node = dataclasses.replace(outputs_for(spec).nodes[0], interface_ip=None)
+    with pytest.raises(OutputsError, match="network nat needs the interface address"):
+        outputs.assemble(spec, [node], api_secret=SECRET, turn_secret=TURN_SECRET, token_key="k" * 40)
+
+
 def test_coturn_peer_policy_allows_only_livekit_nodes() -> None:
     spec = spec_of(3)
     conf = rendered(3)["turnserver.conf"]
     allowed = re.findall(r"^allowed-peer-ip=(.+)$", conf, re.M)
-    expected = []
-    for n in spec.nodes:
-        expected += [PUBLIC[n.index], n.private_ip]
-    assert allowed == expected
+    # LiveKit advertises only its public node IP: the relay goes there, never to the private network.
+    assert allowed == [PUBLIC[n.index] for n in spec.nodes]
     denied = re.findall(r"^denied-peer-ip=(.+)$", conf, re.M)
     assert denied == ["0.0.0.0-255.255.255.255", "::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"]
     for line in ("use-auth-secret", f"static-auth-secret={TURN_SECRET}", "no-cli", "no-tcp-relay",

@@ -5,6 +5,9 @@ import gzip
 import hashlib
 import io
 import ipaddress
+import os
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -113,3 +116,66 @@ def test_user_data_is_the_same_cloud_config_with_no_secret() -> None:
     with pytest.raises(ValueError, match="one OpenSSH public key line"):
         render_user_data(spec, spec.nodes[0], SSH_KEY + "\n" + SSH_KEY)
     assert etc_hosts("node-1", "node-1.unit.test").startswith("127.0.1.1 node-1.unit.test node-1\n")
+
+
+# ---- the emulated networking models ------------------------------------------------------------
+
+def test_direct_machines_get_no_nat_and_udp_is_not_blocked() -> None:
+    names, spec = EnvNames("unit"), spec_of(3, env="unit")
+    text = firewall.render(names, spec)
+    assert firewall.nat_map(names, spec) == {}
+    assert "type nat" not in text and "blockUdp" not in text and "hairpin" not in text
+
+
+def test_nat_maps_each_public_address_to_its_interface_address_both_ways() -> None:
+    names, spec = EnvNames("unit"), spec_of(3, env="unit", network="nat")
+    mapping = firewall.nat_map(names, spec)
+    assert mapping == {names.node_public_ip(i): names.node_interface_ip(i) for i in range(3)}
+    assert all(ipaddress.ip_address(ip) in names.interface_net for ip in mapping.values())
+    assert not names.interface_net.overlaps(names.public_net) and not names.interface_net.overlaps(names.internet_net)
+    text = firewall.render(names, spec)
+    dnat = ", ".join(f"{a} : {b}" for a, b in mapping.items())
+    snat = ", ".join(f"{b} : {a}" for a, b in mapping.items())
+    # In: from the internet side and other machines (prerouting), and from the host itself (output).
+    assert text.count(f"dnat ip to ip daddr map {{ {dnat} }}") == 2
+    assert "type nat hook prerouting" in text and "type nat hook output" in text
+    # Out: towards the internet side, and hairpin back onto the machines' bridge.
+    assert f'oifname "{names.client_link}" ip saddr {{ {", ".join(mapping.values())} }} snat ip to ip saddr map ' \
+           f'{{ {snat} }}' in text
+    assert f'oifname "{names.public_bridge}" ct status dnat ip saddr' in text
+    # Hairpin traffic passes the cloud firewall like outside traffic, and the router sends no redirects.
+    assert "ct status dnat jump inbound" in text and "icmp type redirect drop" in text
+    assert text.count(" accept comment ") == firewall.render(names, spec_of(3, env="unit")).count(" accept comment ")
+
+
+def test_block_udp_drops_udp_to_and_from_the_internet_before_established_flows() -> None:
+    names, spec = EnvNames("unit"), spec_of(env="unit", blockUdp=True)
+    lines = [line.strip() for line in firewall.render(names, spec).splitlines()]
+    forward = lines[lines.index("chain forward {"):lines.index("chain output {")]
+    drops = [i for i, line in enumerate(forward) if "meta l4proto udp counter drop" in line]
+    established = next(i for i, line in enumerate(forward) if "ct state established,related accept" in line)
+    assert len(drops) == 2 and max(drops) < established
+    assert any(f'oifname "{names.public_bridge}" meta l4proto udp counter drop' in line for line in lines)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft"), reason="nft -c needs root and nftables")
+@pytest.mark.parametrize("changes", [{}, {"network": "nat"}, {"network": "nat", "blockUdp": True}],
+                         ids=["direct", "nat", "nat-block-udp"])
+def test_the_cloud_firewall_ruleset_passes_nft_check(tmp_path: Path, changes: dict) -> None:
+    path = tmp_path / "cloud.nft"
+    path.write_text(firewall.render(EnvNames("unit"), spec_of(3, env="unit", **changes)))
+    result = subprocess.run(["nft", "-c", "-f", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_client_network_conditions_filter_both_directions() -> None:
+    """LiveKit sends ICE checks to the client too: a condition that only filters the way out lets
+    UDP in, and the client's answers then pass as "established" (the media would use UDP)."""
+    from infra.probes import netcond
+
+    assert netcond.RULES["normal"] is None
+    for name in ("udp-blocked", "tcp443-only"):
+        out, into = netcond.RULES[name]
+        assert "udp dport != 53 drop" in out and "udp sport != 53 drop" in into
+    out, into = netcond.RULES["tcp443-only"]
+    assert "tcp dport != 443 drop" in out and "tcp sport != 443 drop" in into

@@ -72,3 +72,39 @@ def test_assemble_refuses_nodes_the_spec_does_not_have_and_missing_secrets() -> 
 def test_urls_come_from_the_spec(stack: Path) -> None:
     out = outputs_for(spec_of(env="unit", livekitHost="lk.example.test"))
     assert out.livekit_url == "wss://lk.example.test" and out.token_endpoint == f"https://lk.example.test{specmod.TOKEN_PATH}"
+
+
+def test_each_node_carries_its_networking_model_and_interface_address(stack: Path) -> None:
+    direct = outputs_for(spec_of(env="unit"))
+    assert (direct.nodes[0].network, direct.nodes[0].interface_ip) == ("direct", direct.nodes[0].public_ip)
+    nat = outputs_for(spec_of(3, env="unit", network="nat"))
+    assert {n.network for n in nat.nodes} == {"nat"}
+    assert all(n.interface_ip and n.interface_ip != n.public_ip for n in nat.nodes)
+    outputs.write(nat)
+    assert outputs.read("unit").nodes == nat.nodes
+
+
+def test_a_node_that_contradicts_its_model_is_refused() -> None:
+    spec = spec_of(env="unit")
+    node = dataclasses.replace(outputs_for(spec).nodes[0], interface_ip="10.0.0.9")
+    with pytest.raises(outputs.OutputsError, match="network direct means the public address"):
+        outputs.assemble(spec, [node], api_secret="a", turn_secret="b", token_key="c")
+    node = dataclasses.replace(node, network="nat")
+    with pytest.raises(outputs.OutputsError, match="network 'nat' but the spec says 'direct'"):
+        outputs.assemble(spec, [node], api_secret="a", turn_secret="b", token_key="c")
+
+
+def test_published_dns_defaults_to_the_nodes_and_must_cover_every_record() -> None:
+    spec = spec_of(3, env="unit")
+    out = outputs_for(spec)
+    assert out.dns[spec.config.livekit_host] == [n.public_ip for n in out.nodes]
+    assert out.dns[spec.config.turn_host] == [out.nodes[0].public_ip]
+    reserved = {**out.dns, spec.config.livekit_host: ["192.0.2.1", "192.0.2.2", "192.0.2.3"]}
+    assert outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c",
+                            dns=reserved).dns == reserved  # a provider may publish other addresses
+    with pytest.raises(outputs.OutputsError, match="published DNS names"):
+        outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c",
+                         dns={k: v for k, v in out.dns.items() if k != spec.config.turn_host})
+    with pytest.raises(outputs.OutputsError, match="another number of addresses"):
+        outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c",
+                         dns={**out.dns, spec.config.livekit_host: ["192.0.2.1"]})

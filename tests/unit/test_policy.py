@@ -47,6 +47,14 @@ def test_do_rule_opening_an_internal_port_is_a_violation_even_from_one_address(p
     assert violations(vp.no_public_internal_ports, vp.DO_FIREWALL, props)
 
 
+def test_do_rule_letting_only_the_envs_own_droplets_reach_an_internal_port_passes():
+    tagged = {"protocol": "tcp", "portRange": "6379", "sourceTags": ["voicestack-prod"]}
+    props = {"inboundRules": [ICE_DO, tagged], "outboundRules": EGRESS}
+    assert violations(vp.no_public_internal_ports, vp.DO_FIREWALL, props) == []
+    props["inboundRules"][1] = {**tagged, "sourceAddresses": ["10.77.0.0/24"]}  # an address as well: judged
+    assert violations(vp.no_public_internal_ports, vp.DO_FIREWALL, props)
+
+
 def test_udp_on_an_internal_port_number_and_outbound_rules_pass():
     props = {"rules": [ICE_HCLOUD, {"direction": "in", "protocol": "udp", "port": "6379", "sourceIps": WORLD},
                        {"direction": "out", "protocol": "tcp", "port": "6379", "destinationIps": WORLD}]}

@@ -38,7 +38,24 @@ def shape(request):
 
 
 def inbound(run) -> list[tuple]:
-    return [(r["protocol"], r["portRange"], tuple(r["sourceAddresses"])) for r in run.one(FIREWALL).inputs["inboundRules"]]
+    """Rules open to addresses (the internet, the admin CIDRs)."""
+    return [(r["protocol"], r["portRange"], tuple(r["sourceAddresses"]))
+            for r in run.one(FIREWALL).inputs["inboundRules"] if r.get("sourceAddresses")]
+
+
+def node_to_node(run) -> list[tuple]:
+    """Rules open only to droplets by tag: (protocol, port range, tags)."""
+    return [(r["protocol"], r["portRange"], tuple(r["sourceTags"]))
+            for r in run.one(FIREWALL).inputs["inboundRules"] if not r.get("sourceAddresses")]
+
+
+def droplet_ips(run) -> dict[str, str]:
+    """node name -> the droplet's own public address (its name is <stack>-<node>)."""
+    return {d.inputs["name"].removeprefix(f"{harness.STACK}-"): d.state["ipv4Address"] for d in run.of(DROPLET)}
+
+
+def reserved_ips(run) -> list[str]:
+    return [r.state["ipAddress"] for r in run.of(RESERVED)]
 
 
 def records(run) -> dict[tuple[str, str], list[str]]:
@@ -51,6 +68,35 @@ def records(run) -> dict[tuple[str, str], list[str]]:
 def test_inbound_rules_equal_the_spec_cloud_firewall(shape):
     spec, run = shape
     assert_same(expected_rules(spec), inbound(run), "inbound rules")
+
+
+def expected_node_rules(spec, run) -> list[tuple]:
+    tag = run.one("digitalocean:index/tag:Tag").inputs["name"]
+    return [(r.protocol, r.port_range, (tag,)) for r in spec.node_firewall]
+
+
+def test_node_to_node_rules_equal_the_spec_node_firewall_by_the_env_tag(shape):
+    """DigitalOcean's firewall filters VPC traffic too: every flow between nodes has a rule."""
+    spec, run = shape
+    assert_same(expected_node_rules(spec, run), node_to_node(run), "node-to-node rules")
+    assert bool(spec.node_firewall) == spec.multi_node
+
+
+def test_cluster_nodes_reach_redis_the_relay_range_and_livekit_media_of_each_other():
+    spec, run = spec_for(CLUSTER), run_stack(CLUSTER)
+    allowed = {(proto, ports) for proto, ports, _tags in node_to_node(run)}
+    for name in ("redis", "turn-relay", "livekit-ice-udp", "livekit-http"):
+        port = spec.port(name)
+        assert (port.protocol, str(port.start) if port.start == port.end else f"{port.start}-{port.end}") in allowed, name
+
+
+@pytest.mark.parametrize("index", range(len(spec_for(CLUSTER).node_firewall)))
+def test_node_to_node_comparison_fails_when_any_rule_is_missing(index):
+    spec, run = spec_for(CLUSTER), run_stack(CLUSTER)
+    actual = node_to_node(run)
+    del actual[index]
+    with pytest.raises(AssertionError, match="missing"):
+        assert_same(expected_node_rules(spec, run), actual, "node-to-node rules")
 
 
 def test_outbound_allows_all_egress_because_digitalocean_denies_it_otherwise(shape):
@@ -68,13 +114,18 @@ def test_firewall_covers_every_droplet_by_tag_from_creation(shape):
     assert len(droplets) == len(spec.nodes) and all(d.inputs["tags"] == [tag] for d in droplets)
 
 
-def test_dns_records_point_at_the_reserved_ips(shape):
+def test_the_livekit_name_points_at_the_reserved_ips_every_other_name_at_the_droplets(shape):
     spec, run = shape
     domain = run.one("digitalocean:index/domain:Domain")
     assert domain.inputs["name"] == "example.org"
     assert {r.inputs["domain"] for r in run.of(RECORD)} == {domain.id}
-    assert_same_dns(expected_dns(spec, run.ip_of()), records(run))
-    assert set(run.ip_of().values()) == {r.state["ipAddress"] for r in run.of(RESERVED)}
+    expected = expected_dns(spec, droplet_ips(run))
+    livekit = spec.config.livekit_host.removesuffix(".example.org")
+    expected[(livekit, "A")] = sorted(reserved_ips(run))
+    assert_same_dns(expected, records(run))
+    # The outputs say what was published, for the verify suite's DNS check.
+    assert run.outputs["dns"][spec.config.livekit_host] == reserved_ips(run)
+    assert run.outputs["dns"][spec.config.turn_host] == [droplet_ips(run)["node-1"]]
 
 
 def test_each_droplet_gets_a_reserved_ip(shape):
@@ -82,7 +133,7 @@ def test_each_droplet_gets_a_reserved_ip(shape):
     droplet_ids = {int(d.id) for d in run.of(DROPLET)}
     assignments = run.of("digitalocean:index/reservedIpAssignment:ReservedIpAssignment")
     assert {int(a.inputs["dropletId"]) for a in assignments} == droplet_ids
-    assert sorted(a.inputs["ipAddress"] for a in assignments) == sorted(run.ip_of().values())
+    assert sorted(a.inputs["ipAddress"] for a in assignments) == sorted(reserved_ips(run))
 
 
 def test_droplets_are_debian_12_in_the_configured_region(shape):
@@ -135,10 +186,20 @@ def test_secrets_are_secret_outputs_and_stay_out_of_user_data(shape):
         assert not [v for v in values if v in d.inputs["userData"]]
 
 
-def test_outputs_give_each_node_its_reserved_ip(shape):
+def test_media_turn_and_ssh_use_the_droplets_own_address_on_its_interface(shape):
+    """The direct model: the droplet's public IP is on eth0; the reserved IP is no node address."""
     _, run = shape
-    reserved = {r.state["ipAddress"] for r in run.of("digitalocean:index/reservedIp:ReservedIp")}
-    assert set(run.ip_of().values()) == reserved and len(reserved) == len(run.of(DROPLET))
+    assert run.ip_of() == droplet_ips(run)
+    assert all(n["network"] == "direct" and n["interface_ip"] == n["public_ip"] for n in run.outputs["nodes"])
+    assert not set(run.ip_of().values()) & set(reserved_ips(run))
+
+
+def test_nat_is_refused_for_digitalocean_with_the_reason():
+    with pytest.raises(ConfigError) as err:
+        run_stack({**SINGLE, "network": "nat"})
+    assert [k for k, _ in err.value.problems] == ["network"]
+    assert "eth0" in err.value.problems[0][1]
+    assert harness.LAST["mocks"].registered == []
 
 
 def test_invalid_config_creates_nothing():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from infra import spec as specmod
+from infra.cloud import stack_outputs
 from infra.config import ConfigError
 
 from . import pulumi_harness as harness
@@ -51,6 +52,19 @@ def test_a_provider_with_manual_udp_setup_carries_its_warning():
     run = run_stack(ONE)
     assert run.outputs["nodes"][0]["name"] == "node-1" and run.outputs["nodes"][0]["private_ip"] is None
     assert any("UDP" in w for w in run.outputs["info"]["warnings"])
+
+
+def test_a_host_behind_1_to_1_nat_reports_its_interface_address():
+    hosts = [{"name": "edge-a", "publicIp": "203.0.113.10", "privateIp": "10.1.0.5", "interfaceIp": "172.31.5.9"},
+             HOSTS[1]]
+    run = run_stack({**PAIR, "provider": "aws", "hosts": hosts})
+    nodes = {n["name"]: n for n in run.outputs["nodes"]}
+    assert (nodes["edge-a"]["network"], nodes["edge-a"]["interface_ip"]) == ("nat", "172.31.5.9")
+    assert (nodes["edge-b"]["network"], nodes["edge-b"]["interface_ip"]) == ("direct", "203.0.113.11")
+    out = stack_outputs.to_outputs(run.outputs, "/keys/deploy")
+    assert out.node("edge-a").interface_ip == "172.31.5.9" and out.dns["turn.example.net"] == ["203.0.113.10"]
+    # Where the operator's own firewall also filters traffic between the hosts: the flows to allow.
+    assert {(r["protocol"], r["ports"]) for r in run.outputs["info"]["node_firewall_rules"]} >= {("tcp", "6379")}
 
 
 def test_hosts_that_disagree_with_node_count_create_nothing():

@@ -174,6 +174,9 @@ def test_stack_outputs_assemble_into_the_outputs_contract(shape):
     assert {n.name: n.public_ip for n in out.nodes} == run.ip_of()
     assert out.api_secret == run.outputs["api_secret"] and out.spec.cloud_firewall_managed
     assert run.outputs["info"]["dns_nameservers"] == ["hydrogen.ns.hetzner.com", "oxygen.ns.hetzner.com"]
+    # Primary IPs sit on the servers' interfaces: the direct model, and DNS publishes exactly them.
+    assert all(n.network == "direct" and n.interface_ip == n.public_ip for n in out.nodes)
+    assert out.dns == spec.dns_addresses(run.ip_of())
 
 
 def test_no_deploy_runs_inside_pulumi_up_by_default(shape):

@@ -148,3 +148,24 @@ def test_a_spec_with_a_wrong_field_type_names_the_field() -> None:
     data["ports"][0]["start"] = "22"
     with pytest.raises(DecodeError, match=r"spec.ports\[0\].start"):
         specmod.from_json(data)
+
+
+def test_node_to_node_flows_cover_every_private_port_and_livekit_media() -> None:
+    """What a cloud firewall that filters traffic between servers (DigitalOcean) must let through."""
+    assert spec_of().node_firewall == ()  # one node: nothing between nodes
+    spec = spec_of(nodeCount=3)
+    flows = {(r.protocol, r.start, r.end) for r in spec.node_firewall}
+    private = {(p.protocol, p.start, p.end) for p in spec.ports if p.scope is Scope.PRIVATE}
+    assert private and private <= flows
+    assert {("tcp", 6379, 6379), ("udp", 40000, 49999), ("udp", 50000, 60000)} <= flows
+    assert all(r.sources == () for r in spec.node_firewall)  # the nodes themselves, named by the provider
+    # Hetzner's cloud firewall ignores private networks: the flows never become address rules there.
+    assert all(r.start != 6379 for r in spec.cloud_firewall)
+
+
+def test_cloud_nodes_are_direct_and_the_spec_carries_the_model_through_json() -> None:
+    spec = spec_of(nodeCount=2)
+    assert {n.network for n in spec.nodes} == {"direct"} and not spec.udp_blocked
+    local = derive(parse({"provider": "local", "domain": "x.test", "network": "nat", "blockUdp": True}, env="x"))
+    again = specmod.from_json(json.loads(json.dumps(specmod.to_json(local))))
+    assert again.nodes[0].network == "nat" and again.udp_blocked

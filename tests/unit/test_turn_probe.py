@@ -26,15 +26,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+PUBLIC = "203.0.113.7"  # TEST-NET-3: what a 1:1 NAT would map 127.0.0.1 to; only ever written in replies
+
+
+def _start_coturn(tmp_path_factory: pytest.TempPathFactory, *extra: str, ports: str = "45000-45200") -> Iterator[int]:
     if shutil.which("turnserver") is None:
         pytest.fail("turnserver missing: run 'make deps' (Debian package coturn)")
     port = _free_port()
+    low, high = ports.split("-")
     conf: Path = tmp_path_factory.mktemp("coturn") / "turnserver.conf"
     conf.write_text("\n".join([
-        "listening-ip=127.0.0.1", f"listening-port={port}", "relay-ip=127.0.0.1", "min-port=45000",
-        "max-port=45200", "use-auth-secret", f"static-auth-secret={SECRET}", "realm=unit.test", "no-cli",
+        "listening-ip=127.0.0.1", f"listening-port={port}", "relay-ip=127.0.0.1", *extra, f"min-port={low}",
+        f"max-port={high}", "use-auth-secret", f"static-auth-secret={SECRET}", "realm=unit.test", "no-cli",
         "no-tls", "no-dtls", f"allowed-peer-ip={ALLOWED}", "denied-peer-ip=0.0.0.0-255.255.255.255",
         "denied-peer-ip=::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "no-multicast-peers",
         "pidfile=" + str(conf.with_suffix(".pid")), "log-file=stdout", ""]))
@@ -51,6 +54,28 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     yield port
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    yield from _start_coturn(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def coturn_behind_nat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """coturn as the deploy renders it behind 1:1 NAT: bound to the interface, external-ip public/interface."""
+    yield from _start_coturn(tmp_path_factory, f"external-ip={PUBLIC}/127.0.0.1", ports="45201-45400")
+
+
+def test_behind_nat_the_relay_candidate_carries_the_public_address(coturn_behind_nat: int) -> None:
+    user, password = rest_credentials(SECRET)
+    session = TurnSession("127.0.0.1", coturn_behind_nat, user, password)
+    try:
+        result = session.allocate()
+        assert result.ok and result.relayed is not None, result
+        assert result.relayed[0] == PUBLIC and 45201 <= result.relayed[1] <= 45400
+    finally:
+        session.close()
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

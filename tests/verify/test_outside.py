@@ -10,10 +10,13 @@ OPEN_HINT = ("open it in the cloud firewall ({fw}) and the host firewall (make d
              "or the provider blocks it (make preflight)")
 
 
-def test_dns_01_names_resolve_to_node_addresses(spec: EnvSpec, outputs: Outputs, probe, node_ips) -> None:
+def test_dns_01_names_resolve_to_the_published_addresses(spec: EnvSpec, outputs: Outputs, probe) -> None:
+    """Every name answers what the provisioner published (outputs.dns), one address per node serving it."""
     for record in spec.dns_records:
         got = probe("resolve", name=record.name, server=outputs.dns_server)
-        want = sorted(node_ips[n] for n in record.nodes)
+        want = sorted(outputs.dns.get(record.name, []))
+        assert len(want) == len(record.nodes), (f"the outputs publish {want} for {record.name}, which "
+                                                f"{', '.join(record.nodes)} serve: re-run the provisioner (make up)")
         assert got["a"] == want, (f"{record.name} resolves to {got['a'] or got.get('error')}, expected {want}: "
                                   "fix the DNS record (pulumi up) or wait for propagation")
 
@@ -30,11 +33,16 @@ def test_net_01_public_tcp_ports_reachable(spec: EnvSpec, outputs: Outputs, prob
 
 
 def test_net_02_turn_udp_answers_stun(spec: EnvSpec, outputs: Outputs, probe) -> None:
+    """STUN over UDP answers from outside; where the provider blocks UDP (blockUdp) it must not."""
     port = spec.port("turn-udp")
     for node in outputs.nodes:
         if Role.TURN.value not in node.roles:
             continue
         got = probe("stun", host=node.public_ip, port=port.start)
+        if spec.udp_blocked:
+            assert not got["open"], (f"UDP {port.start} on {node.name} answers STUN from outside although the "
+                                     "provider blocks UDP (blockUdp): the emulated provider is not blocking it")
+            continue
         assert got["open"], (f"UDP {port.start} (TURN/STUN) on {node.name} gets no STUN answer from outside: "
                              f"{got.get('error')}; open UDP {port.start} in the cloud firewall, or the provider "
                              "blocks UDP (make preflight)")

@@ -1,4 +1,8 @@
-"""TURN from the outside: REST-credential allocations over UDP and TLS/443, and the peer policy."""
+"""TURN from the outside: REST-credential allocations over UDP and TLS/443, the relay address, the peer policy.
+
+Where the provider blocks UDP (the spec's blockUdp), the UDP allocation must fail (so the
+check still proves something) and the credential and peer checks run over TLS instead.
+"""
 from __future__ import annotations
 
 import pytest
@@ -19,21 +23,47 @@ def _turn(probe, outputs: Outputs, spec: EnvSpec, transport: str, password: str 
                  transport=transport, server_name=spec.config.turn_host, cafile=cafile, peers=peers or [])
 
 
+def _control_transport(spec: EnvSpec) -> str:
+    """The transport of the checks that test coturn itself (not the network): UDP unless it is blocked."""
+    return "tls" if spec.udp_blocked else "udp"
+
+
 @pytest.mark.parametrize("transport", ["udp", "tls"])
 def test_turn_01_allocation_with_rest_credentials(probe, outputs, spec, cafile, transport: str) -> None:
     got = _turn(probe, outputs, spec, transport, cafile=cafile)
+    if transport == "udp" and spec.udp_blocked:
+        assert not got["allocated"] and got["code"] is None, (
+            f"a TURN allocation over UDP succeeded ({got}) although the provider blocks UDP (blockUdp): "
+            "the emulated provider is not blocking it")
+        return
     assert got["allocated"], (f"TURN allocation over {transport} failed ({got['code']} {got['reason']}): "
                               "check coturn (systemctl status coturn), its static-auth-secret and the firewall")
 
 
-def test_turn_02_wrong_credentials_get_401(probe, outputs, spec) -> None:
-    got = _turn(probe, outputs, spec, "udp", password="wrong-password")
+def test_turn_04_relay_address_is_the_public_address_of_the_turn_node(probe, outputs, spec, cafile) -> None:
+    """The relay candidate clients get must be reachable from outside: behind 1:1 NAT that is
+    coturn's external-ip, never the interface's private address."""
+    got = _turn(probe, outputs, spec, "tls", cafile=cafile)
+    assert got["allocated"], got
+    turn_ips = {outputs.node(n.name).public_ip for n in spec.turn_name_nodes()}
+    assert got["relayed"] and got["relayed"][0] in turn_ips, (
+        f"coturn hands out relay address {got['relayed']}, not the TURN node's public address {sorted(turn_ips)}: "
+        "set external-ip=<public>/<interface> for a node behind 1:1 NAT (network nat), and relay-ip to the "
+        "interface address")
+    relay = spec.port("turn-relay")
+    assert relay.start <= got["relayed"][1] <= relay.end, f"relay port {got['relayed'][1]} outside {relay.label}"
+
+
+def test_turn_02_wrong_credentials_get_401(probe, outputs, spec, cafile) -> None:
+    got = _turn(probe, outputs, spec, _control_transport(spec), password="wrong-password", cafile=cafile)
     assert not got["allocated"] and got["code"] == 401, f"coturn accepted or mis-answered bad credentials: {got}"
 
 
-def test_turn_03_peer_policy_allows_only_livekit(probe, outputs, spec, node_ips) -> None:
-    livekit_peers = [n.private_ip or n.public_ip for n in outputs.nodes if "livekit" in n.roles]
-    got = _turn(probe, outputs, spec, "udp", peers=FORBIDDEN_PEERS + livekit_peers)
+def test_turn_03_peer_policy_allows_only_livekit(probe, outputs, spec, node_ips, cafile) -> None:
+    # LiveKit advertises its public node IPs only (rtc.node_ip): that is where relayed media goes.
+    livekit_peers = [n.public_ip for n in outputs.nodes if "livekit" in n.roles]
+    got = _turn(probe, outputs, spec, _control_transport(spec), peers=FORBIDDEN_PEERS + livekit_peers,
+                cafile=cafile)
     assert got["allocated"], got
     perms = got["permissions"]
     leaked = [p for p in FORBIDDEN_PEERS if perms[p]["ok"]]
