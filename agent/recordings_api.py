@@ -16,6 +16,7 @@ built, so nothing outside the recordings directory can be named. Files stream fr
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import math
 from typing import Awaitable, Callable
@@ -30,7 +31,7 @@ log = logging.getLogger("agent.recordings_api")
 STORE_KEY = web.AppKey("store", Store)
 KEY_KEY = web.AppKey("token_key", str)
 BUCKET_KEY = web.AppKey("bucket", TokenBucket)
-TRUSTED_PROXIES = ("127.0.0.1", "::1")
+TRUSTED_PROXIES = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
 NO_STORE = {"Cache-Control": "no-store"}
 
 

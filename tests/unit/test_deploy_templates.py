@@ -274,7 +274,7 @@ def test_a_node_without_an_interface_address_behind_nat_is_refused() -> None:
     spec = spec_of(network="nat")
     node = dataclasses.replace(outputs_for(spec).nodes[0], interface_ip=None)
     with pytest.raises(OutputsError, match="network nat needs the interface address"):
-        outputs.assemble(spec, [node], api_secret=SECRET, turn_secret=TURN_SECRET, token_key="k" * 40)
+        outputs.assemble(spec, [node], api_secret=SECRET, turn_secret=TURN_SECRET, token_key="k" * 40, call_password="p" * 16)
 
 
 def test_coturn_peer_policy_allows_only_livekit_nodes() -> None:

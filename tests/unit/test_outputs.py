@@ -88,10 +88,10 @@ def test_a_node_that_contradicts_its_model_is_refused() -> None:
     spec = spec_of(env="unit")
     node = dataclasses.replace(outputs_for(spec).nodes[0], interface_ip="10.0.0.9")
     with pytest.raises(outputs.OutputsError, match="network direct means the public address"):
-        outputs.assemble(spec, [node], api_secret="a", turn_secret="b", token_key="c")
+        outputs.assemble(spec, [node], api_secret="a", turn_secret="b", token_key="c", call_password="p" * 16)
     node = dataclasses.replace(node, network="nat")
     with pytest.raises(outputs.OutputsError, match="network 'nat' but the spec says 'direct'"):
-        outputs.assemble(spec, [node], api_secret="a", turn_secret="b", token_key="c")
+        outputs.assemble(spec, [node], api_secret="a", turn_secret="b", token_key="c", call_password="p" * 16)
 
 
 def test_published_dns_defaults_to_the_nodes_and_must_cover_every_record() -> None:
@@ -100,11 +100,11 @@ def test_published_dns_defaults_to_the_nodes_and_must_cover_every_record() -> No
     assert out.dns[spec.config.livekit_host] == [n.public_ip for n in out.nodes]
     assert out.dns[spec.config.turn_host] == [out.nodes[0].public_ip]
     reserved = {**out.dns, spec.config.livekit_host: ["192.0.2.1", "192.0.2.2", "192.0.2.3"]}
-    assert outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c",
+    assert outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c", call_password="p" * 16,
                             dns=reserved).dns == reserved  # a provider may publish other addresses
     with pytest.raises(outputs.OutputsError, match="published DNS names"):
-        outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c",
+        outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c", call_password="p" * 16,
                          dns={k: v for k, v in out.dns.items() if k != spec.config.turn_host})
     with pytest.raises(outputs.OutputsError, match="another number of addresses"):
-        outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c",
+        outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c", call_password="p" * 16,
                          dns={**out.dns, spec.config.livekit_host: ["192.0.2.1"]})
