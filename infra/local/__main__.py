@@ -1,7 +1,11 @@
 """python -m infra.local up|down|status --env <env> [--config F] [--nodes N] [--retain]
+python -m infra.local power --env <env> --node <node> off|on|cycle
 
 `up` takes the same settings as `make up` (CONFIG, else Pulumi.<env>.yaml, else the built-in
-defaults); `--nodes` overrides nodeCount. `packages` prints the Debian packages the host needs,
+defaults); `--nodes` overrides nodeCount. `power` does to one machine what a cloud console does:
+`off` pulls the plug (the machine's PID 1 is killed, nothing inside shuts down), `on` boots it
+and waits for SSH, `cycle` is both. A reboot from inside (`systemctl reboot`) needs no command:
+the machine comes back by itself. `packages` prints the Debian packages the host needs,
 `livekit-bin` builds (or finds) the pinned livekit-server and prints its path.
 """
 from __future__ import annotations
@@ -11,9 +15,10 @@ import sys
 
 from infra import up as pipeline
 from infra.config import DEFAULTS, ConfigError
-from infra.local import artifacts, host
+from infra.local import artifacts, host, power
 from infra.local.names import EnvNameError
 from infra.local.provisioner import LocalMachines
+from infra.outputs import OutputsError
 from infra.steps import Progress, StepFailed
 
 
@@ -28,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--retain", action="store_true", help="keep a half-made environment when a step fails")
     for name, text in (("down", "remove the environment (caches are kept)"), ("status", "what is running")):
         sub.add_parser(name, help=text).add_argument("--env", default="local")
+    p_power = sub.add_parser("power", help="power one machine off (plug pulled), on, or cycle it")
+    p_power.add_argument("--env", default="local")
+    p_power.add_argument("--node", required=True, help="node name, e.g. node-1")
+    p_power.add_argument("action", choices=("off", "on", "cycle"))
     sub.add_parser("packages", help="print the Debian packages the host needs")
     sub.add_parser("livekit-bin", help="build/unpack the pinned livekit-server and print its path")
     args = parser.parse_args(argv)
@@ -45,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"ssh -i {node.ssh_key} -o UserKnownHostsFile={out.deploy.known_hosts} root@{node.public_ip}")
         elif args.command == "down":
             machines.down(args.env, Progress())
+        elif args.command == "power":
+            print(power.power(args.env, args.node, args.action, Progress()))
         elif args.command == "status":
             print(machines.status(args.env))
         elif args.command == "livekit-bin":
@@ -55,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the configuration has problems:\n" + "\n".join(f"  - {k}: {m}" for k, m in exc.problems),
               file=sys.stderr)
         return 1
-    except (host.LocalEnvError, EnvNameError, StepFailed) as exc:
+    except (host.LocalEnvError, EnvNameError, StepFailed, OutputsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
