@@ -130,6 +130,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("acmeCa", "str", "letsencrypt", "letsencrypt | letsencrypt-staging | local | https://<ACME directory>"),
     Setting("acmeEmail", "str", "", "Contact address for the ACME account"),
     Setting("livekitVersion", "str", "1.13.5", "livekit-server release; must be pinned in deploy/artifacts.json"),
+    Setting("livekitStopTimeout", "int", 120, "Seconds a LiveKit restart (deploy, upgrade) waits for calls to end "
+            "before it kills the server; clients then reconnect", 10, 86400),
     Setting("apiKey", "str", "APIvoicestack", "LiveKit API key name"),
     Setting("apiSecret", "secret", None, "SECRET (set with --secret); empty = generated once, kept in state"),
     Setting("turnSecret", "secret", None, "SECRET (set with --secret); empty = generated once, kept in state"),
@@ -188,6 +190,7 @@ class StackConfig:
     ssh_public_key: str
     hosts: tuple[HostEntry, ...] = ()
     deploy_on_up: bool = False
+    livekit_stop_timeout: int = 120
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property

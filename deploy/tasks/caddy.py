@@ -7,6 +7,7 @@ from pyinfra.operations import systemd
 
 from deploy.inventory import NodeVars
 from deploy.tasks import certificates
+from deploy.tasks._lifecycle import lifecycle, put_dropin
 from deploy.tasks._ops import install_packages, install_validated, put_rendered, service_current
 from infra.spec import TOKEN_PATH, Scope
 
@@ -38,10 +39,18 @@ def caddy_vars(vs: NodeVars) -> dict:
     }
 
 
+def caddy_lifecycle(vs: NodeVars):
+    """Restart policy and boot order of caddy.service (waits for its internal HTTPS address)."""
+    return lifecycle("caddy.service", binds=(caddy_vars(vs)["https_bind"] or "",))
+
+
 @deploy("Install and configure Caddy")
 def caddy():
     vs: NodeVars = host.data.vs
     install_packages(["caddy"], name="Install caddy")
+    lc = caddy_lifecycle(vs)
+    dropin = put_dropin(lc)
+    systemd.daemon_reload(name="Reload systemd units", _if=dropin.did_change)
     put_rendered(name=f"Render {STAGED}", service="caddy", template="Caddyfile.j2", dest=STAGED, mode="644",
                  variables=caddy_vars(vs))
     certificates.for_caddy(vs)
@@ -49,5 +58,5 @@ def caddy():
                       check="caddy validate --adapter caddyfile --config {path}", mode="644")
     # `admin off` disables `caddy reload`; a restart keeps certificates (they live in storage).
     service_current(name="Restart Caddy if its Caddyfile changed", service="caddy.service",
-                    paths=(CADDYFILE, certificates.LIVEKIT_CERT, certificates.LIVEKIT_KEY))
+                    paths=(CADDYFILE, certificates.LIVEKIT_CERT, certificates.LIVEKIT_KEY, lc.dropin))
     systemd.service(name="Enable Caddy", service="caddy.service", enabled=True)

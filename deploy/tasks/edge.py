@@ -24,6 +24,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import systemd
 
 from deploy.inventory import NodeVars
+from deploy.tasks._lifecycle import lifecycle, put_dropin
 from deploy.tasks._ops import install_packages, install_validated, put_rendered, service_current
 
 CONFIG = "/etc/nginx/nginx.conf"
@@ -53,9 +54,12 @@ def edge():
     # The package's default site would take port 80 from Caddy: it must never start.
     install_packages(["nginx-light", "libnginx-mod-stream"], name="Install nginx with the stream module",
                      masked=("nginx.service",))
+    lc = lifecycle("nginx.service")  # listens on every address: nothing to wait for
+    dropin = put_dropin(lc)
+    systemd.daemon_reload(name="Reload systemd units", _if=dropin.did_change)
     put_rendered(name=f"Render {STAGED}", service="edge", template="nginx.conf.j2", dest=STAGED, mode="644",
                  variables=edge_vars(vs))
     install_validated(name=f"Validate (nginx -t) and install {CONFIG}", src=STAGED, dest=CONFIG,
                       check="nginx -t -q -c {path}", mode="644")
-    service_current(name="Restart nginx if its config changed", service="nginx.service", paths=(CONFIG,))
+    service_current(name="Restart nginx if its config changed", service="nginx.service", paths=(CONFIG, lc.dropin))
     systemd.service(name="Enable nginx", service="nginx.service", enabled=True)

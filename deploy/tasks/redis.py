@@ -6,6 +6,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import systemd
 
 from deploy.inventory import NodeVars
+from deploy.tasks._lifecycle import lifecycle, put_dropin
 from deploy.tasks._ops import install_packages, put_rendered, service_current
 
 CONFIG = "/etc/redis/redis.conf"
@@ -27,5 +28,9 @@ def redis():
     install_packages(["redis-server"], name="Install redis-server")
     put_rendered(name=f"Render {CONFIG}", service="redis", template="redis.conf.j2", dest=CONFIG,
                  user="redis", group="redis", mode="640", variables=redis_vars(vs))
-    service_current(name="Restart Redis if its config changed", service="redis-server.service", paths=(CONFIG,))
+    lc = lifecycle("redis-server.service", binds=tuple(redis_vars(vs)["bind"]))
+    dropin = put_dropin(lc)
+    systemd.daemon_reload(name="Reload systemd units", _if=dropin.did_change)
+    service_current(name="Restart Redis if its config changed", service="redis-server.service",
+                    paths=(CONFIG, lc.dropin))
     systemd.service(name="Enable Redis", service="redis-server.service", enabled=True)
