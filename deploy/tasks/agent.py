@@ -190,11 +190,14 @@ def unit_vars(v: dict, name: str) -> dict:
 @operation()
 def pip_requirements(venv: str, requirements: str, sha256: str, index_url: str | None = None):
     """
-    Create the venv if needed and pip-install the hashed requirements, unless the venv's stamp says
-    it already holds exactly these requirements (their sha256). The stamp is written last.
+    Build a fresh venv from the hashed requirements and swap it in, unless the venv's stamp says it
+    already holds exactly these requirements (their sha256). The stamp is written last.
 
     pip runs with --require-hashes (a wheel whose sha256 is not in the file is refused) and
-    --only-binary :all: (no package builds from source, so no build script runs as root).
+    --only-binary :all: (no package builds from source, so no build script runs as root). A new
+    venv each time, because pip does not re-check the hashes of packages already installed in an
+    existing one. The old venv serves until the new one is complete (`<venv>.new`, then two
+    renames); the services restart on the new stamp.
 
     + venv: e.g. "/opt/voicestack/agent/venv"
     + requirements: the uploaded requirements file on the node, every pin with its --hash
@@ -210,10 +213,12 @@ def pip_requirements(venv: str, requirements: str, sha256: str, index_url: str |
     if index_url and index_url.startswith("http://"):
         # pip ignores plain-HTTP indexes unless told; only the local wheelhouse is one.
         index += f" --trusted-host {q(urlsplit(index_url).hostname or '')}"
-    yield (f"[ -x {q(venv)}/bin/python ] || python3 -m venv {q(venv)} || exit 1; rm -f {q(stamp)}; "
-           f"{q(venv)}/bin/pip install --disable-pip-version-check --no-input --no-cache-dir --progress-bar off"
-           f" --require-hashes --only-binary :all:{index} -r {q(requirements)} || exit 1; "
-           f"echo {q(sha256)} > {q(stamp)}.new && mv -f {q(stamp)}.new {q(stamp)}")
+    new, old = q(f"{venv}.new"), q(f"{venv}.old")
+    yield (f"rm -rf {new} {old} && python3 -m venv {new} || exit 1; "
+           f"{new}/bin/python -m pip install --disable-pip-version-check --no-input --no-cache-dir "
+           f"--progress-bar off --require-hashes --only-binary :all:{index} -r {q(requirements)} || exit 1; "
+           f"echo {q(sha256)} > {new}/.requirements.sha256 && "
+           f"{{ [ ! -e {q(venv)} ] || mv {q(venv)} {old}; }} && mv {new} {q(venv)} && rm -rf {old}")
 
 
 @operation()
@@ -258,6 +263,8 @@ def agent():
     for path in (OPT, APP, CODE_DIR, f"{CODE_DIR}/speech"):
         files.directory(name=f"Create {path}", path=path, user="root", group="root", mode="755")
     files.put(name=f"Upload {REQUIREMENTS}", src=str(REQUIREMENTS_SRC), dest=REQUIREMENTS, mode="644")
+    files.file(name=f"Remove {OPT}/requirements.txt (unhashed, from older deploys)", path=f"{OPT}/requirements.txt",
+               present=False)
     pip_requirements(name=f"Install the hash-checked requirements into {VENV}", venv=VENV, requirements=REQUIREMENTS,
                      sha256=requirements_sha256(), index_url=vs.pip_index)
 

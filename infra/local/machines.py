@@ -7,6 +7,7 @@ given the same cloud-init user-data a cloud server gets (infra/cloudinit.py), bo
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ import yaml
 
 from infra import cloudinit
 from infra.local import aptproxy, host
-from infra.local.names import EnvNames
+from infra.local.names import RUN, EnvNames
 from infra.spec import EnvSpec, Node
 
 BOOT_DEADLINE_S = 90
@@ -199,8 +200,65 @@ def nspawn_command(names: EnvNames, node: Node) -> list[str]:
 def boot(names: EnvNames, node: Node) -> int:
     """Start the machine (its supervisor, which runs nspawn); returns the supervisor's pid."""
     log = names.machine_dir(node.name) / "console.log"
-    cmd = [sys.executable, "-I", str(SUPERVISOR), "--", *nspawn_command(names, node)]
+    cgroups = [a for d in cgroup_dirs(names, node) for a in ("--cgroup", str(d))]
+    cmd = [sys.executable, "-I", str(SUPERVISOR), *cgroups, "--", *nspawn_command(names, node)]
     return host.start_daemon(_pidfile_name(node), cmd, names.run_dir, log)
+
+
+# ---- cgroups ---------------------------------------------------------------------------------
+# nspawn puts a machine below the cgroup it starts in. Started from the same place, every machine
+# on the host shared one cgroup tree: each machine's systemd saw the others' processes (as pid 0)
+# in its units' cgroups and could no longer kill what a dead main process left behind (nginx
+# workers holding 443 after `kill -9` of the master never went away). So each machine's nspawn
+# starts in a cgroup of its own, in the name=systemd hierarchy (v1) and the unified one (v2).
+
+CGROUP_V2_MOUNT = RUN / ".host" / "cgroup2"   # where the unified hierarchy is mounted when the host has no mount
+
+
+def _cgroup_mounts() -> tuple[Path | None, Path | None]:
+    """(name=systemd v1 hierarchy, unified v2 hierarchy) mount points of this host, None when absent."""
+    v1 = v2 = None
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            left, _, right = line.partition(" - ")
+            fstype, _source, options = (right.split() + ["", "", ""])[:3]
+            point = Path(left.split()[4])
+            if fstype == "cgroup2" and v2 is None:
+                v2 = point
+            elif fstype == "cgroup" and "name=systemd" in options.split(",") and v1 is None:
+                v1 = point
+    return v1, v2
+
+
+def _cgroup_roots(mount: bool) -> list[Path]:
+    v1, v2 = _cgroup_mounts()
+    if v2 is None and mount:
+        CGROUP_V2_MOUNT.mkdir(parents=True, exist_ok=True, mode=0o700)
+        host.run(["mount", "-t", "cgroup2", "cgroup2", str(CGROUP_V2_MOUNT)], what="mount the unified cgroup hierarchy")
+        v2 = CGROUP_V2_MOUNT
+    return [r / "voicestack" for r in (v1, v2) if r is not None]
+
+
+def cgroup_dirs(names: EnvNames, node: Node) -> list[Path]:
+    """The cgroups the machine's nspawn starts in (the supervisor creates them)."""
+    return [root / names.env / node.name for root in _cgroup_roots(mount=True)]
+
+
+def remove_cgroups(names: EnvNames, node_names: list[str] | None = None) -> list[str]:
+    """Remove the env's (or these machines') cgroup directories once their processes are gone."""
+    removed = []
+    for root in _cgroup_roots(mount=False):
+        tops = [root / names.env / n for n in node_names] if node_names is not None else [root / names.env]
+        for top in tops:
+            if not top.is_dir():
+                continue
+            for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # cgroups are removed with rmdir, leaves first; a busy one stays
+            with contextlib.suppress(OSError):
+                top.rmdir()
+                removed.append(f"cgroup {top}")
+    return removed
 
 
 def container_init_pid(root: Path) -> int | None:
@@ -310,7 +368,7 @@ def stop(names: EnvNames, node_names: list[str] | None = None, grace_s: float = 
         init = container_init_pid(names.machine_dir(name) / "rootfs")
         if init is not None:
             host.stop_pids([init], sig=signal.SIGKILL, grace_s=0)
-    return [f"machine pid {p}" for p in direct]
+    return [f"machine pid {p}" for p in direct] + remove_cgroups(names, node_names)
 
 
 def _node_dirs(names: EnvNames) -> list[str]:

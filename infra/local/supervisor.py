@@ -1,6 +1,6 @@
 """The host process of one local machine: runs systemd-nspawn, and runs it again when the machine reboots.
 
-    python3 -I infra/local/supervisor.py -- systemd-nspawn -b -D <rootfs> --keep-unit ...
+    python3 -I infra/local/supervisor.py [--cgroup DIR]... -- systemd-nspawn -b -D <rootfs> --keep-unit ...
 
 A cloud server that reboots comes back by itself. systemd-nspawn with --keep-unit exits with
 status 133 when the machine inside reboots (EXIT_FORCE_RESTART in systemd's nspawn.c, which
@@ -8,6 +8,12 @@ Debian's systemd-nspawn@.service turns into a restart with RestartForceExitStatu
 host has no systemd as PID 1 to do that, so this process does: it starts nspawn again on 133
 and ends, with nspawn's own status, on anything else (0 after `systemctl poweroff` inside; a
 failure status after the plug was pulled, i.e. the machine's PID 1 was killed; nspawn errors).
+
+--cgroup: nspawn starts in these cgroup directories (one per hierarchy, created when missing).
+nspawn puts the machine below the cgroup it starts in, so without its own one every machine on
+this host would share one tree and each machine's systemd would find the others' processes
+(as pid 0) in its units' cgroups: it then cannot kill what a dead main process leaves behind
+(e.g. nginx workers holding port 443 after `kill -9` of the master).
 
 SIGTERM/SIGINT are passed on to nspawn once (nspawn then shuts the machine down cleanly) and end
 the loop. nspawn runs in a process group of its own, so a signal to this process's group reaches
@@ -19,6 +25,7 @@ the `up` that started it, and its command line (this file's path and the rootfs)
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -61,7 +68,14 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def supervise(cmd: Sequence[str], say: Callable[[str], None] | None = None) -> int:
+def _enter_cgroups(dirs: Sequence[str]) -> None:
+    """In the child before exec: move this process into each cgroup directory."""
+    for d in dirs:
+        with open(f"{d}/cgroup.procs", "w") as fh:
+            fh.write("0\n")  # 0 = the writing process
+
+
+def supervise(cmd: Sequence[str], say: Callable[[str], None] | None = None, cgroups: Sequence[str] = ()) -> int:
     """Run `cmd` until it ends with something other than a reboot (or we are told to stop)."""
     say = say or (lambda msg: print(f"{MARK} {msg}", flush=True))
     stopping = False
@@ -84,8 +98,14 @@ def supervise(cmd: Sequence[str], say: Callable[[str], None] | None = None) -> i
         try:
             if stopping:
                 return 0
-            child = subprocess.Popen(list(cmd), start_new_session=True,
-                                     preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS))
+            for d in cgroups:
+                os.makedirs(d, exist_ok=True)
+
+            def in_child() -> None:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                _enter_cgroups(cgroups)
+
+            child = subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=in_child)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         status = exit_status(child.wait())
@@ -98,9 +118,11 @@ def supervise(cmd: Sequence[str], say: Callable[[str], None] | None = None) -> i
 
 def main(argv: list[str]) -> int:
     if "--" not in argv or argv.index("--") == len(argv) - 1:
-        print(f"usage: {sys.argv[0]} -- systemd-nspawn ...", file=sys.stderr)
+        print(f"usage: {sys.argv[0]} [--cgroup DIR]... -- systemd-nspawn ...", file=sys.stderr)
         return 2
-    return supervise(argv[argv.index("--") + 1:])
+    own, cmd = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+    cgroups = [own[i + 1] for i, a in enumerate(own[:-1]) if a == "--cgroup"]
+    return supervise(cmd, cgroups=cgroups)
 
 
 if __name__ == "__main__":
