@@ -70,7 +70,7 @@ STOP_GRACE_SECONDS = 30  # systemd waits drain + this before SIGKILL
 READY_SECONDS = 180      # a cold start (imports, model load) on a 2-core node takes ~20 s
 
 #: Modules of agent/ that run on the operator's machine only (they import infra/ or are clients).
-OPERATOR_ONLY = frozenset({"admin.py", "token_cli.py", "roundtrip.py", "roundtrip_cli.py"})
+OPERATOR_ONLY = frozenset({"admin.py", "token_cli.py", "roundtrip.py", "roundtrip_cli.py", "callclient.py"})
 #: The worker has a template of its own (drain on stop); the others share voicestack-service.service.j2.
 OWN_TEMPLATE = frozenset({"voicestack-agent"})
 
