@@ -82,3 +82,4 @@ bench: $(VENV_STAMP) $(AGENT_STAMP) deps
 	@echo "==> bench/bench_local_env.py"; $(PY) bench/bench_local_env.py
 	@echo "==> bench/bench_speech.py"; $(APY) bench/bench_speech.py
 	@echo "==> bench/bench_stack.py"; $(PY) bench/bench_stack.py
+	@echo "==> bench/bench_recovery.py"; $(PY) bench/bench_recovery.py

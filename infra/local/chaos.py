@@ -31,8 +31,15 @@ BACK_DEADLINE_S = 120
 @dataclass(frozen=True)
 class Target:
     unit: str
-    check: str   # shell command on the node that succeeds once the service answers again
+    check: str   # shell command on the node that succeeds once the service answers again; it may use
+    #              $MainPID (the new main process) and $t0 (epoch seconds of the kill)
     what: str    # what a user loses while it is down
+
+
+#: The agent worker is back in service once it registered with LiveKit again (a room created
+#: before that gets no agent: LiveKit does not offer it again).
+WORKER_REGISTERED = ("journalctl -u voicestack-agent.service --since \"@${t0%.*}\" -o cat --no-pager "
+                     "| grep -q '\"registered worker\"'")
 
 
 def targets(spec: EnvSpec, node: Node) -> list[Target]:
@@ -45,7 +52,8 @@ def targets(spec: EnvSpec, node: Node) -> list[Target]:
         found.append(Target("caddy.service", https, "HTTPS signalling, the token endpoint"))
         if spec.sni_split:
             found.append(Target("nginx.service", https, "everything on 443: HTTPS and TURN/TLS"))
-        found.append(Target("livekit.service", f"{curl} http://127.0.0.1:{p('livekit-http').start}/",
+        lk = f"{curl} http://127.0.0.1:{p('livekit-http').start}/"
+        found.append(Target("livekit.service", f"{lk} && {WORKER_REGISTERED}" if node.has(Role.AGENT) else lk,
                             "every call on the node"))
     if node.has(Role.TURN):
         udp, tls = p("turn-udp").start, p("turn-tls").start
@@ -53,8 +61,8 @@ def targets(spec: EnvSpec, node: Node) -> list[Target]:
                                               f"ss -Hltn 'sport = :{tls}' | grep -q .", "TURN relays"))
     if node.has(Role.AGENT):
         found += [
-            Target("voicestack-agent.service", f"{curl} http://127.0.0.1:{p('agent-health').start}/",
-                   "the agent joining new calls"),
+            Target("voicestack-agent.service", f"{curl} http://127.0.0.1:{p('agent-health').start}/ && "
+                                               f"{WORKER_REGISTERED}", "the agent joining new calls"),
             Target("voicestack-speech.service", f"{curl} http://127.0.0.1:{p('speech').start}/health",
                    "the agent's ears and voice"),
             Target("voicestack-token.service", f"{curl} http://127.0.0.1:{p('token').start}{TOKEN_PATH}/health",
@@ -76,7 +84,7 @@ def kill_script(unit: str, check: str, deadline_s: int = BACK_DEADLINE_S) -> str
         'while :; do eval "$(systemctl show -p MainPID -p ActiveState -p NRestarts $u)"; '
         '[ "$ActiveState" = active ] && [ "$MainPID" != 0 ] && [ "$MainPID" != "$old" ] && break; '
         'if [ "$(date +%s)" -gt "$end" ]; then echo "error=$u not active again (ActiveState=$ActiveState)"; exit 1; fi; '
-        "sleep 0.05; done; t1=$(date +%s.%N); "
+        "sleep 0.05; done; t1=$(date +%s.%N); export MainPID t0; "
         f'until sh -c {c} >/dev/null 2>&1; do '
         'if [ "$(date +%s)" -gt "$end" ]; then echo "error=$u active but its check fails"; exit 1; fi; '
         "sleep 0.2; done; t2=$(date +%s.%N); "
@@ -109,7 +117,7 @@ def round_trip_until(outputs: Outputs, deadline_s: float, condition: str = "norm
     `session` the client process (and its speech models) is reused."""
     start = time.time() if since is None else since
     end = time.monotonic() + deadline_s
-    attempts, last = 0, {}
+    attempts, last, errors = 0, {}, []
     while time.monotonic() < end:
         attempts += 1
         budget = max(20.0, min(60.0, end - time.monotonic()))
@@ -120,13 +128,37 @@ def round_trip_until(outputs: Outputs, deadline_s: float, condition: str = "norm
             else:
                 (last,) = round_trips(outputs, 1, condition, timeout=budget)
         if last["ok"]:
-            return {**last, "attempts": attempts, "after_s": time.time() - start}
-    return {**last, "ok": False, "attempts": attempts, "after_s": time.time() - start}
+            return {**last, "attempts": attempts, "after_s": time.time() - start, "errors": errors}
+        errors.append(str(last.get("error"))[:300])
+    return {**last, "ok": False, "attempts": attempts, "after_s": time.time() - start, "errors": errors}
 
 
-def reboot(names: EnvNames, node: Node, deadline_s: float = 180) -> dict[str, Any]:
-    """`systemctl reboot` inside `node`; seconds until nspawn ran again, SSH answered and systemd
-    reported the system running (raises LocalEnvError past the deadline)."""
+def ready_script(targets_: list[Target], since: float, deadline_s: int = BACK_DEADLINE_S) -> str:
+    """Shell run on the node: wait until every target's check passes; prints ready_s (from `since`)."""
+    checks = " ".join(f"{t.unit}={shlex.quote(t.check)}" for t in targets_)
+    return (f"t0={since:.3f}; export t0; end=$(( $(date +%s) + {int(deadline_s)} )); "
+            f'for pair in {checks}; do unit=${{pair%%=*}}; check=${{pair#*=}}; '
+            'MainPID=$(systemctl show -p MainPID --value "$unit"); export MainPID; '
+            'until sh -c "$check" >/dev/null 2>&1; do '
+            'if [ "$(date +%s)" -gt "$end" ]; then echo "error=$unit does not answer"; exit 1; fi; '
+            "sleep 0.5; done; done; "
+            'awk -v a="$t0" -v b="$(date +%s.%N)" \'BEGIN { printf "ready_s=%.2f\\n", b - a }\'')
+
+
+def wait_ready(names: EnvNames, spec: EnvSpec, node: Node, since: float, deadline_s: int = BACK_DEADLINE_S) -> float:
+    """Seconds from `since` (epoch) until every service of `node` answers its check (a node that
+    booted is "running" for systemd seconds before the Python services have loaded their models)."""
+    proc = machines.ssh(names, names.node_public_ip(node.index), ready_script(targets(spec, node), since, deadline_s),
+                        check=False, timeout=deadline_s + 60)
+    got = parse_lines(proc.stdout)
+    if proc.returncode != 0 or "error" in got:
+        raise host.LocalEnvError(f"{node.name} is not ready: {got.get('error') or proc.stderr.strip()}")
+    return float(got["ready_s"])
+
+
+def reboot(names: EnvNames, spec: EnvSpec, node: Node, deadline_s: float = 180) -> dict[str, Any]:
+    """`systemctl reboot` inside `node`; seconds until nspawn ran again, SSH answered, systemd
+    reported the system running and every service answered (raises LocalEnvError past a deadline)."""
     supervisor = machines.running_pid(names, node)
     if supervisor is None:
         raise host.LocalEnvError(f"{node.name} is not running; power it on first")
@@ -141,5 +173,7 @@ def reboot(names: EnvNames, node: Node, deadline_s: float = 180) -> dict[str, An
     ssh_s = time.monotonic() - t0
     state = machines.ssh(names, ip, "systemctl is-system-running --wait", check=False,
                          timeout=deadline_s).stdout.strip()
-    return {"restarted_s": restarted, "ssh_s": ssh_s, "running_s": time.monotonic() - t0, "state": state,
+    running_s = time.monotonic() - t0
+    ready_s = wait_ready(names, spec, node, since=time.time() - (time.monotonic() - t0))
+    return {"restarted_s": restarted, "ssh_s": ssh_s, "running_s": running_s, "ready_s": ready_s, "state": state,
             "same_supervisor": machines.running_pid(names, node) == supervisor}

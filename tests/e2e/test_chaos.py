@@ -142,7 +142,8 @@ def test_kill_9_heals_and_a_spoken_round_trip_passes(env, out, session, unit: st
     trip = chaos.round_trip_until(out, ROUND_TRIP_DEADLINE_S, condition, since=result["killed_at"], session=session)
     FIGURES[unit] = {"active_s": result["active_s"], "answers_s": result["answers_s"],
                      "round_trip_after_s": round(trip["after_s"], 1), "attempts": trip["attempts"],
-                     "latency_s": round(trip.get("latency_s", 0), 2), "condition": condition}
+                     "latency_s": round(trip.get("latency_s", 0), 2), "condition": condition,
+                     "failed_attempts": trip["errors"]}
     print(f"\n{unit}: {FIGURES[unit]}")
     assert trip["ok"], f"no spoken round trip within {ROUND_TRIP_DEADLINE_S}s after kill -9 of {unit}: {trip}"
     assert "turned on the lights" in trip["answer"].lower(), trip
@@ -182,7 +183,7 @@ def test_kill_9_of_redis_server_waits_for_sentinel_then_heals(env):
 
 def test_reboot_inside_the_node_then_the_verify_suite_passes(env):
     t0 = time.monotonic()
-    got = chaos.reboot(env.names, node_of(env))
+    got = chaos.reboot(env.names, env.spec, node_of(env))
     assert got["same_supervisor"] and got["state"] in ("running", "degraded"), got
     failed = ssh(env, "systemctl --failed --no-legend --plain").stdout.strip()
     assert got["state"] == "running", f"after the reboot: {got['state']}, failed units: {failed}"
@@ -205,13 +206,16 @@ def test_power_cut_leaves_the_node_off_and_power_on_brings_it_back(env, out, ses
     assert machines.container_init_pid(machines.rootfs(env.names, node)) is None
     assert not machines.ssh_ready(env.names, ip)
     assert machines.running_machines(env.names) == []
+    t_on = time.time()
     power.power(ENV, node.name, "on")
     state = ssh(env, "systemctl is-system-running --wait", timeout=300).stdout.strip()
     failed = ssh(env, "systemctl --failed --no-legend --plain").stdout.strip()
     assert state == "running", f"after power on: {state}, failed units: {failed}"
-    trip = chaos.round_trip_until(out, ROUND_TRIP_DEADLINE_S, session=session)
-    FIGURES["power cycle"] = {"round_trip_after_power_on_s": round(time.monotonic() - t0, 1),
-                              "attempts": trip["attempts"]}
+    ready_s = chaos.wait_ready(env.names, env.spec, node, since=t_on)
+    trip = chaos.round_trip_until(out, ROUND_TRIP_DEADLINE_S, session=session, since=t_on)
+    FIGURES["power cycle"] = {"off_to_round_trip_s": round(time.monotonic() - t0, 1), "on_to_ready_s": ready_s,
+                              "on_to_round_trip_s": round(trip["after_s"], 1), "attempts": trip["attempts"]}
+    print(f"\npower cycle: {FIGURES['power cycle']}")
     assert trip["ok"], f"no round trip after the power came back: {trip}"
 
 
