@@ -110,10 +110,16 @@ def kill_and_wait(names: EnvNames, node: Node, target: Target, deadline_s: int =
             "active_s": float(got["active_s"]), "answers_s": float(got["answers_s"])}
 
 
+#: What the node's own responder answers to the round trip's "turn on the lights".
+EXPECTED_ANSWER = "turned on the lights"
+
+
 def round_trip_until(outputs: Outputs, deadline_s: float, condition: str = "normal", since: float | None = None,
-                     session: CallSession | None = None) -> dict[str, Any]:
+                     session: CallSession | None = None, expect: str | None = EXPECTED_ANSWER) -> dict[str, Any]:
     """Spoken round trips until one passes or the deadline; the passing one with `after_s`: seconds
-    from `since` (wall clock, e.g. the kill) to its end, and how many attempts it took. With a
+    from `since` (wall clock, e.g. the kill) to its end, and how many attempts it took. A trip
+    passes when the answer was heard and (with `expect`) contains that text: on a loaded host the
+    agent's speech may stutter and the tail of its greeting be taken for the answer. With a
     `session` the client process (and its speech models) is reused."""
     start = time.time() if since is None else since
     end = time.monotonic() + deadline_s
@@ -127,9 +133,9 @@ def round_trip_until(outputs: Outputs, deadline_s: float, condition: str = "norm
                 last = session.round_trip(condition, timeout=budget)
             else:
                 (last,) = round_trips(outputs, 1, condition, timeout=budget)
-        if last["ok"]:
+        if last["ok"] and (expect is None or expect in last["answer"].lower()):
             return {**last, "attempts": attempts, "after_s": time.time() - start, "errors": errors}
-        errors.append(str(last.get("error"))[:300])
+        errors.append(str(last.get("error") or f"answer heard as {last.get('answer')!r}")[:300])
     return {**last, "ok": False, "attempts": attempts, "after_s": time.time() - start, "errors": errors}
 
 
