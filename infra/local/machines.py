@@ -215,23 +215,26 @@ def boot(names: EnvNames, node: Node) -> int:
 CGROUP_V2_MOUNT = RUN / ".host" / "cgroup2"   # where the unified hierarchy is mounted when the host has no mount
 
 
-def _cgroup_mounts() -> tuple[Path | None, Path | None]:
-    """(name=systemd v1 hierarchy, unified v2 hierarchy) mount points of this host, None when absent."""
+def cgroup_mounts(mountinfo: str | None = None) -> tuple[Path | None, Path | None]:
+    """(name=systemd v1 hierarchy, unified v2 hierarchy) mount points of this host, None when absent;
+    `mountinfo`: the text of /proc/self/mountinfo (read when None)."""
+    if mountinfo is None:
+        with open("/proc/self/mountinfo") as fh:
+            mountinfo = fh.read()
     v1 = v2 = None
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            left, _, right = line.partition(" - ")
-            fstype, _source, options = (right.split() + ["", "", ""])[:3]
-            point = Path(left.split()[4])
-            if fstype == "cgroup2" and v2 is None:
-                v2 = point
-            elif fstype == "cgroup" and "name=systemd" in options.split(",") and v1 is None:
-                v1 = point
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fstype, _source, options = (right.split() + ["", "", ""])[:3]
+        point = Path(left.split()[4])
+        if fstype == "cgroup2" and v2 is None:
+            v2 = point
+        elif fstype == "cgroup" and "name=systemd" in options.split(",") and v1 is None:
+            v1 = point
     return v1, v2
 
 
 def _cgroup_roots(mount: bool) -> list[Path]:
-    v1, v2 = _cgroup_mounts()
+    v1, v2 = cgroup_mounts()
     if v2 is None and mount:
         CGROUP_V2_MOUNT.mkdir(parents=True, exist_ok=True, mode=0o700)
         host.run(["mount", "-t", "cgroup2", "cgroup2", str(CGROUP_V2_MOUNT)], what="mount the unified cgroup hierarchy")

@@ -92,3 +92,19 @@ def test_sigterm_reaches_the_child_exactly_once_and_ends_the_loop(tmp_path: Path
 def test_usage_without_a_command() -> None:
     proc = subprocess.run([sys.executable, "-I", str(SCRIPT)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+MOUNTINFO = """\
+25 30 0:22 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+26 25 0:23 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+34 25 0:31 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+35 25 0:32 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+
+
+def test_the_machines_cgroups_are_found_in_both_hierarchies() -> None:
+    from infra.local import machines
+
+    assert machines.cgroup_mounts(MOUNTINFO) == (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
+    unified_host = "30 1 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+    assert machines.cgroup_mounts(unified_host) == (None, Path("/sys/fs/cgroup"))
