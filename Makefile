@@ -92,6 +92,7 @@ bench: $(VENV_STAMP) $(AGENT_STAMP) deps
 	@echo "==> bench/bench_local_env.py"; $(PY) bench/bench_local_env.py
 	@echo "==> bench/bench_speech.py"; $(APY) bench/bench_speech.py
 	@echo "==> bench/bench_stack.py"; $(PY) bench/bench_stack.py
+	@echo "==> bench/bench_recovery.py"; $(PY) bench/bench_recovery.py
 
 # Capacity (figures, not pass/fail): the load ramp per room shape and the agent's concurrent
 # conversations against a deployed environment, then a soak at 70 % of the knee.

@@ -149,6 +149,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("callUser", "str", "voicestack", "Basic-auth user of the private voice page /call/"),
     Setting("edgeConnsPerAddress", "int", 100, "TCP connections one client address may hold open on 443 "
             "(nginx limit_conn, with TURN/TLS on 443)", 4, 100000),
+    Setting("livekitStopTimeout", "int", 120, "Seconds a LiveKit restart (deploy, upgrade) waits for calls to end "
+            "before it kills the server; clients then reconnect", 10, 86400),
     Setting("apiKey", "str", "APIvoicestack", "LiveKit API key name"),
     Setting("apiSecret", "secret", None, "SECRET (set with --secret); empty = generated once, kept in state"),
     Setting("turnSecret", "secret", None, "SECRET (set with --secret); empty = generated once, kept in state"),
@@ -217,6 +219,7 @@ class StackConfig:
     ssh_public_key: str
     hosts: tuple[HostEntry, ...] = ()
     deploy_on_up: bool = False
+    livekit_stop_timeout: int = 120
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property

@@ -12,7 +12,7 @@ from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import Sha256File
-from pyinfra.operations import apt, files
+from pyinfra.operations import files
 
 from deploy.tasks._facts import ServiceState, Sha512File
 
@@ -90,6 +90,37 @@ def install_validated(src: str, dest: str, check: str | None = None, apply: str 
            f"mv -f {tmp} {shlex.quote(dest)}")
 
 
+APT_INSTALL = ("DEBIAN_FRONTEND=noninteractive apt-get -y -o Dpkg::Options::=--force-confdef "
+               "-o Dpkg::Options::=--force-confold install --no-install-recommends")
+
+
+@operation()
+def apt_install(packages: list[str], block_starts: bool = True, extra_install_args: str | None = None):
+    """
+    Install the Debian packages that are missing, with no daemon starting while apt runs.
+
+    With block_starts, /usr/sbin/policy-rc.d exists only for that one command: the shell's trap
+    removes it when apt ends, fails or the connection drops (an apt failure must not leave
+    daemon starts blocked on the node until some later deploy, e.g. for unattended upgrades).
+
+    + packages: Debian package names, e.g. ["coturn"]
+    + block_starts: forbid daemon starts from the packages' scripts (policy-rc.d exit 101)
+    + extra_install_args: more apt-get install arguments, e.g. "-t bookworm-backports"
+    """
+    installed = host.get_fact(DebPackages)
+    missing = [p for p in packages if p not in installed]
+    if not missing:
+        return
+    q = shlex.quote
+    install = " ".join([APT_INSTALL, *([extra_install_args] if extra_install_args else []), *map(q, missing)])
+    if not block_starts:
+        yield install
+        return
+    yield (f"trap 'rm -f {POLICY_RC_D}' EXIT HUP INT TERM; "
+           f"printf '%s\\n' '#!/bin/sh' '# voicestack deploy: no daemon starts while packages install' 'exit 101' "
+           f"> {POLICY_RC_D} && chmod 755 {POLICY_RC_D} && {install}")
+
+
 def install_packages(packages: list[str], block_starts: bool = True, name: str | None = None,
                      masked: tuple[str, ...] = (), extra_install_args: str | None = None):
     """Install Debian packages without letting their daemons start with the package defaults.
@@ -100,21 +131,17 @@ def install_packages(packages: list[str], block_starts: bool = True, name: str |
     their task unmasks them once its own config is in place.
     """
     installed = host.get_fact(DebPackages)
-    missing = [p for p in packages if p not in installed]
-    if missing and block_starts:
+    if block_starts and any(p not in installed for p in packages):
         for unit in masked:
             mask(name=f"Mask {unit} until it is configured", service=unit)
-        files.put(name="Block daemon starts during package installs", src=_policy_rc_d(),
-                  dest=POLICY_RC_D, mode="755")
-    apt.packages(name=name or f"Install {', '.join(packages)}", packages=packages, no_recommends=True,
-                 extra_install_args=extra_install_args)
-    files.file(name="Allow daemon starts again", path=POLICY_RC_D, present=False)
+    apt_install(name=name or f"Install {', '.join(packages)}", packages=packages, block_starts=block_starts,
+                extra_install_args=extra_install_args)
 
 
-def _policy_rc_d():
-    import io
-
-    return io.StringIO("#!/bin/sh\n# voicestack deploy: no daemon starts while packages install\nexit 101\n")
+def allow_daemon_starts():
+    """Remove a policy-rc.d that an older deploy interrupted mid-install may have left behind."""
+    files.file(name="Allow daemon starts (no policy-rc.d left from an interrupted install)", path=POLICY_RC_D,
+               present=False)
 
 
 @operation()

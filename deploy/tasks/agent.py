@@ -2,9 +2,11 @@
 the webhook receiver, from one venv built from the pinned agent/requirements.txt.
 
 Layout on a node with Role.AGENT:
-  /opt/voicestack/agent/requirements.txt   the pinned requirements (uploaded)
-  /opt/voicestack/agent/venv               python3 -m venv; pip runs only when the requirements'
-                                           sha256 differs from venv/.requirements.sha256
+  /opt/voicestack/agent/requirements.lock  the pinned requirements with the sha256 of every wheel
+                                           (agent/requirements.lock, uploaded)
+  /opt/voicestack/agent/venv               python3 -m venv; pip (--require-hashes --only-binary :all:)
+                                           runs only when the lock's sha256 differs from
+                                           venv/.requirements.sha256
   /opt/voicestack/agent/app/agent/         agent/*.py and agent/speech/*.py (no tests, no operator tools)
   /opt/voicestack/agent/app/.code.sha256   digest of the uploaded code (a restart input)
   /etc/voicestack/agent.env                every setting and secret, 0600 root (systemd reads it)
@@ -30,6 +32,7 @@ from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from deploy.inventory import DeployInputError, NodeVars
+from deploy.tasks._lifecycle import lifecycle
 from deploy.tasks._ops import install_packages, put_rendered, service_current
 from infra.spec import TOKEN_PATH, Role
 
@@ -42,12 +45,14 @@ def venv_stamp(venv: str) -> str:
 
 
 SOURCE = ROOT / "agent"
-REQUIREMENTS_SRC = SOURCE / "requirements.txt"
+#: Generated from agent/requirements.txt by `python -m infra.local.wheelhouse lock` (a unit test
+#: checks it is current): every wheel a node installs is one whose hash was reviewed.
+REQUIREMENTS_SRC = SOURCE / "requirements.lock"
 
 USER = "voicestack"
 HOME = "/var/lib/voicestack"
 OPT = "/opt/voicestack/agent"
-REQUIREMENTS = f"{OPT}/requirements.txt"
+REQUIREMENTS = f"{OPT}/requirements.lock"
 VENV = f"{OPT}/venv"
 PYTHON = f"{VENV}/bin/python"
 APP = f"{OPT}/app"
@@ -65,7 +70,7 @@ STOP_GRACE_SECONDS = 30  # systemd waits drain + this before SIGKILL
 READY_SECONDS = 180      # a cold start (imports, model load) on a 2-core node takes ~20 s
 
 #: Modules of agent/ that run on the operator's machine only (they import infra/ or are clients).
-OPERATOR_ONLY = frozenset({"admin.py", "token_cli.py", "roundtrip.py", "roundtrip_cli.py"})
+OPERATOR_ONLY = frozenset({"admin.py", "token_cli.py", "roundtrip.py", "roundtrip_cli.py", "callclient.py"})
 #: The worker has a template of its own (drain on stop); the others share voicestack-service.service.j2.
 OWN_TEMPLATE = frozenset({"voicestack-agent"})
 
@@ -154,8 +159,13 @@ def agent_vars(vs: NodeVars) -> dict:
         "voicestack-token": f"http://127.0.0.1:{spec.port('token').start}{TOKEN_PATH}/health",
         "voicestack-webhooks": f"http://127.0.0.1:{spec.port('webhooks').start}/health",
     }
+    env = agent_env(vs)
+    binds = {"voicestack-speech": env["SPEECH_HOST"], "voicestack-agent": env["AGENT_HEALTH_HOST"],
+             "voicestack-token": env["TOKEN_HOST"], "voicestack-webhooks": env["WEBHOOK_HOST"]}
+    # The worker needs its speech server and (on LiveKit nodes) its LiveKit; the others need nothing.
+    worker_after = ("voicestack-speech.service",) + (("livekit.service",) if vs.node.has(Role.LIVEKIT) else ())
     return {
-        "env": agent_env(vs),
+        "env": env,
         "env_name": spec.env,
         "env_file": ENV_FILE,
         "user": USER,
@@ -164,20 +174,37 @@ def agent_vars(vs: NodeVars) -> dict:
         "cache_name": CACHE_NAME,
         "drain_seconds": DRAIN_SECONDS,
         "stop_timeout": DRAIN_SECONDS + STOP_GRACE_SECONDS,
-        "with_livekit": vs.node.has(Role.LIVEKIT),
-        "services": {name: {"module": mod, "description": desc, "health_url": health_urls[name]}
+        "services": {name: {"module": mod, "description": desc, "health_url": health_urls[name],
+                            "lifecycle": lifecycle(f"{name}.service", binds=(binds[name],),
+                                                   after=worker_after if name == "voicestack-agent" else ())}
                      for name, (mod, desc) in SERVICES.items()},
     }
+
+
+def unit_template(name: str) -> str:
+    return f"{name if name in OWN_TEMPLATE else 'voicestack-service'}.service.j2"
+
+
+def unit_vars(v: dict, name: str) -> dict:
+    """Template variables of one unit, from agent_vars() (pure: the task and the tests)."""
+    service = v["services"][name]
+    return {**v, "service": service, "name": name, "lifecycle": service["lifecycle"]}
 
 
 @operation()
 def pip_requirements(venv: str, requirements: str, sha256: str, index_url: str | None = None):
     """
-    Create the venv if needed and pip-install the requirements, unless the venv's stamp says it
+    Build a fresh venv from the hashed requirements and swap it in, unless the venv's stamp says it
     already holds exactly these requirements (their sha256). The stamp is written last.
 
+    pip runs with --require-hashes (a wheel whose sha256 is not in the file is refused) and
+    --only-binary :all: (no package builds from source, so no build script runs as root). A new
+    venv each time, because pip does not re-check the hashes of packages already installed in an
+    existing one. The old venv serves until the new one is complete (`<venv>.new`, then two
+    renames); the services restart on the new stamp.
+
     + venv: e.g. "/opt/voicestack/agent/venv"
-    + requirements: the uploaded requirements file on the node
+    + requirements: the uploaded requirements file on the node, every pin with its --hash
     + sha256: the requirements file's sha256 (the stamp's content)
     + index_url: pip --index-url (local wheelhouse); None: pip's default index
     """
@@ -190,10 +217,12 @@ def pip_requirements(venv: str, requirements: str, sha256: str, index_url: str |
     if index_url and index_url.startswith("http://"):
         # pip ignores plain-HTTP indexes unless told; only the local wheelhouse is one.
         index += f" --trusted-host {q(urlsplit(index_url).hostname or '')}"
-    yield (f"[ -x {q(venv)}/bin/python ] || python3 -m venv {q(venv)} || exit 1; rm -f {q(stamp)}; "
-           f"{q(venv)}/bin/pip install --disable-pip-version-check --no-input --no-cache-dir --progress-bar off"
-           f"{index} -r {q(requirements)} || exit 1; "
-           f"echo {q(sha256)} > {q(stamp)}.new && mv -f {q(stamp)}.new {q(stamp)}")
+    new, old = q(f"{venv}.new"), q(f"{venv}.old")
+    yield (f"rm -rf {new} {old} && python3 -m venv {new} || exit 1; "
+           f"{new}/bin/python -m pip install --disable-pip-version-check --no-input --no-cache-dir "
+           f"--progress-bar off --require-hashes --only-binary :all:{index} -r {q(requirements)} || exit 1; "
+           f"echo {q(sha256)} > {new}/.requirements.sha256 && "
+           f"{{ [ ! -e {q(venv)} ] || mv {q(venv)} {old}; }} && mv {new} {q(venv)} && rm -rf {old}")
 
 
 @operation()
@@ -238,7 +267,9 @@ def agent():
     for path in (OPT, APP, CODE_DIR, f"{CODE_DIR}/speech"):
         files.directory(name=f"Create {path}", path=path, user="root", group="root", mode="755")
     files.put(name=f"Upload {REQUIREMENTS}", src=str(REQUIREMENTS_SRC), dest=REQUIREMENTS, mode="644")
-    pip_requirements(name=f"Install the pinned requirements into {VENV}", venv=VENV, requirements=REQUIREMENTS,
+    files.file(name=f"Remove {OPT}/requirements.txt (unhashed, from older deploys)", path=f"{OPT}/requirements.txt",
+               present=False)
+    pip_requirements(name=f"Install the hash-checked requirements into {VENV}", venv=VENV, requirements=REQUIREMENTS,
                      sha256=requirements_sha256(), index_url=vs.pip_index)
 
     code = code_files()
@@ -253,10 +284,8 @@ def agent():
     files.directory(name=f"Create {CONF_DIR}", path=CONF_DIR, user="root", group="root", mode="755")
     put_rendered(name=f"Render {ENV_FILE}", service="agent", template="agent.env.j2", dest=ENV_FILE,
                  user="root", group="root", mode=ENV_MODE, variables=v)
-    units = [put_rendered(name=f"Render {UNIT_DIR}/{name}.service", service="agent",
-                          template=f"{name if name in OWN_TEMPLATE else 'voicestack-service'}.service.j2",
-                          dest=f"{UNIT_DIR}/{name}.service", mode="644",
-                          variables={**v, "service": v["services"][name], "name": name})
+    units = [put_rendered(name=f"Render {UNIT_DIR}/{name}.service", service="agent", template=unit_template(name),
+                          dest=f"{UNIT_DIR}/{name}.service", mode="644", variables=unit_vars(v, name))
              for name in SERVICES]
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*units))
 

@@ -7,7 +7,8 @@ from pyinfra.operations import apt, server, systemd
 
 from deploy.inventory import NodeVars
 from deploy.tasks._facts import IsContainer
-from deploy.tasks._ops import install_packages, put_rendered, service_current
+from deploy.tasks._lifecycle import WAIT_ADDRESS
+from deploy.tasks._ops import allow_daemon_starts, install_packages, put_rendered, service_current
 
 PACKAGES = ["openssh-server", "unattended-upgrades", "apt-listchanges", "fail2ban", "python3-systemd",
             "nftables", "systemd-timesyncd", "curl", "ca-certificates"]
@@ -57,12 +58,16 @@ def base():
     vs: NodeVars = host.data.vs
     v = base_vars(vs)
     in_container = host.get_fact(IsContainer)
+    allow_daemon_starts()
 
     if vs.apt_proxy:
         put_rendered(name=f"Render {APT_PROXY}", service="base", template="apt-proxy.conf.j2", dest=APT_PROXY,
                      mode="644", variables=v)
     apt.update(name="Refresh the apt index (at most hourly)", cache_time=3600)
     install_packages(PACKAGES, name="Install baseline packages")
+    # Units that bind a non-loopback address wait for it with this (deploy/tasks/_lifecycle.py).
+    put_rendered(name=f"Install {WAIT_ADDRESS}", service="base", template="wait-address.sh.j2", dest=WAIT_ADDRESS,
+                 mode="755", variables=v)
 
     # --- SSH: keys only -----------------------------------------------------------------
     put_rendered(name=f"Render {SSHD_DROPIN}", service="base", template="sshd.conf.j2", dest=SSHD_DROPIN,

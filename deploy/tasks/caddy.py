@@ -33,6 +33,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from deploy.inventory import DeployInputError, NodeVars
 from deploy.tasks import certificates, web
+from deploy.tasks._lifecycle import lifecycle
 from deploy.tasks._ops import extract_once, fetch_verified, install_validated, put_rendered, service_current, unmask
 from infra.spec import CALL_PATH, TOKEN_PATH, Role, Scope
 
@@ -137,7 +138,7 @@ def caddy_env(vs: NodeVars) -> dict[str, str]:
 
 def unit_vars(vs: NodeVars, version: str) -> dict:
     return {"binary": BINARY, "caddyfile": CADDYFILE, "env_file": ENV_FILE, "user": USER, "home": HOME,
-            "nofile": NOFILE, "version": version}
+            "nofile": NOFILE, "version": version, "lifecycle": caddy_lifecycle(vs)}
 
 
 def validate_command(path: str) -> str:
@@ -174,6 +175,11 @@ def _install_binary(vs: NodeVars):
     install_validated(name=f"Install {BINARY} {art.version}", src=f"{release}/{art.binary}", dest=BINARY,
                       check="{path} version", mode="755")
     return art
+
+
+def caddy_lifecycle(vs: NodeVars):
+    """Restart policy and boot order of caddy.service (waits for its internal HTTPS address)."""
+    return lifecycle("caddy.service", binds=(caddy_vars(vs)["https_bind"] or "",))
 
 
 @deploy("Install and configure Caddy")

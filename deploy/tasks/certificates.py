@@ -26,6 +26,7 @@ from pyinfra.operations import files, systemd
 
 from deploy.inventory import NodeVars
 from deploy.tasks._facts import NewestFile
+from deploy.tasks._lifecycle import lifecycle
 from deploy.tasks._ops import put_rendered, service_current
 from infra.spec import Role
 
@@ -83,6 +84,11 @@ def sync_turn_certificate(domain: str, wait_seconds: int = CERT_WAIT_SECONDS):
     yield f"{TURN_SYNC} --wait {int(wait_seconds)}"
 
 
+def turn_refresh_vars() -> dict[str, Any]:
+    """Template variables of the TURN certificate refresh units (pure: the task and the tests)."""
+    return {"sync": TURN_SYNC, "lifecycle": lifecycle("voicestack-turn-cert.service", after=("caddy.service",))}
+
+
 def for_caddy(vs: NodeVars) -> None:
     """On nodes that serve the LiveKit name without obtaining it: a placeholder until the share phase."""
     if vs.certificate_relay:
@@ -105,7 +111,7 @@ def for_coturn(vs: NodeVars) -> list[Any]:
                  variables={"turn_host": vs.cfg.turn_host, "glob": certificate_glob("\"$name\""),
                             "storage": STORAGE, "cert": TURN_CERT, "key": TURN_KEY})
     units = [put_rendered(name=f"Render /etc/systemd/system/{unit}", service="coturn", template=f"{unit}.j2",
-                          dest=f"/etc/systemd/system/{unit}", mode="644", variables={"sync": TURN_SYNC})
+                          dest=f"/etc/systemd/system/{unit}", mode="644", variables=turn_refresh_vars())
              for unit in TURN_REFRESH_UNITS]
     sync_turn_certificate(name="Copy the TURN certificate from Caddy's storage", domain=vs.cfg.turn_host)
     return units

@@ -10,6 +10,7 @@ from pyinfra.operations.util import any_changed
 
 from deploy.inventory import DeployInputError, NodeVars
 from deploy.tasks import certificates
+from deploy.tasks._lifecycle import lifecycle, put_dropin
 from deploy.tasks._ops import install_packages, put_rendered, service_current, unmask
 
 CONFIG = "/etc/turnserver.conf"
@@ -102,10 +103,12 @@ def coturn():
               mode="640")
     dropin = put_rendered(name=f"Render {DROPIN}", service="coturn", template="coturn.service.conf.j2",
                           dest=DROPIN, mode="644", variables=v)
-    units = [dropin, *certificates.for_coturn(vs)]
+    lc = lifecycle("coturn.service", binds=(v["listening_ip"], v["relay_ip"]))
+    lifecycle_dropin = put_dropin(lc)
+    units = [dropin, lifecycle_dropin, *certificates.for_coturn(vs)]
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*units))
     unmask(name="Unmask coturn", service="coturn.service")
     service_current(name="Restart coturn if its config changed", service="coturn.service",
-                    paths=(CONFIG, DROPIN))
+                    paths=(CONFIG, DROPIN, lc.dropin))
     systemd.service(name="Enable coturn", service="coturn.service", enabled=True)
     certificates.enable_turn_refresh(vs)

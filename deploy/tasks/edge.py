@@ -34,9 +34,11 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
+from pyinfra.operations.util import any_changed
 
 from deploy.inventory import NodeVars
 from deploy.tasks._facts import OpenFilesHardLimit
+from deploy.tasks._lifecycle import lifecycle, put_dropin
 from deploy.tasks._ops import install_packages, install_validated, put_rendered, service_current
 
 CONFIG = "/etc/nginx/nginx.conf"
@@ -84,13 +86,15 @@ def edge():
     install_packages(["nginx-light", "libnginx-mod-stream"], name="Install nginx with the stream module",
                      masked=("nginx.service",))
     files.directory(name=f"Create {DROPIN_DIR}", path=DROPIN_DIR, mode="755")
-    dropin = put_rendered(name=f"Render {DROPIN}", service="edge", template="nginx-limits.conf.j2", dest=DROPIN,
+    limits = put_rendered(name=f"Render {DROPIN}", service="edge", template="nginx-limits.conf.j2", dest=DROPIN,
                           mode="644", variables=v)
-    systemd.daemon_reload(name="Reload systemd units", _if=dropin.did_change)
+    lc = lifecycle("nginx.service")  # listens on every address: nothing to wait for
+    dropin = put_dropin(lc)
+    systemd.daemon_reload(name="Reload systemd units", _if=any_changed(limits, dropin))
     put_rendered(name=f"Render {STAGED}", service="edge", template="nginx.conf.j2", dest=STAGED, mode="644",
                  variables=v)
     install_validated(name=f"Validate (nginx -t) and install {CONFIG}", src=STAGED, dest=CONFIG,
                       check="nginx -t -q -c {path}", mode="644")
-    service_current(name="Restart nginx if its config or limits changed", service="nginx.service",
-                    paths=(CONFIG, DROPIN), check=f"nginx -t -q -c {CONFIG}")
+    service_current(name="Restart nginx if its config, limits or lifecycle changed", service="nginx.service",
+                    paths=(CONFIG, DROPIN, lc.dropin), check=f"nginx -t -q -c {CONFIG}")
     systemd.service(name="Enable nginx", service="nginx.service", enabled=True)

@@ -9,6 +9,7 @@ from pyinfra.operations import files, server, systemd
 from deploy.artifacts import ARCHES
 from deploy.inventory import DeployInputError, NodeVars
 from deploy.tasks import redis
+from deploy.tasks._lifecycle import lifecycle
 from deploy.tasks._ops import extract_once, fetch_verified, install_validated, put_rendered, service_current
 from infra.spec import Role, Scope
 
@@ -22,8 +23,8 @@ BINARY = "/usr/local/bin/livekit-server"
 UNIT = "/etc/systemd/system/livekit.service"
 STAGING = "/var/cache/voicestack/artifacts"
 OPT = "/opt/voicestack"
-# LiveKit drains on SIGTERM and waits for participants; voice agents drain up to 30 minutes.
-DRAIN_SECONDS = 1800
+#: The deploy waits this much longer than the stop budget for a restart before it gives up.
+RESTART_MARGIN_SECONDS = 120
 TURN_TTL_SECONDS = 14400   # LiveKit's default; coturn rejects expired usernames, keep > longest call
 
 
@@ -64,7 +65,11 @@ def livekit_vars(vs: NodeVars) -> dict:
         "binary": BINARY,
         "config": CONFIG,
         "user": USER,
-        "drain_seconds": DRAIN_SECONDS,
+        # What a restart (deploy, binary upgrade) waits for calls to end before SIGKILL: LiveKit's
+        # drain has no limit of its own (it waits until every room is empty, research B3).
+        "stop_timeout": cfg.livekit_stop_timeout,
+        "lifecycle": lifecycle("livekit.service", binds=tuple(binds),
+                               after=("redis-server.service",) if vs.node.has(Role.REDIS) else ()),
         "health_url": f"http://127.0.0.1:{http.start}/",
     }
 
@@ -128,8 +133,10 @@ def livekit():
     unit = put_rendered(name=f"Render {UNIT}", service="livekit", template="livekit.service.j2", dest=UNIT,
                         mode="644", variables=v)
     systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
+    # A restart drains first (up to stop_timeout, then SIGKILL): bound the command by that.
     restarted = service_current(name="Restart LiveKit if its binary, config or unit changed",
-                                service="livekit.service", paths=(BINARY, CONFIG, KEY_FILE, TURN_SECRET_FILE, UNIT))
+                                service="livekit.service", paths=(BINARY, CONFIG, KEY_FILE, TURN_SECRET_FILE, UNIT),
+                                _timeout=v["stop_timeout"] + RESTART_MARGIN_SECONDS)
     systemd.service(name="Enable LiveKit", service="livekit.service", enabled=True)
     server.shell(name="Wait for LiveKit to answer",
                  commands=[f"for i in $(seq 100); do curl -fsS -o /dev/null {v['health_url']} && exit 0; "

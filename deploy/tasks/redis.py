@@ -17,9 +17,11 @@ import shlex
 from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.operations import files, systemd
+from pyinfra.operations.util import any_changed
 
 from deploy.inventory import DeployInputError, NodeVars
 from deploy.tasks._facts import RedisPrimary, SeedState, SentinelMaster, redis_cli
+from deploy.tasks._lifecycle import lifecycle, put_dropin
 from deploy.tasks._ops import install_packages, put_rendered, service_current, unmask
 
 #: Sentinel's name for the monitored primary (LiveKit's redis.sentinel_master_name).
@@ -196,16 +198,23 @@ def redis():
                  mode="600", variables=redis_vars(vs))
     put_rendered(name=f"Render {SENTINEL_SEED}", service="redis", template="sentinel.conf.j2", dest=SENTINEL_SEED,
                  mode="600", variables=sentinel_vars(vs))
+    # Restart policy and boot order of both packaged units (deploy/tasks/_lifecycle.py).
+    redis_lc = lifecycle(REDIS_UNIT, binds=tuple(redis_vars(vs)["bind"]))
+    sentinel_lc = lifecycle(SENTINEL_UNIT, binds=tuple(sentinel_vars(vs)["bind"]))
+    dropins = [put_dropin(redis_lc), put_dropin(sentinel_lc)]
+    systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*dropins))
 
     seed_from(name=f"Write {CONFIG} from its seed if the seed changed", seed=REDIS_SEED, dest=CONFIG,
               stamp=REDIS_STAMP, kind="redis", **ask)
     unmask(name=f"Unmask {REDIS_UNIT}", service=REDIS_UNIT)
-    service_current(name="Restart Redis if it was seeded again", service=REDIS_UNIT, paths=(REDIS_STAMP,))
+    service_current(name="Restart Redis if it was seeded again or its lifecycle changed", service=REDIS_UNIT,
+                    paths=(REDIS_STAMP, redis_lc.dropin))
     systemd.service(name="Enable Redis", service=REDIS_UNIT, enabled=True)
 
     seed_from(name=f"Write {SENTINEL_CONFIG} from its seed if the seed changed", seed=SENTINEL_SEED,
               dest=SENTINEL_CONFIG, stamp=SENTINEL_STAMP, kind="sentinel", tunables=tunables, **ask)
     unmask(name=f"Unmask {SENTINEL_UNIT}", service=SENTINEL_UNIT)
-    service_current(name="Restart Sentinel if it was seeded again", service=SENTINEL_UNIT, paths=(SENTINEL_STAMP,))
+    service_current(name="Restart Sentinel if it was seeded again or its lifecycle changed", service=SENTINEL_UNIT,
+                    paths=(SENTINEL_STAMP, sentinel_lc.dropin))
     systemd.service(name="Enable Sentinel", service=SENTINEL_UNIT, enabled=True)
     sentinel_tuned(name="Apply Sentinel's failover settings", port=sentinel_port, tunables=tunables)

@@ -1,9 +1,15 @@
 """python -m infra.local up|down|status --env <env> [--config F] [--nodes N] [--network direct|nat] [--retain]
+python -m infra.local power --env <env> --node <node> off|on|cycle
+python -m infra.local shell --env <env> [-- command]
 
 `up` takes the same settings as `make up` (CONFIG, else Pulumi.<env>.yaml, else the built-in
-defaults); `--nodes` overrides nodeCount, `--network` the networking model (network).
-`packages` prints the Debian packages the host needs, `livekit-bin` / `caddy-bin` build (or
-find) the pinned livekit-server / caddy and print its path.
+defaults); `--nodes` overrides nodeCount, `--network` the networking model (network). `power`
+does to one machine what a cloud console does: `off` pulls the plug (the machine's PID 1 is
+killed, nothing inside shuts down), `on` boots it and waits for SSH, `cycle` is both. A reboot
+from inside (`systemctl reboot`) needs no command: the machine comes back by itself. `shell`
+runs on the environment's emulated internet. `packages` prints the Debian packages the host
+needs, `livekit-bin` / `caddy-bin` build (or find) the pinned livekit-server / caddy and print
+its path.
 """
 from __future__ import annotations
 
@@ -12,15 +18,11 @@ import sys
 
 from infra import up as pipeline
 from infra.config import DEFAULTS, ConfigError
-from infra.local import artifacts, host
+from infra.local import artifacts, host, power
 from infra.local.names import EnvNameError
 from infra.local.provisioner import LocalMachines
+from infra.outputs import OutputsError
 from infra.steps import Progress, StepFailed
-
-
-def outputs_error() -> type[Exception]:
-    from infra.outputs import OutputsError
-    return OutputsError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     p_shell = sub.add_parser("shell", help="a shell (or `-- command`) on the environment's emulated internet")
     p_shell.add_argument("--env", default="local")
     p_shell.add_argument("command_args", nargs="*", metavar="command")
+    p_power = sub.add_parser("power", help="power one machine off (plug pulled), on, or cycle it")
+    p_power.add_argument("--env", default="local")
+    p_power.add_argument("--node", required=True, help="node name, e.g. node-1")
+    p_power.add_argument("action", choices=("off", "on", "cycle"))
     sub.add_parser("packages", help="print the Debian packages the host needs")
     sub.add_parser("livekit-bin", help="build/unpack the pinned livekit-server and print its path")
     sub.add_parser("caddy-bin", help="build/unpack the pinned caddy and print its path")
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"ssh -i {node.ssh_key} -o UserKnownHostsFile={out.deploy.known_hosts} root@{node.public_ip}")
         elif args.command == "down":
             machines.down(args.env, Progress())
+        elif args.command == "power":
+            print(power.power(args.env, args.node, args.action, Progress()))
         elif args.command == "status":
             print(machines.status(args.env))
         elif args.command == "shell":
@@ -74,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the configuration has problems:\n" + "\n".join(f"  - {k}: {m}" for k, m in exc.problems),
               file=sys.stderr)
         return 1
-    except (host.LocalEnvError, EnvNameError, StepFailed, outputs_error()) as exc:
+    except (host.LocalEnvError, EnvNameError, StepFailed, OutputsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -1,7 +1,8 @@
 """`down`: remove everything of one local environment, found by its names (no state file).
 
 Safe to repeat. Caches under /var/cache/voicestack (base image, Go build, artifacts, wheels,
-apt cache) and `.stack/<env>/secrets.json` are kept; everything else of the env goes.
+apt cache) and `.stack/<env>/secrets.json` are kept; everything else of the env goes. The last
+environment's `down` also restores what the first `up` changed on the host (hostsettings).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import subprocess
 from typing import Callable
 
 from infra import outputs, steps
-from infra.local import firewall, host, machines, network
+from infra.local import firewall, host, hostsettings, machines, network
 from infra.local.names import EnvNames
 
 
@@ -35,6 +36,7 @@ def down(env: str, progress: steps.Progress | None = None) -> list[str]:
         ("networks", step(lambda: network.remove(names))),
         ("mounts", step(lambda: _unmount(names))),
         ("files", step(lambda: _remove_files(names))),
+        ("host settings", step(lambda: [r for r in [hostsettings.restore_forwarding(names)] if r])),
     ], errors=(host.LocalEnvError,))
     return removed
 

@@ -170,6 +170,22 @@ def stop_pids(pids: Iterable[int], sig: int = signal.SIGTERM, grace_s: float = 1
         time.sleep(0.05)
 
 
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (from /proc; empty when it is gone)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def signal_pid(pid: int, sig: int) -> None:
+    """Send `sig` to `pid` (its whole process group when it leads one); a gone pid is no error."""
+    _signal(pid, sig)
+
+
 def _signal(pid: int, sig: int) -> None:
     try:
         if os.getpgid(pid) == pid:

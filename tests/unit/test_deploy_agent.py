@@ -27,9 +27,7 @@ def env_lines(vs) -> dict[str, str]:
 
 def units(vs) -> dict[str, str]:
     v = agent.agent_vars(vs)
-    return {name: render("agent", f"{name if name in agent.OWN_TEMPLATE else 'voicestack-service'}.service.j2",
-                         {**v, "service": v["services"][name], "name": name})
-            for name in UNITS}
+    return {name: render("agent", agent.unit_template(name), agent.unit_vars(v, name)) for name in UNITS}
 
 
 def test_spec_has_a_loopback_webhooks_port_for_agent_nodes() -> None:
@@ -87,7 +85,7 @@ def test_missing_token_key_refuses_to_deploy() -> None:
 def test_units_are_sandboxed_and_hold_no_secrets(name: str) -> None:
     _, vs = node()
     unit = units(vs)[name]
-    for line in ("User=voicestack\n", f"EnvironmentFile={agent.ENV_FILE}\n", "Restart=on-failure\n",
+    for line in ("User=voicestack\n", f"EnvironmentFile={agent.ENV_FILE}\n", "Restart=always\n", "StartLimitIntervalSec=0\n",
                  "NoNewPrivileges=yes\n", "ProtectSystem=strict\n", "ProtectHome=yes\n", "PrivateTmp=yes\n",
                  "CapabilityBoundingSet=\n", f"CacheDirectory={agent.CACHE_NAME}\n",
                  f"ExecStart={agent.PYTHON} -m {agent.SERVICES[name][0]}\n", "WantedBy=multi-user.target"):

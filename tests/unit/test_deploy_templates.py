@@ -330,11 +330,12 @@ def test_rendered_nftables_passes_nft_check(tmp_path, nodes: int) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_livekit_unit_is_sandboxed_and_drains() -> None:
+def test_livekit_unit_is_sandboxed_and_drains_within_the_stop_budget() -> None:
     unit = rendered()["livekit.service"]
-    for line in ("Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
-                 "PrivateTmp=yes", "CapabilityBoundingSet=\n", f"TimeoutStopSec={livekit.DRAIN_SECONDS}"):
+    for line in ("Restart=always\n", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
+                 "PrivateTmp=yes", "CapabilityBoundingSet=\n", "KillSignal=SIGTERM\n", "TimeoutStopSec=120\n"):
         assert line in unit
+    assert "TimeoutStopSec=300\n" in rendered(livekitStopTimeout=300)["livekit.service"]
     assert int(re.search(r"LimitNOFILE=(\d+)", unit).group(1)) >= 500000
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -160,3 +161,62 @@ def test_host_06_clock_synchronised(hosts) -> None:
         assert timesyncd.is_running and synced == "yes", (
             f"clock of {node.name} is not synchronised (timesyncd running={timesyncd.is_running}, "
             f"NTPSynchronized={synced}): check outbound UDP 123")
+
+
+def _lifecycle_units(spec: EnvSpec, node: NodeOut) -> list[str]:
+    """The units whose restart policy the deploy sets on `node` (deploy/tasks/_lifecycle.py)."""
+    snode = next(n for n in spec.nodes if n.name == node.name)
+    units = [u for u, role in SERVICES.items() if role is not None and snode.has(role)]
+    if spec.sni_split and snode.has(Role.LIVEKIT):
+        units.append("nginx.service")
+    if spec.serves_turn_name(snode):
+        units.append("voicestack-turn-cert.service")
+    return units
+
+
+def _show(host, unit: str, props: tuple[str, ...]) -> dict[str, str]:
+    out = host.check_output(f"systemctl show -p {','.join(props)} {unit}")
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def _usec(text: str) -> float:
+    """Seconds of a systemd time span as `systemctl show` prints it ("2s", "2min 30s", "100ms", "0")."""
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1, "min": 60, "h": 3600, "d": 86400}
+    if text in ("0", ""):
+        return 0.0
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)\s*(us|ms|min|s|h|d)", text))
+
+
+def test_host_07_services_restart_by_themselves_and_never_give_up(hosts, spec: EnvSpec) -> None:
+    """kill -9, a crash or an OOM kill: systemd starts each service again, however often it fails."""
+    from deploy.tasks._lifecycle import POLICIES
+
+    problems = []
+    for node, host in hosts.values():
+        for unit in _lifecycle_units(spec, node):
+            want = POLICIES[unit]
+            got = _show(host, unit, ("Restart", "RestartUSec", "StartLimitIntervalUSec", "After"))
+            if got.get("Restart") != want.restart or _usec(got.get("RestartUSec", "")) != want.restart_sec:
+                problems.append(f"{unit} on {node.name}: Restart={got.get('Restart')} RestartUSec="
+                                f"{got.get('RestartUSec')}, want {want.restart} after {want.restart_sec}s")
+            if got.get("StartLimitIntervalUSec") != "0":
+                problems.append(f"{unit} on {node.name}: StartLimitIntervalUSec={got.get('StartLimitIntervalUSec')} "
+                                "(systemd gives up after 5 fast failures), want 0")
+            if "network-online.target" not in got.get("After", "").split():
+                problems.append(f"{unit} on {node.name} is not ordered after network-online.target")
+    assert not problems, "; ".join(problems) + " — make deploy renders the unit or its drop-in"
+
+
+def test_host_08_livekit_stop_budget_and_boot_order(hosts, spec: EnvSpec) -> None:
+    """A LiveKit restart waits livekitStopTimeout for calls to end (not 30 min); on the Redis node it
+    starts after Redis."""
+    for node, host in hosts.values():
+        snode = next(n for n in spec.nodes if n.name == node.name)
+        if not snode.has(Role.LIVEKIT):
+            continue
+        got = _show(host, "livekit.service", ("TimeoutStopUSec", "After"))
+        assert _usec(got["TimeoutStopUSec"]) == spec.config.livekit_stop_timeout, (
+            f"livekit on {node.name} has TimeoutStopUSec={got['TimeoutStopUSec']}, the spec says "
+            f"livekitStopTimeout={spec.config.livekit_stop_timeout}: make deploy")
+        if snode.has(Role.REDIS):
+            assert "redis-server.service" in got["After"].split(), f"livekit on {node.name} is not after Redis"
