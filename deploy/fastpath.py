@@ -36,7 +36,7 @@ MANAGED_PATHS = (
     "/etc/sysctl.d/60-voicestack.conf", "/etc/apt/apt.conf.d/01voicestack-proxy",
     "/etc/apt/apt.conf.d/20auto-upgrades", "/etc/fail2ban/jail.d/voicestack.conf",
     "/etc/systemd/journald.conf.d", "/usr/local/bin/livekit-server", "/usr/local/bin/caddy",
-    "/usr/local/sbin/voicestack-turn-cert", "/opt/voicestack/agent/app", "/opt/voicestack/agent/requirements.txt",
+    "/usr/local/sbin/voicestack-turn-cert", "/usr/local/sbin/voicestack-wait-address", "/opt/voicestack/agent/app", "/opt/voicestack/agent/requirements.txt",
     "/opt/voicestack/agent/venv/.requirements.sha256", "/srv/voicestack",
     # Certificates Caddy renewed must reach the other nodes (the share phase): a renewal is a change.
     "/var/lib/caddy/.local/share/caddy/certificates",

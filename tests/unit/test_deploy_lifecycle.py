@@ -19,7 +19,7 @@ from deploy.tasks import _lifecycle, agent, caddy, certificates, coturn, livekit
 from infra.config import ConfigError, parse
 from tests.unit.support import outputs_for, spec_of
 
-DEBIAN_UNITS = ("caddy.service", "nginx.service", "coturn.service", "redis-server.service")
+DEBIAN_UNITS = ("nginx.service", "coturn.service", "redis-server.service", "redis-sentinel.service")
 
 
 def unit_files(nodes: int = 1, node: str = "node-1", **changes) -> dict[str, str]:
@@ -28,16 +28,18 @@ def unit_files(nodes: int = 1, node: str = "node-1", **changes) -> dict[str, str
     vs = node_vars(outputs_for(spec))[node]
     lk = livekit.livekit_vars(vs)
     files = {"livekit.service": render("livekit", "livekit.service.j2", lk),
-             "caddy.service": _lifecycle.render_dropin(caddy.caddy_lifecycle(vs)),
+             "caddy.service": render("caddy", "caddy.service.j2", caddy.unit_vars(vs, "2.11.4")),
              "nginx.service": _lifecycle.render_dropin(_lifecycle.lifecycle("nginx.service")),
              "voicestack-turn-cert.service": render("coturn", "voicestack-turn-cert.service.j2",
                                                     certificates.turn_refresh_vars())}
     cv = coturn.coturn_vars(vs)
     files["coturn.service"] = _lifecycle.render_dropin(
         _lifecycle.lifecycle("coturn.service", binds=(cv["listening_ip"], cv["relay_ip"])))
-    if spec.redis_node is not None and spec.redis_node.name == node:
+    if node in {n.name for n in spec.redis_nodes}:
         files["redis-server.service"] = _lifecycle.render_dropin(
             _lifecycle.lifecycle("redis-server.service", binds=tuple(redis.redis_vars(vs)["bind"])))
+        files["redis-sentinel.service"] = _lifecycle.render_dropin(
+            _lifecycle.lifecycle("redis-sentinel.service", binds=tuple(redis.sentinel_vars(vs)["bind"])))
     v = agent.agent_vars(vs)
     for name in agent.SERVICES:
         files[f"{name}.service"] = render("agent", agent.unit_template(name), agent.unit_vars(v, name))
@@ -85,19 +87,19 @@ def test_redis_restarts_slower_than_a_sentinel_failover() -> None:
         p.restart_sec for u, p in _lifecycle.POLICIES.items() if u.startswith(("caddy", "nginx", "livekit")))
 
 
-def test_livekit_waits_for_redis_only_on_the_redis_node() -> None:
-    on_redis_node = unit_files(3, "node-1")["livekit.service"]
-    elsewhere = unit_files(3, "node-2")["livekit.service"]
-    assert "redis-server.service" in directive(on_redis_node, "After")[0].split()
-    assert "redis-server.service" in directive(on_redis_node, "Wants")[0].split()
-    assert "redis-server" not in elsewhere and "redis-server" not in unit_files()["livekit.service"]
+def test_livekit_waits_for_redis_on_every_node_that_runs_it() -> None:
+    for node in ("node-1", "node-2", "node-3"):  # every cluster node runs Redis + Sentinel
+        text = unit_files(3, node)["livekit.service"]
+        assert "redis-server.service" in directive(text, "After")[0].split()
+        assert "redis-server.service" in directive(text, "Wants")[0].split()
+    assert "redis-server" not in unit_files()["livekit.service"]  # one node: no Redis
 
 
 def test_units_that_bind_the_private_address_wait_for_it() -> None:
     spec = spec_of(3)
     private = spec.nodes[0].private_ip
     files = unit_files(3)
-    for unit in ("livekit.service", "redis-server.service", "coturn.service"):
+    for unit in ("livekit.service", "redis-server.service", "redis-sentinel.service"):
         (pre,) = directive(files[unit], "ExecStartPre")
         assert pre.startswith(f"+{_lifecycle.WAIT_ADDRESS} {_lifecycle.WAIT_ADDRESS_SECONDS} ")
         assert private in pre.split(), (unit, pre)
