@@ -116,8 +116,10 @@ def test_killing_the_primary_elects_a_replica_and_writes_go_on(cluster: Loopback
     assert f"sentinel monitor voicestack {new.ip} {cluster.redis_port} 2" in sentinel_conf
     assert f"sentinel rename-command voicestack CONFIG {cluster.config_command}" in sentinel_conf
     assert "protected-mode yes" in sentinel_conf
+    # Sentinel reconfigures the other replicas after the promotion (REPLICAOF + the renamed CONFIG
+    # REWRITE in one transaction); a failed attempt is retried, so this gets the rejoin deadline.
     wait_until(lambda: f"replicaof {new.ip} {cluster.redis_port}" in survivor.redis_conf.read_text(),
-               ELECTION_DEADLINE_S, f"{survivor.ip}'s redis.conf rewritten to follow {new.ip}")
+               REJOIN_DEADLINE_S, f"{survivor.ip}'s redis.conf rewritten to follow {new.ip}")
     STATE["old_primary"] = old
 
 
