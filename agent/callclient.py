@@ -28,8 +28,9 @@ from typing import Any
 
 from livekit import rtc
 
-from agent.roundtrip import _read_wav, _Recorder, _utterance, _wav, round_trip
+from agent.roundtrip import RECORD_RATE, _Recorder, _utterance, round_trip
 from agent.roundtrip_cli import LocalSpeech
+from agent.wav import read_wav, wav_bytes
 
 
 def emit(obj: dict[str, Any]) -> None:
@@ -118,7 +119,7 @@ class LiveCall:
     async def join(self, url: str, token: str, ca_bundle: str | None, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         # The microphone runs at the rate of the client's own voice (piper's), for every phrase.
-        _pcm, self.rate = _read_wav(await self.speech.synthesize("hello"))
+        _pcm, self.rate = read_wav(await self.speech.synthesize("hello"))
         t_connect = time.monotonic()
         if ca_bundle:
             # For the whole call, not just the connect (as agent/roundtrip.py does): the SDK's
@@ -134,7 +135,7 @@ class LiveCall:
         self.mic = asyncio.ensure_future(self._microphone())
         g0, g1 = await _utterance(self.rec, t_connect, deadline, "greeting")
         pcm, _ = self.rec.audio_between(g0 - 0.3, g1 + 0.3)
-        return {"greeting": await self.speech.transcribe(_wav(pcm)), "agent_join_s": g0 - t_connect}
+        return {"greeting": await self.speech.transcribe(wav_bytes(pcm, RECORD_RATE)), "agent_join_s": g0 - t_connect}
 
     async def _microphone(self) -> None:
         """The one writer of the mic track: 10 ms frames of the pending phrase, else silence, as a
@@ -161,7 +162,7 @@ class LiveCall:
     async def speak(self, phrase: str, timeout: float) -> dict[str, Any]:
         assert self.source is not None and self.mic is not None
         deadline = time.monotonic() + timeout
-        pcm, rate = _read_wav(await self.speech.synthesize(phrase))
+        pcm, rate = read_wav(await self.speech.synthesize(phrase))
         if rate != self.rate:
             raise ValueError(f"the phrase is {rate} Hz, the call's microphone {self.rate} Hz")
         step = 2 * (rate // 100)
@@ -173,7 +174,7 @@ class LiveCall:
         t_end = time.monotonic()
         a0, a1 = await _utterance(self.rec, t_end, deadline, "answer")
         answer_pcm, _ = self.rec.audio_between(a0 - 0.3, a1 + 0.3)
-        return {"answer": await self.speech.transcribe(_wav(answer_pcm)), "latency_s": a0 - t_end}
+        return {"answer": await self.speech.transcribe(wav_bytes(answer_pcm, RECORD_RATE)), "latency_s": a0 - t_end}
 
     async def hangup(self) -> str:
         for task in (self.mic, self.rec.task):

@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
 import os
 import time
-import wave
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Protocol
+from typing import Any, AsyncIterator, Callable, Protocol
 
 import aiohttp
 import numpy as np
 from livekit import rtc
+
+from agent.wav import read_wav, wav_bytes
 
 log = logging.getLogger("agent.roundtrip")
 
@@ -56,26 +56,22 @@ class HttpSpeech:
 
     async def synthesize(self, text: str) -> bytes:
         body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "wav"}
-        async with aiohttp.ClientSession(timeout=self.timeout) as http:
-            async with http.post(f"{self.base_url}/audio/speech", json=body,
-                                 headers=self.headers) as resp:
-                if resp.status != 200:
-                    raise RuntimeError(f"failed to synthesize {text!r}: HTTP {resp.status} "
-                                       f"{await resp.text()}")
-                return await resp.read()
+        return await self._post("/audio/speech", f"synthesize {text!r}", json=body)
 
     async def transcribe(self, wav: bytes) -> str:
         form = aiohttp.FormData()
         form.add_field("file", wav, filename="audio.wav", content_type="audio/wav")
         form.add_field("model", "whisper-1")
         form.add_field("response_format", "json")
+        answer = await self._post("/audio/transcriptions", f"transcribe {len(wav)} bytes", data=form)
+        return str(json.loads(answer)["text"]).strip()
+
+    async def _post(self, path: str, what: str, **body: Any) -> bytes:
         async with aiohttp.ClientSession(timeout=self.timeout) as http:
-            async with http.post(f"{self.base_url}/audio/transcriptions", data=form,
-                                 headers=self.headers) as resp:
+            async with http.post(f"{self.base_url}{path}", headers=self.headers, **body) as resp:
                 if resp.status != 200:
-                    raise RuntimeError(f"failed to transcribe {len(wav)} bytes: HTTP "
-                                       f"{resp.status} {await resp.text()}")
-                return str((await resp.json())["text"]).strip()
+                    raise RuntimeError(f"failed to {what}: HTTP {resp.status} {await resp.text()}")
+                return await resp.read()
 
 
 @dataclass
@@ -217,21 +213,23 @@ def ice_summary(stats: list) -> dict:
     return {"selected": selected, "local": list(local.values()), "remote": list(remote.values())}
 
 
-def _wav(pcm: bytes, rate: int = RECORD_RATE) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(pcm)
-    return buf.getvalue()
+def _agent_room(timeout: float, rtc_config: rtc.RtcConfiguration | None,
+                ) -> tuple[rtc.Room, _Recorder, rtc.RoomOptions]:
+    """A room whose recorder attaches to the agent's audio track, and the options to join it with."""
+    rec = _Recorder()
+    room = rtc.Room()
 
+    @room.on("track_subscribed")
+    def _on_track(track: rtc.Track, _pub: rtc.RemoteTrackPublication,
+                  participant: rtc.RemoteParticipant) -> None:
+        if (track.kind == rtc.TrackKind.KIND_AUDIO
+                and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT):
+            rec.attach(track)
 
-def _read_wav(data: bytes) -> tuple[bytes, int]:
-    with wave.open(io.BytesIO(data)) as src:
-        if src.getnchannels() != 1 or src.getsampwidth() != 2:
-            raise ValueError("the phrase must be mono 16-bit WAV")
-        return src.readframes(src.getnframes()), src.getframerate()
+    options = rtc.RoomOptions(auto_subscribe=True, connect_timeout=max(1.0, min(15.0, timeout)))
+    if rtc_config is not None:
+        options.rtc_config = rtc_config
+    return room, rec, options
 
 
 async def _speak(source: rtc.AudioSource, pcm: bytes, rate: int) -> None:
@@ -282,20 +280,8 @@ async def round_trip(
     once the answer arrived and return the ICE candidates seen (`ice`).
     """
     deadline = time.monotonic() + timeout
-    pcm, rate = _read_wav(await speech.synthesize(phrase))
-    rec = _Recorder()
-    room = rtc.Room()
-
-    @room.on("track_subscribed")
-    def _on_track(track: rtc.Track, _pub: rtc.RemoteTrackPublication,
-                  participant: rtc.RemoteParticipant) -> None:
-        if (track.kind == rtc.TrackKind.KIND_AUDIO
-                and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT):
-            rec.attach(track)
-
-    options = rtc.RoomOptions(auto_subscribe=True, connect_timeout=max(1.0, min(15.0, timeout)))
-    if rtc_config is not None:
-        options.rtc_config = rtc_config
+    pcm, rate = read_wav(await speech.synthesize(phrase))
+    room, rec, options = _agent_room(timeout, rtc_config)
     t_connect = time.monotonic()
     with _trusting(ca_bundle):
         await room.connect(url, token, options)
@@ -333,8 +319,8 @@ async def round_trip(
                          "subscriber": ice_summary(stats.subscriber_stats)}
             ice = {pc: got for pc, got in summaries.items() if got["local"] or got["remote"]}
         answer_pcm, answer_s = rec.audio_between(a0 - 0.3, a1 + 0.3)
-        answer_wav = _wav(answer_pcm)
-        greeting = await speech.transcribe(_wav(greeting_pcm)) if greeting_pcm else ""
+        answer_wav = wav_bytes(answer_pcm, RECORD_RATE)
+        greeting = await speech.transcribe(wav_bytes(greeting_pcm, RECORD_RATE)) if greeting_pcm else ""
         answer = await speech.transcribe(answer_wav)
         return RoundTripResult(
             greeting=greeting, answer=answer, latency_s=a0 - t_end_of_speech,
@@ -599,19 +585,7 @@ async def conversation(url: str, token: str, *, ca_bundle: str | None = None,
     """Join the token's room, wait for the agent's audio, publish a microphone that sends
     silence between clips; yields a `Conversation`. `gap`: silence that ends an agent turn."""
     deadline = time.monotonic() + timeout
-    rec = _Recorder()
-    room = rtc.Room()
-
-    @room.on("track_subscribed")
-    def _on_track(track: rtc.Track, _pub: rtc.RemoteTrackPublication,
-                  participant: rtc.RemoteParticipant) -> None:
-        if (track.kind == rtc.TrackKind.KIND_AUDIO
-                and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT):
-            rec.attach(track)
-
-    options = rtc.RoomOptions(auto_subscribe=True, connect_timeout=max(1.0, min(15.0, timeout)))
-    if rtc_config is not None:
-        options.rtc_config = rtc_config
+    room, rec, options = _agent_room(timeout, rtc_config)
     # queue_size_ms as in round_trip: rides out CPU stalls of this process.
     source = rtc.AudioSource(rate, 1, queue_size_ms=1000)
     t_connect = time.monotonic()

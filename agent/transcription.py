@@ -12,9 +12,7 @@ give times on the recording's timeline, on which all speakers are merged.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,6 +21,7 @@ import aiohttp
 import numpy as np
 
 from agent.audio_files import iter_pcm
+from agent.wav import wav_bytes
 
 log = logging.getLogger("agent.transcription")
 
@@ -101,16 +100,6 @@ def speech_chunks(blocks: Iterator[np.ndarray], *, voiced_dbfs: float = VOICED_D
         yield emit(min(len(chunk), last_voiced - start + 1 + pad))
 
 
-def wav_bytes(pcm: np.ndarray, rate: int = RATE) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(pcm.astype(np.int16).tobytes())
-    return buf.getvalue()
-
-
 class SttClient:
     """POSTs chunks to <base_url>/audio/transcriptions; retries transient failures."""
 
@@ -180,7 +169,7 @@ async def transcribe_track(stt: SttClient, path: Path, *, channel: int | None, o
         chunk = await loop.run_in_executor(None, next, chunks, None)
         if chunk is None:
             break
-        for seg in await stt.segments(wav_bytes(chunk.pcm)):
+        for seg in await stt.segments(wav_bytes(chunk.pcm.astype(np.int16).tobytes(), RATE)):
             end = seg["end"] if seg["end"] > seg["start"] else chunk.duration_s
             out.append({
                 "start": round(offset_s + chunk.start_s + seg["start"], 2),

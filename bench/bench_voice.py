@@ -52,6 +52,8 @@ from typing import Any, Iterator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.wav import wav_bytes  # noqa: E402
+
 PHRASES = ROOT / "bench" / "phrases.yaml"
 VOICES = ("joe", "espeak")
 BARGE_TRIGGER = "what can you do"          # answered with the responder's longest sentence
@@ -79,16 +81,6 @@ def load_phrases(path: Path = PHRASES) -> list[dict[str, str]]:
     return phrases
 
 
-def _wav(pcm: bytes, rate: int) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(pcm)
-    return buf.getvalue()
-
-
 def synthesize_clips(phrases: list[dict[str, str]], voices: list[str], outdir: Path) -> list[Clip]:
     """Every phrase in every voice, as WAV files in `outdir`."""
     clips = []
@@ -111,7 +103,7 @@ def synthesize_clips(phrases: list[dict[str, str]], voices: list[str], outdir: P
             path = outdir / f"{voice}-{i:02d}.wav"
             if voice == "joe":
                 assert joe is not None
-                path.write_bytes(_wav(joe.pcm(p["text"]), OUTPUT_SAMPLE_RATE))
+                path.write_bytes(wav_bytes(joe.pcm(p["text"]), OUTPUT_SAMPLE_RATE))
             else:
                 # en-us at 160 words/min: a clear, robotic second voice (22.05 kHz WAV).
                 proc = subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "--stdout", p["text"]],
@@ -128,7 +120,7 @@ def _normalised_wav(data: bytes) -> bytes:
     with wave.open(io.BytesIO(data)) as src:
         rate = src.getframerate()
     pcm = data[44:]
-    return _wav(pcm[: len(pcm) // 2 * 2], rate)
+    return wav_bytes(pcm[: len(pcm) // 2 * 2], rate)
 
 
 # --- the client side (runs in the env's client namespace) -------------------------------------

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import threading
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 from piper import PiperVoice, SynthesisConfig
+
+from agent import wav
 
 # OpenAI's /v1/audio/speech "pcm" is 24 kHz mono s16le, and livekit's openai TTS plugin
 # assumes that rate for every format, so all output is resampled to it.
@@ -105,13 +105,8 @@ def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
 
 
 def wav_bytes(pcm: bytes, sample_rate: int = OUTPUT_SAMPLE_RATE) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes(pcm)
-    return buf.getvalue()
+    """Piper's PCM (OUTPUT_SAMPLE_RATE by default) as WAV."""
+    return wav.wav_bytes(pcm, sample_rate)
 
 
 class Synthesizer:
