@@ -34,6 +34,8 @@ from typing import Any, Mapping
 
 from aiohttp import ClientError, ClientSession, ClientTimeout
 
+from agent.durable import replace_file
+
 log = logging.getLogger("agent.outbox")
 
 DEFAULT_DIR = "/var/lib/voicestack/outbox"
@@ -76,18 +78,9 @@ class Outbox:
         tmp = self.path / f".tmp-{os.getpid()}-{name}"
         final = self.path / name
         try:
-            with open(tmp, "wb") as out:
-                out.write(body)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, final)
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            # 0o666 less the umask, as open() makes it (the directory itself is 0700).
+            replace_file(final, body, mode=0o666, tmp=tmp)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise OutboxError(f"failed to queue event {event.get('id')} in {self.path}: {exc}") from exc
         self._trim(keep=final)
         return final
