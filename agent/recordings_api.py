@@ -24,7 +24,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from agent.recording_store import MANIFEST, MIX, SUMMARY, TRANSCRIPT, Store, StoreError
-from agent.token_service import TokenBucket, client_address
+from agent.token_service import TokenBucket, client_address, with_json_errors
 
 log = logging.getLogger("agent.recordings_api")
 
@@ -55,12 +55,7 @@ async def guard(request: web.Request,
                               {"Retry-After": str(max(1, math.ceil(wait)))})
             return _error(401, "missing or wrong Authorization: Bearer <TOKEN_KEY>",
                           {"WWW-Authenticate": "Bearer"})
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _error(exc.status, exc.reason)
+    return await with_json_errors(request, handler, _error)
 
 
 def _recording(request: web.Request):  # -> Recording

@@ -435,16 +435,24 @@ async def health(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-@web.middleware
-async def json_errors(request: web.Request,
-                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    # aiohttp's own 404/405/413 pages are text/plain; callers (n8n, browsers) expect JSON.
+async def with_json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                           error: Callable[[int, str], web.Response]) -> web.StreamResponse:
+    """handler(request), its 4xx/5xx HTTPExceptions answered by error(status, reason) instead.
+
+    aiohttp's own 404/405/413 pages are text/plain; callers (n8n, browsers) expect JSON.
+    """
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error(exc.status, exc.reason)
+        return error(exc.status, exc.reason)
+
+
+@web.middleware
+async def json_errors(request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    return await with_json_errors(request, handler, _error)
 
 
 def create_app(cfg: ServiceConfig, *, buckets: Buckets | None = None,
