@@ -12,7 +12,7 @@ import sys
 from infra import outputs, provision
 from infra.local.host import LocalEnvError
 from infra.outputs import ROOT
-from infra.steps import Progress, StepFailed, run
+from infra.steps import Progress, StepFailed, main_status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,13 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     progress = Progress()
     p = provision.get(provision.kind_of(args.env, args.config))
-    try:
-        run(progress, [(f"remove {args.env} ({p.name})", lambda: p.down(args.env, progress.child()))],
-            errors=(StepFailed, LocalEnvError, outputs.OutputsError))
-    except StepFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return main_status(progress, [(f"remove {args.env} ({p.name})", lambda: p.down(args.env, progress.child()))],
+                       errors=(StepFailed, LocalEnvError, outputs.OutputsError))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,17 @@ def run(progress: Progress, steps: Iterable[Step], *, errors: tuple[type[BaseExc
         progress.line(f"{label}: {detail or 'done'} ({time.monotonic() - t0:.1f}s)")
 
 
+def main_status(progress: Progress, steps: Iterable[Step], *,
+                errors: tuple[type[BaseException], ...] = (StepFailed,)) -> int:
+    """run() for a command's main(): 0, or 1 once the failure is printed ("error: failed to <label>: ...")."""
+    try:
+        run(progress, steps, errors=errors)
+    except StepFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def command(argv: Sequence[str], *, env: dict[str, str] | None = None, capture: bool = False,
             cwd: str | None = None) -> str:
     """Run a command, streaming its output unless captured; on failure show it ready to paste."""

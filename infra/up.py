@@ -19,7 +19,7 @@ from infra import outputs, provision, validate
 from infra.config import ConfigError
 from infra.local.host import LocalEnvError
 from infra.spec import EnvSpec, Role
-from infra.steps import PYTHON, Progress, StepFailed, command, run
+from infra.steps import PYTHON, Progress, StepFailed, command, main_status
 
 ROOT = outputs.ROOT
 
@@ -113,13 +113,10 @@ def main(argv: list[str] | None = None) -> int:
              ("deploy", lambda: step_deploy(r))]
     if not args.skip_verify:
         steps.append(("verify", lambda: step_verify(r)))
-    try:
-        run(r.progress, steps, errors=(StepFailed, LocalEnvError, outputs.OutputsError))
+    status = main_status(r.progress, steps, errors=(StepFailed, LocalEnvError, outputs.OutputsError))
+    if status == 0:
         summary(outputs.read(r.env), r.progress)
-    except StepFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return status
 
 
 if __name__ == "__main__":
