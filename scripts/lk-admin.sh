@@ -2,9 +2,4 @@
 # Inspect and manage LiveKit rooms over the server API (Twirp RoomService):
 #   scripts/lk-admin.sh [--env ENV] [--url URL] [--ca-bundle PEM] [--json] rooms|room NAME|participants ROOM|remove ROOM IDENTITY|delete ROOM
 # Key/secret/URL: LIVEKIT_API_KEY / LIVEKIT_API_SECRET / LIVEKIT_URL, else .stack/$ENV/outputs.json (ENV defaults to local).
-set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-py="$root/.venv/bin/python"
-[ -x "$py" ] || py="$(command -v python3)"
-cd "$root"
-exec "$py" -m agent.admin "$@"
+exec "$(dirname "${BASH_SOURCE[0]}")/operator-python.sh" agent.admin "$@"
