@@ -48,32 +48,30 @@ DOWN_AFTER_MS = 2000
 FAILOVER_TIMEOUT_MS = 10000
 
 
-def redis_vars(vs: NodeVars) -> dict:
-    """Template variables of the redis.conf seed (pure: used by the task and the tests)."""
-    port = vs.spec.port("redis")
+def _server_vars(vs: NodeVars, port_name: str, password: str) -> dict:
+    """What the redis-server and redis-sentinel seeds share: where each listens and what it
+    announces (loopback and the port's scope address), its password, where it keeps its state."""
+    port = vs.spec.port(port_name)
+    address = vs.bind_address(port.scope)
     return {
-        "bind": ["127.0.0.1", vs.bind_address(port.scope)],
+        "bind": ["127.0.0.1", address],
         "port": port.start,
-        "announce_ip": vs.bind_address(port.scope),
-        "password": vs.secrets.redis_password,
+        "announce_ip": address,
+        "password": password,
         "config_command": vs.secrets.redis_config_command,
         "dir": DATA_DIR,
     }
+
+
+def redis_vars(vs: NodeVars) -> dict:
+    """Template variables of the redis.conf seed (pure: used by the task and the tests)."""
+    return _server_vars(vs, "redis", vs.secrets.redis_password)
 
 
 def sentinel_vars(vs: NodeVars) -> dict:
     """Template variables of the sentinel.conf seed (pure: used by the task and the tests)."""
-    port = vs.spec.port("redis-sentinel")
-    return {
-        "bind": ["127.0.0.1", vs.bind_address(port.scope)],
-        "port": port.start,
-        "announce_ip": vs.bind_address(port.scope),
-        "password": vs.secrets.redis_sentinel_password,
-        "master_name": MASTER_NAME,
-        "master_password": vs.secrets.redis_password,
-        "config_command": vs.secrets.redis_config_command,
-        "dir": DATA_DIR,
-    }
+    return {**_server_vars(vs, "redis-sentinel", vs.secrets.redis_sentinel_password),
+            "master_name": MASTER_NAME, "master_password": vs.secrets.redis_password}
 
 
 def sentinel_tunables(vs: NodeVars) -> dict[str, int]:
