@@ -40,22 +40,14 @@ pytestmark = pytest.mark.e2e
 
 
 def deploy() -> tuple[subprocess.CompletedProcess, dict, float]:
-    t0 = time.monotonic()
-    result = envs.deploy(ENV)
-    seconds = time.monotonic() - t0
-    path = outputs.EnvPaths(ENV).deploy_last
-    summary = json.loads(path.read_text()) if path.is_file() else {}
-    print(f"deploy --env {ENV}: rc={result.returncode} in {seconds:.1f}s\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    return result, summary, seconds
+    return envs.timed_deploy(ENV)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    envs.require_host()
-    envs.down(ENV)  # leftovers of an earlier, interrupted run
     started = time.monotonic()
     config = envs.write_config(tmp_path_factory.mktemp("chaos") / f"Pulumi.{ENV}.yaml", {"livekitStopTimeout": STOP_S})
-    ctx = envs.up(ENV, 1, config=config)
+    ctx = envs.fresh(ENV, 1, config=config)
     result, _summary, seconds = deploy()
     assert result.returncode == 0, result.stderr
     ctx.config_path = config

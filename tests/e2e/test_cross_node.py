@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -31,16 +30,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    envs.require_host()
-    envs.down(ENV)
     config = envs.write_config(tmp_path_factory.mktemp(ENV) / f"Pulumi.{ENV}.yaml", {"network": "nat"})
-    t0 = time.monotonic()
-    ctx = envs.up(ENV, NODES, config=config)
-    t1 = time.monotonic()
-    deployed = envs.deploy(ENV, timeout=2400)
-    print(f"{ENV}: up {t1 - t0:.0f}s, deploy {time.monotonic() - t1:.0f}s")
-    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
-    yield ctx
+    yield envs.fresh_deployed(ENV, NODES, config=config, timeout=2400)
     envs.down(ENV)
 
 

@@ -6,12 +6,10 @@ Runs as root on a host with the packages of `python -m infra.local packages`. Cr
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,21 +27,12 @@ pytestmark = pytest.mark.e2e
 
 
 def deploy(env: str = ENV, timeout: float = 900, *extra: str) -> tuple[subprocess.CompletedProcess, dict, float]:
-    t0 = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "deploy", "--env", env, *extra], cwd=ROOT, capture_output=True,
-                            text=True, timeout=timeout)
-    seconds = time.monotonic() - t0
-    summary_path = outputs.EnvPaths(env).deploy_last
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    print(f"deploy --env {env}: rc={result.returncode} in {seconds:.1f}s\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
-    return result, summary, seconds
+    return envs.timed_deploy(env, timeout, *extra)
 
 
 @pytest.fixture(scope="module")
 def env():
-    envs.require_host()
-    envs.down(ENV)  # leftovers of an earlier, interrupted run
-    ctx = envs.up(ENV, 1)
+    ctx = envs.fresh(ENV)
     result, summary, seconds = deploy()
     assert result.returncode == 0, result.stderr
     ctx.first_converge_s = seconds

@@ -37,15 +37,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def env():
-    envs.require_host()
-    envs.down(ENV)  # leftovers of an earlier, interrupted run
-    t0 = time.monotonic()
-    ctx = envs.up(ENV, NODES)
-    up_s = time.monotonic() - t0
-    result = envs.deploy(ENV, timeout=2400)
-    print(f"up of {NODES} machines: {up_s:.1f}s; first deploy: {time.monotonic() - t0 - up_s:.1f}s")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    yield ctx
+    yield envs.fresh_deployed(ENV, NODES, timeout=2400)
     envs.down(ENV)
 
 
