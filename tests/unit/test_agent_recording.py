@@ -11,10 +11,7 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -32,21 +29,16 @@ from agent.audio_files import duration_s
 from agent.outbox import SIGNATURE_HEADER, verify_signature
 from agent.roundtrip import HttpSpeech, round_trip
 from agent.tokens import mint
+from tests.conftest import free_port
+from tests.voice_stack import Processes, log_dir, running
 
 REPO = Path(__file__).resolve().parents[2]
-SERVER_BIN = os.environ.get("LIVEKIT_SERVER_BIN", "/var/cache/voicestack/go/bin/server")
 API_KEY, API_SECRET = "devkey", "recording-secret-recording-secret-0123456789"
 FORWARD_SECRET = "forward-secret-" + "x" * 32
 TOKEN_KEY = "download-key-0123456789abcdef"
 TMPFS_MB = 48
 MIN_FREE_MB = 8
 VOICE_AGENT = "voice-agent"
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -69,14 +61,6 @@ async def await_until(check: Callable[[], Any], timeout: float, what: str) -> An
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 class EventReceiver:
@@ -123,17 +107,16 @@ class EventReceiver:
         return None
 
 
-class Stack:
+class Stack(Processes):
     """livekit-server, speech server and recordings service for the whole module; the
     policy-dependent services (webhook receiver, recorder, voice agent) per policy."""
 
     def __init__(self, tmp: Path, recordings: Path) -> None:
-        self.tmp, self.recordings = tmp, recordings
-        self.logdir = tmp / "logs"
+        # Each service a process group of its own, stopped like systemd's KillMode=mixed.
+        super().__init__(tmp / "logs", own_group=True, stop_timeout=30)
         self.logdir.mkdir()
+        self.tmp, self.recordings = tmp, recordings
         self.outbox = tmp / "outbox"
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.log_start: dict[str, int] = {}
         self.ports = {n: free_port() for n in ("lk", "speech", "webhooks", "recordings", "n8n",
                                                 "agent_health", "recorder_health")}
         self.url = f"ws://127.0.0.1:{self.ports['lk']}"
@@ -141,7 +124,7 @@ class Stack:
         self.api_url = f"http://127.0.0.1:{self.ports['recordings']}/api/recordings"
         self.receiver = EventReceiver(self.ports["n8n"])
         self.policy: str | None = None
-        self.env = {
+        self.env.update({
             "LIVEKIT_URL": self.url, "LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": API_SECRET,
             "LIVEKIT_WS_URL": "wss://livekit.example.test",
             "STT_BASE_URL": self.speech_url, "LLM_BASE_URL": self.speech_url, "TTS_BASE_URL": self.speech_url,
@@ -155,41 +138,17 @@ class Stack:
             "AGENT_NUM_IDLE_PROCESSES": "1", "AGENT_DRAIN_TIMEOUT": "5",
             "RECORDER_HEALTH_PORT": str(self.ports["recorder_health"]), "RECORDER_NUM_IDLE_PROCESSES": "1",
             "RECORDER_DRAIN_TIMEOUT": "3",
-        }
-
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        path = self.logdir / f"{name}.log"
-        self.log_start[name] = path.stat().st_size if path.exists() else 0  # this run's lines only
-        log = open(path, "ab")
-        proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, **self.env, **(env or {})},
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        """What the current process of `name` logged so far."""
-        with open(self.logdir / f"{name}.log", "rb") as log:
-            log.seek(self.log_start.get(name, 0))
-            return log.read().decode(errors="replace")
+        })
 
     def start(self) -> None:
-        config = (
-            f"port: {self.ports['lk']}\nbind_addresses: [127.0.0.1]\n"
-            f"rtc: {{tcp_port: {free_port()}, udp_port: {free_port(socket.SOCK_DGRAM)}, "
-            "node_ip: 127.0.0.1, use_external_ip: false}\n"
-            f"keys: {{{API_KEY}: {API_SECRET}}}\nlogging: {{level: info}}\n"
-            f"webhook: {{api_key: {API_KEY}, urls: ['http://127.0.0.1:{self.ports['webhooks']}/webhook']}}\n"
-        )
-        lk = self.spawn("livekit", [SERVER_BIN, "--config-body", config])
-        speech = self.spawn("speech", [sys.executable, "-m", "agent.speech_server"],
-                            {"SPEECH_PORT": str(self.ports["speech"])})
-        recs = self.spawn("recordings", [sys.executable, "-m", "agent.recordings"])
+        self.livekit(self.ports["lk"], API_KEY, API_SECRET, extra=(
+            f"webhook: {{api_key: {API_KEY}, urls: ['http://127.0.0.1:{self.ports['webhooks']}/webhook']}}\n"))
+        self.speech(self.ports["speech"])
+        self.module("recordings", "agent.recordings")
         self.receiver.start()
-        for what, url, proc in [("livekit-server", f"http://127.0.0.1:{self.ports['lk']}/", lk),
-                                ("the speech server", f"{self.speech_url.rsplit('/v1', 1)[0]}/health", speech),
-                                ("the recordings service", f"{self.api_url}/health", recs)]:
-            wait_until(lambda url=url, proc=proc: http_ok(url) or proc.poll() is not None, 90, what)
-            assert proc.poll() is None, f"{what} exited:\n{self.log(next(k for k, v in self.procs.items() if v is proc))[-3000:]}"
+        self.wait_http("livekit", f"http://127.0.0.1:{self.ports['lk']}/", 90, "livekit-server")
+        self.wait_http("speech", f"http://127.0.0.1:{self.ports['speech']}/health", 90, "the speech server")
+        self.wait_http("recordings", f"{self.api_url}/health", 90, "the recordings service")
 
     def use_policy(self, policy: str) -> None:
         """(Re)start the webhook receiver, recorder and voice agent with RECORDING_POLICY=policy."""
@@ -198,36 +157,18 @@ class Stack:
         for name in ("webhooks", "recorder", "agent"):
             self.stop(name)
         env = {"RECORDING_POLICY": policy}
-        hooks = self.spawn("webhooks", [sys.executable, "-m", "agent.webhooks"], env)
-        rec = self.spawn("recorder", [sys.executable, "-m", "agent.recorder"], env)
-        agent = self.spawn("agent", [sys.executable, "-m", "agent.worker"], env)
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{self.ports['webhooks']}/health") or hooks.poll() is not None,
-                   60, "the webhook receiver")
-        for name, proc in (("recorder", rec), ("agent", agent)):
-            wait_until(lambda name=name, proc=proc: "registered worker" in self.log(name) or proc.poll() is not None, 90,
-                       f"the {name} worker to register")
-            assert proc.poll() is None, f"{name} exited:\n{self.log(name)[-3000:]}"
+        self.module("webhooks", "agent.webhooks", env)
+        self.module("recorder", "agent.recorder", env)
+        self.module("agent", "agent.worker", env)
+        self.wait_http("webhooks", f"http://127.0.0.1:{self.ports['webhooks']}/health", 60, "the webhook receiver")
+        for name in ("recorder", "agent"):
+            self.wait_registered(name, 90, f"the {name} worker to register")
         self.policy = policy
 
-    def stop(self, name: str) -> None:
-        """Like systemd's KillMode=mixed: SIGTERM to the main process, later SIGKILL to the rest."""
-        proc = self.procs.pop(name, None)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    def stop_all(self) -> None:
-        self.receiver.stop()
-        for name in reversed(list(self.procs)):
-            self.stop(name)
+    def stop(self, *names: str) -> None:
+        if not names:
+            self.receiver.stop()
+        super().stop(*names)
 
     # ---- helpers for the tests ----------------------------------------------------------------
 
@@ -263,12 +204,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    if not (Path(SERVER_BIN).is_file()):
-        pytest.fail(f"livekit-server not found at {SERVER_BIN}: set LIVEKIT_SERVER_BIN or run make test")
-    keep = os.environ.get("AGENT_RECORDING_LOGDIR")
-    with tempfile.TemporaryDirectory(prefix="agent-recording-") as tmpdir:
-        tmp = Path(keep) if keep else Path(tmpdir)
-        tmp.mkdir(parents=True, exist_ok=True)
+    with log_dir("AGENT_RECORDING_LOGDIR", "agent-recording-") as tmp:
         recordings = tmp / "recordings"
         recordings.mkdir()
         # A small filesystem of its own, so the disk-space guard can be driven for real.
@@ -276,16 +212,11 @@ def stack() -> Iterator[Stack]:
                                 str(recordings)], capture_output=True, text=True)
         if mount.returncode != 0:
             pytest.fail(f"failed to mount a tmpfs for the recordings (needs root): {mount.stderr.strip()}")
-        running = Stack(tmp, recordings)
         try:
-            running.start()
-            yield running
-        except Exception:
-            for log in running.logdir.glob("*.log"):
-                sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}\n")
-            raise
+            running_stack = Stack(tmp, recordings)
+            with running(running_stack, running_stack.start):
+                yield running_stack
         finally:
-            running.stop_all()
             subprocess.run(["umount", "-l", str(recordings)], check=False)
 
 

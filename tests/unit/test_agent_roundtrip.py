@@ -1,141 +1,64 @@
 """A spoken round trip on loopback: livekit-server + speech server + worker + rtc client.
 
-Real processes, no mocks. Needs the livekit-server binary the local environment builds
-(LIVEKIT_SERVER_BIN, default /var/cache/voicestack/go/bin/server); `make test` builds it.
+Real processes, no mocks (tests/voice_stack.py). Needs the livekit-server binary the local
+environment builds (LIVEKIT_SERVER_BIN, else `python -m infra.local livekit-bin`); `make test` sets it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import time
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 from livekit import api
 
 from agent.roundtrip import BargeIn, HttpSpeech, RoundTripResult, Turn, conversation, round_trip, voiced_span
 from agent.speech.responder import HELP
+from tests.conftest import free_port
+from tests.voice_stack import Processes, log_dir, running
 
-REPO = Path(__file__).resolve().parents[2]
-SERVER_BIN = os.environ.get("LIVEKIT_SERVER_BIN", "/var/cache/voicestack/go/bin/server")
 API_KEY, API_SECRET = "devkey", "roundtrip-secret-roundtrip-secret-0123456789"
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _livekit_server_present() -> None:
-    # Fail, never skip: `make test` provides it (python -m infra.local livekit-bin).
-    if not (Path(SERVER_BIN).is_file() or shutil.which(SERVER_BIN)):
-        pytest.fail(f"livekit-server not found at {SERVER_BIN}: set LIVEKIT_SERVER_BIN or run make test")
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str,
-               proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
-class Stack:
+class Stack(Processes):
     def __init__(self, logdir: Path) -> None:
-        self.logdir = logdir
-        self.procs: dict[str, subprocess.Popen] = {}
+        super().__init__(logdir)
         self.lk_port, self.speech_port, self.health_port = free_port(), free_port(), free_port()
         self.metrics_port = free_port()
         self.udp_port = free_port(socket.SOCK_DGRAM)
         self.url = f"ws://127.0.0.1:{self.lk_port}"
         self.speech_url = f"http://127.0.0.1:{self.speech_port}/v1"
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = open(self.logdir / f"{name}.log", "wb")
-        proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, **env},
-                                stdout=log, stderr=subprocess.STDOUT)
-        self.procs[name] = proc
-        return proc
-
     def start(self, agent_env: dict[str, str] | None = None,
               speech_env: dict[str, str] | None = None) -> None:
-        config = (
-            f"port: {self.lk_port}\nbind_addresses: [127.0.0.1]\n"
-            # As the deploy renders it: node_ip advertised, candidates only from that one address.
-            f"rtc: {{tcp_port: {free_port()}, udp_port: {self.udp_port}, "
-            "node_ip: 127.0.0.1, use_external_ip: false, ips: {includes: [127.0.0.1/32]}, "
-            "enable_loopback_candidate: true}\n"
-            f"keys: {{{API_KEY}: {API_SECRET}}}\nlogging: {{level: info}}\n"
-        )
-        lk = self.spawn("livekit", [SERVER_BIN, "--config-body", config], {})
-        speech = self.spawn("speech", [sys.executable, "-m", "agent.speech_server"],
-                            {"SPEECH_PORT": str(self.speech_port), **(speech_env or {})})
-        self.worker = self.spawn("worker", [sys.executable, "-m", "agent.worker"], {
+        # As the deploy renders it: node_ip advertised, candidates only from that one address.
+        self.livekit(self.lk_port, API_KEY, API_SECRET, udp_port=self.udp_port,
+                          rtc_extra=", ips: {includes: [127.0.0.1/32]}, enable_loopback_candidate: true")
+        self.speech(self.speech_port, speech_env)
+        self.worker = self.module("worker", "agent.worker", {
             "LIVEKIT_URL": self.url, "LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": API_SECRET,
             "STT_BASE_URL": self.speech_url, "LLM_BASE_URL": self.speech_url,
             "TTS_BASE_URL": self.speech_url, "AGENT_HEALTH_PORT": str(self.health_port),
             "AGENT_METRICS_PORT": str(self.metrics_port),
             "AGENT_NUM_IDLE_PROCESSES": "1", "AGENT_DRAIN_TIMEOUT": "10", **(agent_env or {}),
         })
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{self.lk_port}/"), 30, "livekit-server", lk)
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{self.speech_port}/health"), 60,
-                   "the speech server", speech)
-        wait_until(lambda: b"registered worker" in (self.logdir / "worker.log").read_bytes(),
-                   60, "the worker to register with livekit-server", self.worker)
-
-    def stop(self) -> None:
-        for proc in reversed(list(self.procs.values())):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self.wait_http("livekit", f"http://127.0.0.1:{self.lk_port}/", 30, "livekit-server")
+        self.wait_http("speech", f"http://127.0.0.1:{self.speech_port}/health", 60, "the speech server")
+        self.wait_registered("worker", 60)
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     # AGENT_ROUNDTRIP_LOGDIR keeps the three services' logs for a post-mortem.
-    keep = os.environ.get("AGENT_ROUNDTRIP_LOGDIR")
-    with tempfile.TemporaryDirectory(prefix="agent-roundtrip-") as tmp:
-        logdir = keep or tmp
-        Path(logdir).mkdir(parents=True, exist_ok=True)
-        running = Stack(Path(logdir))
-        try:
-            running.start()
-            yield running
-        except Exception:
-            for log in Path(logdir).glob("*.log"):
-                sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}\n")
-            raise
-        finally:
-            running.stop()
+    with log_dir("AGENT_ROUNDTRIP_LOGDIR", "agent-roundtrip-") as logdir:
+        running_stack = Stack(logdir)
+        with running(running_stack, running_stack.start):
+            yield running_stack
 
 
 def token(room: str, identity: str = "roundtrip-client") -> str:
@@ -190,7 +113,7 @@ def test_agent_roundtrip_conversation_answers_each_turn_with_its_breakdown(stack
         # The worker's own breakdown of the turn reached the client.
         assert {"end_of_turn", "transcription", "llm_ttft", "tts_ttfb", "e2e"} <= set(turn.agent_metrics)
         assert 0 < turn.agent_metrics["e2e"] < turn.latency_s + 0.5
-    assert (stack.logdir / "worker.log").read_text().count("turn metrics: ") >= 2
+    assert stack.log("worker").count("turn metrics: ") >= 2
     with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5) as resp:
         exposed = resp.read().decode()
     assert 'voicestack_agent_turn_stage_seconds_count{stage="e2e"}' in exposed
@@ -236,4 +159,4 @@ def test_agent_roundtrip_reports_the_ice_candidates_the_client_saw(stack: Stack)
 def test_agent_roundtrip_worker_drains_and_exits_on_sigterm(stack: Stack) -> None:
     stack.worker.send_signal(signal.SIGTERM)
     assert stack.worker.wait(timeout=30) == 0
-    assert b"draining worker" in (stack.logdir / "worker.log").read_bytes()
+    assert "draining worker" in stack.log("worker")

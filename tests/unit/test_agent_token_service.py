@@ -10,12 +10,9 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import socket
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import jwt
@@ -26,32 +23,18 @@ from livekit import api
 from agent.token_policy import RECORDING_ATTRIBUTE
 from agent.token_service import Buckets, ConfigError, ServiceConfig, TokenBucket, _networks, client_address, create_app
 from agent.tokens import mint
-from tests.unit.test_agent_roundtrip import SERVER_BIN, free_port, http_ok, wait_until
+from tests.conftest import LOOPBACK_KEY, LOOPBACK_SECRET, LiveKit, free_port
 
 REPO = Path(__file__).resolve().parents[2]
-KEY, SECRET = "APItestkey", "s" * 40
+KEY, SECRET = LOOPBACK_KEY, LOOPBACK_SECRET  # the conftest livekit_server's pair
 TOKEN_KEY = "k" * 32
 AUTH = {"Authorization": f"Bearer {TOKEN_KEY}"}
 
 
 @pytest.fixture(scope="module")
-def livekit_url() -> Iterator[str]:
+def livekit_url(livekit_server: LiveKit) -> str:
     """A real livekit-server on loopback, for the RoomService checks and for joining with the tokens."""
-    if not Path(SERVER_BIN).is_file():
-        pytest.fail(f"livekit-server not found at {SERVER_BIN}: set LIVEKIT_SERVER_BIN or run make test")
-    port = free_port()
-    config = (f"port: {port}\nbind_addresses: [127.0.0.1]\n"
-              f"rtc: {{tcp_port: {free_port()}, udp_port: {free_port(socket.SOCK_DGRAM)}, "
-              "node_ip: 127.0.0.1, use_external_ip: false}\n"
-              f"keys: {{{KEY}: {SECRET}}}\nlogging: {{level: warn}}\n")
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([SERVER_BIN, "--config-body", config], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/"), 30, "livekit-server", proc)
-            yield f"ws://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
+    return livekit_server.ws_url
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.browser.loopback import API_KEY, LoopbackStack, http_ok, wait_until
+from tests.browser.loopback import API_KEY, LoopbackStack
 from tests.browser.voice_page import (
     CHROMIUM,
     Target,
@@ -42,6 +42,8 @@ from tests.browser.voice_page import (
     transcript,
     wait_for_segment,
 )
+from tests.conftest import free_port
+from tests.voice_stack import AGENT_PY, Processes, log_dir, running
 
 REPO = Path(__file__).resolve().parents[2]
 PHRASE = "turn on the lights"
@@ -89,20 +91,10 @@ def stack(page_root: Path) -> Iterator[LoopbackStack | None]:
     if Target.from_env():
         yield None
         return
-    keep = os.environ.get("VOICESTACK_CALL_LOGDIR")
-    with tempfile.TemporaryDirectory(prefix="browser-call-") as tmp:
-        logdir = Path(keep or tmp)
-        logdir.mkdir(parents=True, exist_ok=True)
-        running = LoopbackStack(logdir)
-        try:
-            running.start(page_root)
-            yield running
-        except Exception:
-            for log in logdir.glob("*.log"):
-                sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}\n")
-            raise
-        finally:
-            running.stop()
+    with log_dir("VOICESTACK_CALL_LOGDIR", "browser-call-") as logdir:
+        stack = LoopbackStack(logdir)
+        with running(stack, lambda: stack.start(page_root)):
+            yield stack
 
 
 @pytest.fixture(scope="module")
@@ -111,17 +103,13 @@ def speech_url(stack: LoopbackStack | None) -> Iterator[str]:
     if stack is not None:
         yield stack.speech_url
         return
-    from tests.browser.loopback import AGENT_PY, free_port
     port = free_port()
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([AGENT_PY, "-m", "agent.speech_server"], cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT, env={**os.environ, "SPEECH_PORT": str(port)})
-        try:
-            wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), 90, "the speech server", proc)
+    with tempfile.TemporaryDirectory(prefix="browser-call-speech-") as tmp:
+        procs = Processes(Path(tmp), python=AGENT_PY)
+        procs.speech(port)
+        with running(procs, lambda: procs.wait_http("speech", f"http://127.0.0.1:{port}/health", 90,
+                                                    "the speech server")):
             yield f"http://127.0.0.1:{port}/v1"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
 
 
 def target_for(stack: LoopbackStack | None, prefix: str = "/call/") -> Target:

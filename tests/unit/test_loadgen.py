@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -27,52 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.capacity import build  # noqa: E402
+from tests.conftest import LOOPBACK_KEY, LOOPBACK_SECRET, LiveKit  # noqa: E402
 
-API_KEY = "loadgen-test"
-API_SECRET = "loadgen-test-secret-0123456789abcdef"
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_binary() -> str:
-    found = os.environ.get("LIVEKIT_SERVER_BIN")
-    if found:
-        return found
-    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "infra.local", "livekit-bin"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, f"no livekit-server: python -m infra.local livekit-bin failed: {proc.stderr[-1000:]}"
-    return proc.stdout.strip().splitlines()[-1]
+API_KEY, API_SECRET = LOOPBACK_KEY, LOOPBACK_SECRET  # the conftest livekit_server's pair
 
 
 @pytest.fixture(scope="module")
-def livekit() -> Iterator[str]:
-    port = free_port()
-    config = (f"port: {port}\nbind_addresses: [127.0.0.1]\n"
-              f"rtc: {{tcp_port: {free_port()}, udp_port: {free_port(socket.SOCK_DGRAM)}, "
-              "node_ip: 127.0.0.1, use_external_ip: false}\n"
-              f"keys: {{{API_KEY}: {API_SECRET}}}\nlogging: {{level: warn}}\n")
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([server_binary(), "--config-body", config], stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"livekit-server did not answer on :{port}: {log.read()[-1500:]!r}")
-            time.sleep(0.1)
-        try:
-            yield f"ws://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+def livekit(livekit_server: LiveKit) -> str:
+    return livekit_server.ws_url
 
 
 @pytest.fixture(scope="module")
