@@ -10,14 +10,13 @@ Two CAs are involved:
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
 import os
 import ssl
 import urllib.request
 from pathlib import Path
 
-from infra.local import host
+from infra.local import host, tls
 from infra.local.names import ACME_MGMT_PORT, ACME_PORT, DNS_PORT, EnvNames
 
 VALIDITY_S = 90 * 24 * 3600  # like Let's Encrypt: a ">= 14 days left" check passes
@@ -35,47 +34,18 @@ def directory_url(names: EnvNames) -> str:
 
 
 def _server_certs(names: EnvNames, domain: str) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     p = paths(names)
     if p["cert"].exists() and p["key"].exists() and p["server_ca"].exists():
         return
     p["dir"].mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"voicestack {names.env} ACME server CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now)
-          .not_valid_after(now + dt.timedelta(days=3650))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"acme.{domain}")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=3650))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName(f"acme.{domain}"), x509.DNSName("localhost"),
-                x509.IPAddress(ipaddress.ip_address(names.gateway)),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    nopass = serialization.NoEncryption()
-    fmt = serialization.PrivateFormat.PKCS8
-    for path, data in ((p["server_ca_key"], ca_key.private_bytes(pem, fmt, nopass)),
-                       (p["key"], key.private_bytes(pem, fmt, nopass))):
+    issued = tls.issue(f"voicestack {names.env} ACME server CA", f"acme.{domain}", dt.timedelta(days=3650),
+                       dns=(f"acme.{domain}", "localhost"), ips=(names.gateway, "127.0.0.1"))
+    for path, data in ((p["server_ca_key"], issued.ca_key), (p["key"], issued.key)):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-    p["server_ca"].write_bytes(ca.public_bytes(pem))
-    p["cert"].write_bytes(leaf.public_bytes(pem))
+    p["server_ca"].write_bytes(issued.ca)
+    p["cert"].write_bytes(issued.cert)
 
 
 def server_ca(names: EnvNames, domain: str) -> Path:
