@@ -179,3 +179,59 @@ def diagnostics(page: Page) -> dict[str, Any]:
         userPeak: Number(document.querySelector('#level-user').dataset.peak),
         agentPeak: Number(document.querySelector('#level-agent').dataset.peak),
         agentLevel: Number(document.querySelector('#level-agent').dataset.level) })""")
+
+
+# ---- one call, as a person makes it ------------------------------------------------------------
+
+#: What the fake microphone says in a call; converse() and check_call() know its answer.
+PHRASE = "turn on the lights"
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a person saw and heard in one call through the page."""
+    greeting: str        # the agent's first final transcript line
+    heard: str           # what the page shows the agent heard of PHRASE
+    answer: str          # the agent's answer to it
+    recorded: bytes      # the agent's audio as the page played it, from the greeting on (WebM/Opus)
+
+
+def converse(page: Page, timeout_s: float) -> Call:
+    """Connect; wait for the greeting, for PHRASE (the fake microphone's file) to be heard, for the
+    answer and for the agent to listen again; timeout_s is the deadline of each of these."""
+    page.click("#connect")
+    greeting = wait_for_segment(page, "agent", "assistant", timeout_s=timeout_s)
+    wait_for_agent_audio(page, timeout_s=timeout_s)
+    start_agent_recording(page)
+    heard = wait_for_segment(page, "user", "light", timeout_s=timeout_s)
+    after = len(transcript(page)) - 1
+    answer = wait_for_segment(page, "agent", "lights", timeout_s=timeout_s, after=after)
+    page.wait_for_function("() => document.querySelector('#agent-state').dataset.state === 'listening'",
+                           timeout=timeout_s * 1000)
+    return Call(greeting, heard, answer, stop_agent_recording(page))
+
+
+def hang_up(page: Page) -> None:
+    page.click("#connect")   # the same button disconnects
+    page.wait_for_function("() => document.querySelector('main').dataset.state === 'idle'", timeout=15_000)
+
+
+def check_call(call: Call, spoken: str, diag: dict[str, Any], screenshot: Path) -> None:
+    """Print the call's figures and transcripts; assert it went as a person hears it.
+
+    spoken: call.recorded transcribed; diag: diagnostics() at the end of the call.
+    """
+    timings = diag["timings"]
+    print(f"\npage load -> agent greeting (final transcript): {timings['greeting'] / 1000:.2f} s; "
+          f"-> first agent audio: {timings['agentAudio'] / 1000:.2f} s; connect -> agent joined: "
+          f"{(timings['agentJoined'] - timings['connected']) / 1000:.2f} s")
+    print(f"greeting: {call.greeting!r}; heard: {call.heard!r}; answer: {call.answer!r}; "
+          f"answer audio transcribed: {spoken!r}; peaks user {diag['userPeak']:.3f} agent {diag['agentPeak']:.3f}; "
+          f"screenshot {screenshot}")
+    assert "voice assistant" in call.greeting.lower()
+    assert "light" in call.heard.lower()
+    assert "turned on the lights" in call.answer.lower()
+    # The agent's audio track really carried the answer: what the page played, transcribed.
+    assert "lights" in spoken.lower(), f"the recorded agent audio transcribes as {spoken!r}"
+    assert diag["agentPeak"] > 0.01 and diag["userPeak"] > 0.01, diag
+    assert diag["errors"] == [], diag["errors"]

@@ -28,7 +28,6 @@ from tests.e2e import envs
 
 ENV = "e2eedge"
 ROOT = Path(__file__).resolve().parents[2]
-PHRASE = "turn on the lights"
 SCREENSHOT = Path(os.environ.get("VOICESTACK_CALL_SCREENSHOT") or ROOT / "build" / "edge-call.png")
 STORAGE_MARKER = "/var/lib/caddy/.local/share/caddy/voicestack-e2e-kept"
 
@@ -138,73 +137,41 @@ def speech(ctx: Any, path: str, args: str, data: bytes) -> bytes:
 
 
 def test_a_person_calls_the_agent_from_the_page_in_chromium(env) -> None:
-    from tests.browser.voice_page import (
-        Target,
-        chromium,
-        diagnostics,
-        open_page,
-        padded_wav,
-        start_agent_recording,
-        stop_agent_recording,
-        transcript,
-        wait_for_agent_audio,
-        wait_for_segment,
-    )
+    from tests.browser import voice_page  # Playwright: only this test needs it
+
     ctx, out = env
     cfg = out.spec.config
     wav = speech(ctx, "/audio/speech", "-H 'Content-Type: application/json' --data-binary @-",
-                 json.dumps({"input": PHRASE, "response_format": "wav"}).encode())
+                 json.dumps({"input": voice_page.PHRASE, "response_format": "wav"}).encode())
     # The phrase is what the agent will hear (and the first transcription warms the node's STT).
     check = speech(ctx, "/audio/transcriptions", "-F 'file=@-;filename=phrase.wav' -F response_format=text", wav)
     assert "light" in check.decode().lower(), check
     phrase = Path(ctx.names.state_dir / "phrase.wav")
     # The fake microphone plays the file once from the moment the page opens it (Connect): 20 s of
     # silence first, so the agent has joined and finished its greeting even on a busy machine.
-    phrase.write_bytes(padded_wav(wav, lead_s=20.0, tail_s=3.0))
-    target = Target(url=out.spec.call_url, ca_bundle=out.ca_bundle, netns=out.client_netns, username=cfg.call_user,
-                    password=out.call_password)
-    with chromium(target, audio_file=phrase) as browser:
-        page, console = open_page(browser, target)
+    phrase.write_bytes(voice_page.padded_wav(wav, lead_s=20.0, tail_s=3.0))
+    target = voice_page.Target(url=out.spec.call_url, ca_bundle=out.ca_bundle, netns=out.client_netns,
+                               username=cfg.call_user, password=out.call_password)
+    with voice_page.chromium(target, audio_file=phrase) as browser:
+        page, console = voice_page.open_page(browser, target)
         try:
-            page.click("#connect")
             # Deadlines, not durations: generous for a shared 2-core machine.
-            greeting = wait_for_segment(page, "agent", "assistant", timeout_s=120)
-            wait_for_agent_audio(page, timeout_s=120)
-            start_agent_recording(page)
-            heard = wait_for_segment(page, "user", "light", timeout_s=150)
-            after = len(transcript(page)) - 1
-            answer = wait_for_segment(page, "agent", "lights", timeout_s=150, after=after)
-            page.wait_for_function("() => document.querySelector('#agent-state').dataset.state === 'listening'",
-                                   timeout=60_000)
-            recorded = stop_agent_recording(page)
+            call = voice_page.converse(page, timeout_s=150)
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
-            diag = diagnostics(page)
-            page.click("#connect")   # disconnect
-            page.wait_for_function("() => document.querySelector('main').dataset.state === 'idle'", timeout=15_000)
+            diag = voice_page.diagnostics(page)
+            voice_page.hang_up(page)
         except Exception:
             sys.stderr.write("--- browser console\n" + "\n".join(c[:400] for c in console[-60:]) + "\n")
-            sys.stderr.write(f"--- page\n{diagnostics(page)}\n--- node: voicestack-agent\n")
+            sys.stderr.write(f"--- page\n{voice_page.diagnostics(page)}\n--- node: voicestack-agent\n")
             sys.stderr.write(ssh(ctx, "journalctl -u voicestack-agent -n 60 --no-pager").decode(errors="replace"))
             raise
     spoken = speech(ctx, "/audio/transcriptions", "-F 'file=@-;filename=agent.webm' -F response_format=text",
-                    recorded).decode().strip()
+                    call.recorded).decode().strip()
     build = json.loads(ssh(ctx, "cat /srv/voicestack/web/current/BUILD.json"))["files"]
-    timings = diag["timings"]
-    print(f"\npage load -> agent greeting (final transcript): {timings['greeting'] / 1000:.2f} s; "
-          f"-> first agent audio: {timings['agentAudio'] / 1000:.2f} s; connect -> agent joined: "
-          f"{(timings['agentJoined'] - timings['connected']) / 1000:.2f} s")
     print(f"bundle: app.js {build['app.js']['bytes']} B ({build['app.js']['gzip_bytes']} B gzip), "
           f"app.css {build['app.css']['bytes']} B, index.html {build['index.html']['bytes']} B")
-    print(f"greeting: {greeting!r}; heard: {heard!r}; answer: {answer!r}; answer audio transcribed: {spoken!r}; "
-          f"peaks user {diag['userPeak']:.3f} agent {diag['agentPeak']:.3f}; screenshot {SCREENSHOT}")
-    assert "voice assistant" in greeting.lower()
-    assert "light" in heard.lower()
-    assert "turned on the lights" in answer.lower()
-    # The agent's audio track really carried the answer: what the page played, transcribed.
-    assert "lights" in spoken.lower(), f"the recorded agent audio transcribes as {spoken!r}"
-    assert diag["agentPeak"] > 0.01 and diag["userPeak"] > 0.01, diag
-    assert diag["errors"] == [], diag["errors"]
+    voice_page.check_call(call, spoken, diag, SCREENSHOT)
     # The page works under its Content-Security-Policy: the browser reported no violation.
     assert not [line for line in console if "Content Security Policy" in line], console
 

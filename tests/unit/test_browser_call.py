@@ -16,6 +16,7 @@ Needs Debian's chromium (scripts/install_host_deps.sh) and npm (web/build.py bui
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -28,25 +29,26 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from playwright.sync_api import Page
 
 from tests.browser.loopback import API_KEY, LoopbackStack
 from tests.browser.voice_page import (
     CHROMIUM,
+    PHRASE,
     Target,
+    check_call,
     chromium,
+    converse,
     diagnostics,
+    hang_up,
     open_page,
     padded_wav,
-    start_agent_recording,
-    stop_agent_recording,
-    transcript,
     wait_for_segment,
 )
 from tests.conftest import free_port
 from tests.voice_stack import AGENT_PY, Processes, log_dir, running
 
 REPO = Path(__file__).resolve().parents[2]
-PHRASE = "turn on the lights"
 SCREENSHOT = Path(os.environ.get("VOICESTACK_CALL_SCREENSHOT") or REPO / "build" / "browser-call.png")
 
 
@@ -139,15 +141,7 @@ def test_browser_call_greets_hears_the_phrase_and_answers(stack: LoopbackStack |
     with chromium(target, audio_file=wav) as browser:
         page, console = open_page(browser, target)
         try:
-            page.click("#connect")
-            greeting = wait_for_segment(page, "agent", "assistant", timeout_s=60)
-            start_agent_recording(page)
-            heard = wait_for_segment(page, "user", "light", timeout_s=60)
-            after = len(transcript(page)) - 1
-            answer = wait_for_segment(page, "agent", "lights", timeout_s=60, after=after)
-            page.wait_for_function("() => document.querySelector('#agent-state').dataset.state === 'listening'",
-                                   timeout=30_000)
-            recorded = stop_agent_recording(page)
+            call = converse(page, timeout_s=60)
             if stack is not None:
                 # The stack marks the call as recorded: the page must say so.
                 # (in a thread: Playwright's sync API already runs an event loop in this one)
@@ -159,25 +153,11 @@ def test_browser_call_greets_hears_the_phrase_and_answers(stack: LoopbackStack |
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
             diag = diagnostics(page)
-            page.click("#connect")   # disconnect
-            page.wait_for_function("() => document.querySelector('main').dataset.state === 'idle'", timeout=15_000)
+            hang_up(page)
         except Exception:
             sys.stderr.write("--- browser console\n" + "\n".join(console[-60:]) + "\n")
             raise
-    spoken = transcribe(speech_url, recorded)
-    timings = diag["timings"]
-    print(f"\npage load -> agent greeting (final transcript): {timings['greeting'] / 1000:.2f} s; "
-          f"-> first agent audio: {timings['agentAudio'] / 1000:.2f} s; connect -> agent joined: "
-          f"{(timings['agentJoined'] - timings['connected']) / 1000:.2f} s")
-    print(f"greeting: {greeting!r}; heard: {heard!r}; answer: {answer!r}; answer audio transcribed: {spoken!r}; "
-          f"peaks user {diag['userPeak']:.3f} agent {diag['agentPeak']:.3f}; screenshot {SCREENSHOT}")
-    assert "voice assistant" in greeting.lower()
-    assert "light" in heard.lower()
-    assert "turned on the lights" in answer.lower()
-    # The agent's audio track really carried the answer: what the page played, transcribed.
-    assert "lights" in spoken.lower(), f"the recorded agent audio transcribes as {spoken!r}"
-    assert diag["agentPeak"] > 0.01 and diag["userPeak"] > 0.01, diag
-    assert diag["errors"] == [], diag["errors"]
+    check_call(call, transcribe(speech_url, call.recorded), diag, SCREENSHOT)
     if stack is not None:
         assert diag["recordingShown"]
 
@@ -189,41 +169,43 @@ def loopback(stack: LoopbackStack | None) -> LoopbackStack:
     return stack
 
 
+@contextlib.contextmanager
+def connected(loopback: LoopbackStack, prefix: str = "/call/", query: str = "",
+              allow_microphone: bool = True) -> Iterator[Page]:
+    """The page under `prefix` of the loopback stack (no microphone file), Connect clicked."""
+    target = target_for(loopback, prefix)
+    with chromium(target, audio_file=None, allow_microphone=allow_microphone) as browser:
+        page, _ = open_page(browser, target, url=target.url + query)
+        page.click("#connect")
+        yield page
+
+
+def wait_for_message(page: Page, text: str, timeout_s: float) -> str:
+    """The page's message once it contains `text`."""
+    page.wait_for_function("(text) => document.querySelector('#message').textContent.includes(text)", arg=text,
+                           timeout=timeout_s * 1000)
+    return diagnostics(page)["message"]
+
+
 @pytest.mark.loopback_stack
 def test_browser_call_explains_a_denied_microphone(loopback: LoopbackStack) -> None:
-    target = target_for(loopback)
-    with chromium(target, audio_file=None, allow_microphone=False) as browser:
-        page, _ = open_page(browser, target)
-        page.click("#connect")
-        page.wait_for_function("() => document.querySelector('#message').textContent.includes('denied')",
-                               timeout=30_000)
-        diag = diagnostics(page)
-        assert "Allow the microphone" in diag["message"]
+    with connected(loopback, allow_microphone=False) as page:
+        assert "Allow the microphone" in wait_for_message(page, "denied", 30)
         assert page.get_attribute("#mic", "aria-pressed") == "false"
-        assert diag["room"]   # still in the call: the user can listen
+        assert diagnostics(page)["room"]   # still in the call: the user can listen
 
 
 @pytest.mark.loopback_stack
 def test_browser_call_explains_a_failed_connection(loopback: LoopbackStack) -> None:
-    target = target_for(loopback, "/nolk/call/")
-    with chromium(target, audio_file=None) as browser:
-        page, _ = open_page(browser, target)
-        page.click("#connect")
-        page.wait_for_function("() => document.querySelector('#message').textContent.includes('Could not connect')",
-                               timeout=60_000)
-        assert "server may be down" in diagnostics(page)["message"]
+    with connected(loopback, "/nolk/call/") as page:
+        assert "server may be down" in wait_for_message(page, "Could not connect", 60)
         assert page.text_content("#connect") == "Connect"
 
 
 @pytest.mark.loopback_stack
 def test_browser_call_explains_when_no_agent_joins(loopback: LoopbackStack) -> None:
-    target = target_for(loopback, "/noagent/call/")
-    with chromium(target, audio_file=None) as browser:
-        page, _ = open_page(browser, target, url=target.url + "?agent_timeout=3")
-        page.click("#connect")
-        page.wait_for_function("() => document.querySelector('#message').textContent.includes('No agent joined')",
-                               timeout=30_000)
-        assert "within 3 s" in diagnostics(page)["message"]
+    with connected(loopback, "/noagent/call/", query="?agent_timeout=3") as page:
+        assert "within 3 s" in wait_for_message(page, "No agent joined", 30)
 
 
 def _https_page(root: Path, tmp: Path) -> tuple[str, Path, "object"]:
@@ -272,10 +254,7 @@ def test_browser_call_target_trusts_exactly_the_given_ca(page_root: Path, tmp_pa
 @pytest.mark.loopback_stack
 def test_browser_call_public_demo_mode_needs_no_key(loopback: LoopbackStack) -> None:
     """Public mode: the page gets a keyless token for a fresh server-chosen room, and the agent greets."""
-    target = target_for(loopback, "/demo/call/")
-    with chromium(target, audio_file=None) as browser:
-        page, _ = open_page(browser, target)
-        page.click("#connect")
+    with connected(loopback, "/demo/call/") as page:
         greeting = wait_for_segment(page, "agent", "assistant", timeout_s=60)
         diag = diagnostics(page)
         page.click("#connect")
