@@ -90,15 +90,6 @@ def test_cluster_nodes_reach_redis_the_relay_range_and_livekit_media_of_each_oth
         assert (port.protocol, str(port.start) if port.start == port.end else f"{port.start}-{port.end}") in allowed, name
 
 
-@pytest.mark.parametrize("index", range(len(spec_for(CLUSTER).node_firewall)))
-def test_node_to_node_comparison_fails_when_any_rule_is_missing(index):
-    spec, run = spec_for(CLUSTER), run_stack(CLUSTER)
-    actual = node_to_node(run)
-    del actual[index]
-    with pytest.raises(AssertionError, match="missing"):
-        assert_same(expected_node_rules(spec, run), actual, "node-to-node rules")
-
-
 def test_outbound_allows_all_egress_because_digitalocean_denies_it_otherwise(shape):
     _, run = shape
     outbound = {(r["protocol"], r.get("portRange"), tuple(r["destinationAddresses"]))
@@ -208,13 +199,22 @@ def test_invalid_config_creates_nothing():
     assert harness.LAST["mocks"].registered == []
 
 
-@pytest.mark.parametrize("index", range(len(spec_for(CLUSTER).cloud_firewall)))
-def test_inbound_comparison_fails_when_any_rule_is_missing(index):
+#: Both rule sets of the one firewall: (what the spec asks for, what the program declared).
+RULE_SETS = {"inbound rules": (lambda spec, _run: expected_rules(spec), inbound),
+             "node-to-node rules": (expected_node_rules, node_to_node)}
+MISSING_CASES = [(what, i) for what, n in (("inbound rules", len(spec_for(CLUSTER).cloud_firewall)),
+                                           ("node-to-node rules", len(spec_for(CLUSTER).node_firewall)))
+                 for i in range(n)]
+
+
+@pytest.mark.parametrize(("what", "index"), MISSING_CASES, ids=[f"{w.split()[0]}-{i}" for w, i in MISSING_CASES])
+def test_rule_comparison_fails_when_any_rule_is_missing(what, index):
     spec, run = spec_for(CLUSTER), run_stack(CLUSTER)
-    actual = inbound(run)
+    expected, declared = RULE_SETS[what]
+    actual = declared(run)
     del actual[index]
     with pytest.raises(AssertionError, match="missing"):
-        assert_same(expected_rules(spec), actual, "inbound rules")
+        assert_same(expected(spec, run), actual, what)
 
 
 @pytest.mark.parametrize("index", range(len(spec_for(CLUSTER).dns_records)))
