@@ -14,7 +14,7 @@ CONFIG_ARG = $(if $(CONFIG),--config "$(CONFIG)")
 ROOM ?= voice-test
 USER_ID ?=
 
-.PHONY: help up down deploy verify validate preflight shell test test-unit test-e2e test-browser lint bench token deps venv
+.PHONY: prereqs help up down deploy verify validate preflight shell test test-unit test-e2e test-browser lint bench token deps venv
 
 help:
 	@echo "make up [ENV=local|<stack>] [CONFIG=<stack file>]   validate, provision, deploy, verify, summary"
@@ -41,7 +41,7 @@ $(AGENT_STAMP): agent/requirements.txt
 
 # Host packages the local environment and the tests use (Debian names).
 deps:
-	@scripts/install_host_deps.sh
+	@$(if $(DEPS_DONE),true,scripts/install_host_deps.sh)
 
 validate: $(VENV_STAMP)
 	@test -n "$(CONFIG)" || { echo "usage: make validate CONFIG=Pulumi.<stack>.yaml" >&2; exit 2; }
@@ -50,7 +50,12 @@ validate: $(VENV_STAMP)
 token: $(VENV_STAMP)
 	@ENV=$(ENV) scripts/generate_livekit_token.sh "$(ROOM)" $(USER_ID)
 
-up: $(VENV_STAMP) $(AGENT_STAMP) deps
+# The two venvs and the host packages do not depend on each other: on a fresh machine they are
+# installed side by side (pip downloads, apt-get), each printing its own "==>" lines.
+prereqs:
+	@$(MAKE) --no-print-directory -j3 --output-sync=line $(VENV_STAMP) $(AGENT_STAMP) deps
+
+up: prereqs
 	@$(PY) -m infra.up --env $(ENV) $(CONFIG_ARG)
 
 down: $(VENV_STAMP)
@@ -85,7 +90,8 @@ test-browser: $(VENV_STAMP) $(AGENT_STAMP)
 test-e2e: $(VENV_STAMP) deps
 	@$(PY) -m pytest tests/e2e
 
-test: deps lint test-unit test-e2e
+test: prereqs
+	@$(MAKE) --no-print-directory DEPS_DONE=1 lint test-unit test-e2e
 
 # Figures, not pass/fail: provisioning, speech backends, deploy/verify/voice-to-voice latency.
 bench: $(VENV_STAMP) $(AGENT_STAMP) deps

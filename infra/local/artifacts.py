@@ -14,14 +14,13 @@ import hashlib
 import io
 import os
 import shlex
-import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from infra.local import host
+from infra.local import background, host
 from infra.local.names import CACHE, HTTP_PORT, EnvNames
 
 GO = CACHE / "go"
@@ -147,8 +146,7 @@ def _release_tarball(release: GoRelease, version: str, log: Path,
         cmd = [host.which("go") or "go", "install", *flags, f"{release.package}@v{version}"]
         say(f"building {release.name} v{version} from the Go module proxy ({release.first_build} the first time; "
             f"cached afterwards); log: {log}")
-        with open(log, "w") as out:
-            rc = subprocess.run(cmd, env=go_env(), stdout=out, stderr=subprocess.STDOUT).returncode
+        rc = background.run_logged(cmd, log, f"building {release.name} v{version}", say, env=go_env())
         if rc != 0 or _binary_version(binary, release.module, flags, release.reports_version) != version:
             raise host.LocalEnvError(f"failed to build {release.name} v{version}: "
                                      f"CGO_ENABLED=0 GOFLAGS=-trimpath {shlex.join(cmd)} exited {rc}; see {log}")

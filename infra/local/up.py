@@ -18,6 +18,7 @@ from infra.local import (
     acme,
     aptproxy,
     artifacts,
+    background,
     dns,
     down,
     firewall,
@@ -54,6 +55,8 @@ class Context:
     reused_machines: int = 0
     #: Progress lines inside a long step (e.g. "building caddy ... log: ...").
     say: Callable[[str], None] = lambda _m: None
+    #: The cache builds started early (background_builds) and waited for by the steps that use them.
+    builds: background.Background | None = None
 
 
 # ---- steps -----------------------------------------------------------------------------------
@@ -150,11 +153,32 @@ def write_outputs(ctx: Context) -> str:
     return str(path)
 
 
+def _builds(ctx: Context) -> background.Background:
+    """The cache builds that depend on nothing else of the environment (started together)."""
+    if ctx.builds is None:
+        cfg = ctx.spec.config
+
+        def release(rel: artifacts.GoRelease, version: str) -> Callable[[], tuple[Path, str, bool]]:
+            return lambda: artifacts.release_tarball(rel, version, ctx.log_dir / f"go-install-{rel.name}.log",
+                                                     say=ctx.say)
+
+        ctx.builds = background.Background({
+            "livekit": release(artifacts.LIVEKIT, cfg.livekit_version),
+            "caddy": release(artifacts.CADDY, cfg.caddy_version),
+            "wheelhouse": lambda: wheelhouse.build(wheelhouse.read_checked_lock(REPO), ctx.log_dir / "pip-wheel.log",
+                                                   say=ctx.say),
+        }, say=ctx.say)
+    return ctx.builds
+
+
+def background_builds(ctx: Context) -> str:
+    return _builds(ctx).start() + " (they overlap the image and the machines)"
+
+
 def _artifact(ctx: Context, release: artifacts.GoRelease, version: str) -> str:
     """Build (or find) one pinned release, serve it, and record its override for the deploy."""
     url = artifacts.serve(ctx.names)
-    tarball, digest, built = artifacts.release_tarball(release, version, ctx.log_dir / f"go-install-{release.name}.log",
-                                                       say=ctx.say)
+    tarball, digest, built = _builds(ctx).result(release.name)
     ctx.artifacts[release.name] = {"version": version, "url": artifacts.publish(ctx.names, tarball, "artifacts"),
                                    release.algorithm: digest}
     return (f"{release.name} {version} {'built' if built else 'cached'}, {release.algorithm} {digest[:12]}…, "
@@ -170,8 +194,7 @@ def caddy_artifact(ctx: Context) -> str:
 
 
 def python_wheels(ctx: Context) -> str:
-    lock = wheelhouse.read_checked_lock(REPO)  # the hashed pins every node installs
-    wheel_dir, built = wheelhouse.build(lock, ctx.log_dir / "pip-wheel.log")
+    wheel_dir, built = _builds(ctx).result("wheelhouse")  # the hashed pins every node installs
     index, _find_links = wheelhouse.publish(ctx.names, wheel_dir)
     ctx.pip_index = index
     return f"{'built' if built else 'cached'} {wheel_dir} ({len(list(wheel_dir.glob('*.whl')))} wheels), index {index}"
@@ -181,6 +204,7 @@ def python_wheels(ctx: Context) -> str:
 # answer and again at the end with the artifact URLs.
 STEPS: list[tuple[str, Callable[[Context], str]]] = [
     ("check host", check_host),
+    ("background builds", background_builds),
     ("base image", base_image),
     ("networks", networks),
     ("cloud firewall", cloud_firewall),
@@ -234,8 +258,12 @@ def up(spec: specmod.EnvSpec, progress: steps.Progress | None = None, retain: bo
             progress.line("removing the half-made environment (pass --retain to keep it for debugging)")
             down.down(spec.env, progress=steps.Progress.quiet())
 
-    steps.run(progress, [(label, (lambda fn=fn: fn(ctx))) for label, fn in STEPS], errors=(host.LocalEnvError,),
-              on_failure=cleanup)
+    try:
+        steps.run(progress, [(label, (lambda fn=fn: fn(ctx))) for label, fn in STEPS], errors=(host.LocalEnvError,),
+                  on_failure=cleanup)
+    finally:
+        if ctx.builds is not None:
+            ctx.builds.close()
     for note in ctx.notes:
         progress.line(f"note: {note}")
     return ctx

@@ -25,8 +25,9 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from infra.local import artifacts, host
+from infra.local import artifacts, background, host
 from infra.local.names import CACHE, EnvNames
 
 WHEELS = CACHE / "wheelhouse"
@@ -189,13 +190,13 @@ def _pip(*args: str) -> list[str]:
     return [sys.executable, "-m", "pip", *args, "--quiet", "--no-input", "--disable-pip-version-check"]
 
 
-def build(lock: Path, log: Path) -> tuple[Path, bool]:
+def build(lock: Path, log: Path, say: Callable[[str], None] = lambda _m: None) -> tuple[Path, bool]:
     """(wheel directory, built now?) for the hashed requirements `lock` (one builder at a time)."""
     with host.cache_lock("wheelhouse"):
-        return _build(lock, log)
+        return _build(lock, log, say)
 
 
-def _build(lock: Path, log: Path) -> tuple[Path, bool]:
+def _build(lock: Path, log: Path, say: Callable[[str], None]) -> tuple[Path, bool]:
     digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
     target = WHEELS / digest
     if (target / ".complete").exists():
@@ -205,8 +206,8 @@ def _build(lock: Path, log: Path) -> tuple[Path, bool]:
     # pip checks every downloaded wheel against the lock's hashes; the host runs CPython 3.11 on
     # linux x86_64 like the machines, so the wheels fit them.
     cmd = _pip("wheel", "--require-hashes", "--only-binary", ":all:", "--no-deps", "-r", str(lock), "-w", str(target))
-    with open(log, "w") as out:
-        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+    say(f"downloading the hash-checked wheels of {lock.name} into {target}; log: {log}")
+    rc = background.run_logged(cmd, log, "wheelhouse", say)
     if rc != 0:
         tail = log.read_text(errors="replace")[-800:]
         raise host.LocalEnvError(f"failed to build the wheelhouse from {lock}: {' '.join(cmd)} exited {rc} "

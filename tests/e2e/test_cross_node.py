@@ -1,7 +1,7 @@
 """Three nodes behind the emulated 1:1 NAT: the cluster path where TURN and the room are on different nodes.
 
-One local environment of its own (`e2exnode`, `network: nat`, three nodes, Redis on node-1),
-provisioned and deployed once. The unchanged verify suite must pass. Then a call is forced
+The session's three-node cluster (tests/e2e/conftest.py: `e2ecluster`, `network: nat`, Redis
+and a Sentinel on every node), provisioned and deployed once. The unchanged verify suite must pass. Then a call is forced
 across nodes: the room is created on node-2 or node-3 (CreateRoom with the node's id, read
 from the node's own Prometheus metrics; the node's webhook log confirms it hosts the room),
 and the client may only use relay candidates of one TURN server, turn.<domain> on 443 over
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -21,18 +20,16 @@ from infra import outputs
 from infra.probes.roundtrip import round_trips, turn_tls
 from tests.e2e import envs, network
 
-ENV = "e2exnode"
-NODES = 3
+ENV = envs.CLUSTER_ENV
+NODES = envs.CLUSTER_NODES
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    config = envs.write_config(tmp_path_factory.mktemp(ENV) / f"Pulumi.{ENV}.yaml", {"network": "nat"})
-    yield envs.fresh_deployed(ENV, NODES, config=config, timeout=2400)
-    envs.down(ENV)
+def env(nat_cluster):
+    return nat_cluster
 
 
 def test_01_every_node_binds_its_interface_and_advertises_its_public_address(env) -> None:
