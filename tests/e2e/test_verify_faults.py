@@ -133,13 +133,14 @@ def test_04_untrusted_ca_fails_tls(env, tmp_path: Path) -> None:
 
 
 def test_05_certificate_for_wrong_name_fails_tls(env) -> None:
-    # A mis-routed SNI split: the LiveKit name now gets coturn's certificate (the TURN name's).
-    node(env, "sed -i 's/default caddy_https;/default turn_tls;/' /etc/nginx/nginx.conf && nginx -t && "
+    # A mis-routed SNI split: the LiveKit name now gets coturn's certificate (the TURN name's), through
+    # the hop that takes the PROXY header off (straight to coturn the header would break the handshake).
+    node(env, "sed -i 's/default caddy_https;/default turn_hop;/' /etc/nginx/nginx.conf && nginx -t && "
               "systemctl reload nginx")
     try:
         out = failed(verify("tls_01"))
     finally:
-        node(env, "sed -i 's/default turn_tls;/default caddy_https;/' /etc/nginx/nginx.conf && "
+        node(env, "sed -i 's/default turn_hop;/default caddy_https;/' /etc/nginx/nginx.conf && "
                   "systemctl reload nginx")
     assert "test_tls_01_certificates_valid[livekit]" in out
     assert "Hostname mismatch" in out or "does not name" in out
