@@ -44,8 +44,8 @@ EVENT_DEADLINE_S = 180   # recording end (10 s after the last person left) + tra
 pytestmark = pytest.mark.e2e
 
 
-def ssh(ctx: Any, command: str, timeout: float = 60) -> str:
-    proc = subprocess.run(machines.ssh_command(ctx.names, ctx.names.node_public_ip(0), command),
+def ssh(ctx: Any, command: str, timeout: float = 60, stdin: str | None = None) -> str:
+    proc = subprocess.run(machines.ssh_command(ctx.names, ctx.names.node_public_ip(0), command), input=stdin,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"on the node: {command}\n{proc.stderr[-2000:]}"
     return proc.stdout
@@ -205,21 +205,36 @@ def test_recording_finished_reaches_the_receiver_with_transcript_and_summary(env
     assert not any(i.get("bad_signature") for i in receiver.seen)
 
 
+#: Run on the node (python3 -): what the recording directory holds, as JSON.
+LISTING = """
+import json, os, pwd, sys
+def info(p):
+    st = os.stat(p)
+    return {"mode": st.st_mode & 0o777, "owner": pwd.getpwuid(st.st_uid).pw_name}
+d = os.path.join(sys.argv[1], sys.argv[2])
+print(json.dumps({"root": info(sys.argv[1]), "dir": info(d),
+                  "files": {n: info(os.path.join(d, n)) for n in os.listdir(d)},
+                  "transcript": json.load(open(os.path.join(d, "transcript.json"))),
+                  "summary": json.load(open(os.path.join(d, "summary.json")))}))
+"""
+
+
 def test_the_recording_directory_on_the_node_holds_tracks_transcript_and_summary(env, meeting) -> None:
     ctx, _out, _receiver = env
-    rid = meeting["event"]["recording_id"]
-    listing = ssh(ctx, f"cd {RECORDINGS}/{rid} && stat -c '%n %a %U' . * && stat -c '%a %U %G' {RECORDINGS} "
-                       f"&& python3 -c 'import json; print(json.load(open(\"transcript.json\"))[\"segments\"][0][\"speaker\"],"
-                       f" json.load(open(\"summary.json\"))[\"text\"][:60])'").splitlines()
-    files = {line.split()[0]: line.split()[1:] for line in listing[:-2]}
-    assert files["."][1] == "voicestack" and int(files["."][0], 8) & 0o027 == 0, listing
-    tracks = [n for n in files if n.endswith(".ogg") and n != "mix.ogg"]
-    assert len(tracks) == 3 and all(any(who in n for n in tracks) for who in ("alice", "bob", "carol")), tracks
-    assert {"manifest.json", "transcript.json", "summary.json", "mix.ogg"} <= set(files), listing
-    assert all(owner == "voicestack" and int(mode, 8) & 0o027 == 0 for mode, owner in files.values()), \
-        f"recording files must be the service user's only (no world access, no group write): {listing}"
-    assert listing[-2] == "750 voicestack voicestack", listing[-2]
-    assert listing[-1].split()[0] == "alice", listing[-1]
+    ev = meeting["event"]
+    got = json.loads(ssh(ctx, f"python3 - {RECORDINGS} {ev['recording_id']}", stdin=LISTING))
+    files = got["files"]
+    print(f"on the node: {RECORDINGS} {oct(got['root']['mode'])} {got['root']['owner']}, recording directory "
+          f"{oct(got['dir']['mode'])}, files {sorted((n, oct(f['mode'])) for n, f in files.items())}")
+    tracks = sorted(n for n in files if n.endswith(".ogg") and n != "mix.ogg")
+    assert tracks == sorted(f["name"] for f in ev["files"]) and len(tracks) == 3, tracks
+    assert all(any(who in n for n in tracks) for who in ("alice", "bob", "carol")), tracks
+    assert {"manifest.json", "transcript.json", "summary.json", "mix.ogg"} <= set(files), sorted(files)
+    # Personal data: the service user's only (no access for others, no writing for the group).
+    for name, f in {RECORDINGS: got["root"], ev["recording_id"]: got["dir"], **files}.items():
+        assert f["owner"] == "voicestack" and f["mode"] & 0o027 == 0, (name, oct(f["mode"]), f["owner"])
+    assert got["transcript"]["segments"] == ev["transcript"]["segments"]
+    assert got["summary"]["text"] == ev["summary"]["text"]
 
 
 def test_downloads_through_caddy_need_the_bearer_key(env, meeting) -> None:
