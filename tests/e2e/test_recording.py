@@ -258,4 +258,6 @@ def test_downloads_through_caddy_need_the_bearer_key(env, meeting) -> None:
     assert summary["status"] == 200 and summary["json"]["text"] == meeting["event"]["summary"]["text"]
     assert (one["status"], one["head"]) == (200, "OggS"), one
     assert (no_key["status"], wrong_key["status"]) == (401, 401), (no_key, wrong_key)
-    assert escape["status"] in (400, 404), escape
+    # Caddy cleans the path (/etc/passwd then matches only LiveKit's catch-all, which refuses it: 401);
+    # whatever answers, nothing outside the recordings directory is served.
+    assert escape["status"] in (400, 401, 404) and escape["head"] != "root", escape
