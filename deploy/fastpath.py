@@ -52,6 +52,8 @@ UNITS_BY_ROLE = {
     Role.REDIS: ("redis-server", "redis-sentinel"),
     Role.AGENT: ("voicestack-speech", "voicestack-agent", "voicestack-token", "voicestack-webhooks"),
 }
+#: Only on agent nodes of an environment that records (deploy/tasks/agent.py RECORDING_SERVICES).
+RECORDING_UNITS = ("voicestack-recorder", "voicestack-recordings")
 PACKAGES = ("openssh-server", "unattended-upgrades", "fail2ban", "nftables", "coturn", "nginx-light",
             "libnginx-mod-stream", "redis-server", "redis-sentinel", "python3-venv")
 
@@ -79,6 +81,8 @@ def units_for(out: outputsmod.Outputs, node: str) -> list[str]:
     for role, names in UNITS_BY_ROLE.items():
         if spec_node.has(role):
             units += [n for n in names if n != "nginx" or out.spec.sni_split]
+    if spec_node.has(Role.AGENT) and out.spec.recording:
+        units += RECORDING_UNITS
     return units
 
 

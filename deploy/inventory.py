@@ -14,7 +14,7 @@ from typing import Any
 from deploy import artifacts as artifactsmod
 from infra import config as configmod
 from infra import outputs as outputsmod
-from infra.secrets import redis_config_command, redis_password, redis_sentinel_password
+from infra.secrets import forward_secret, redis_config_command, redis_password, redis_sentinel_password
 from infra.spec import EnvSpec, Node, Role, Scope
 
 #: acmeCa -> ACME directory (acmeCa "local": the environment's own server, from the outputs).
@@ -40,6 +40,7 @@ class Secrets:
     call_password: str = ""   # basic auth of the private voice page (Caddy keeps only its bcrypt hash)
     redis_sentinel_password: str = ""   # the Sentinels' requirepass (clusters)
     redis_config_command: str = ""      # the secret name of Redis' CONFIG command (clusters)
+    forward_secret: str = ""            # FORWARD_SECRET: signs events forwarded to forwardUrl (n8n checks it)
 
     def __repr__(self) -> str:
         return "Secrets(<hidden>)"
@@ -154,7 +155,8 @@ def node_vars(out: outputsmod.Outputs) -> dict[str, NodeVars]:
     secrets = Secrets(out.api_key, out.api_secret, out.turn_secret, redis_password(out.api_secret),
                       token_key=out.token_key, call_password=out.call_password,
                       redis_sentinel_password=redis_sentinel_password(out.api_secret),
-                      redis_config_command=redis_config_command(out.api_secret))
+                      redis_config_command=redis_config_command(out.api_secret),
+                      forward_secret=forward_secret(out.api_secret))
 
     def private_ip(node: Node) -> str | None:
         return by_name[node.name].private_ip or node.private_ip

@@ -32,6 +32,8 @@ LOCAL_SPEECH_URL = "http://127.0.0.1:8000/v1"
 ACME_CAS = frozenset({"letsencrypt", "letsencrypt-staging", "local"})
 #: How a node's public address reaches it: on its interface, or mapped 1:1 by the cloud (AWS/GCP).
 NETWORK_MODELS = ("direct", "nat")
+#: Who records what (agent/recording_config.py POLICIES; a unit test holds the two together).
+RECORDING_POLICIES = ("off", "agent-calls", "rooms")
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _API_KEY = re.compile(r"^[A-Za-z0-9_-]{3,64}$")
@@ -139,6 +141,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ttsUrl", "str", "", "OpenAI-compatible text-to-speech API; empty = the node's offline backend"),
     Setting("agentName", "str", "", "Explicit agent dispatch name; empty = the agent joins every room"),
     Setting("agentWorkers", "int", 1, "Warm agent job processes per node", 1, 64),
+    Setting("recording", "str", "off", "off | agent-calls (each call with the voice agent, and rooms that ask) | "
+            "rooms (every room, one file per audio track); recordings, transcripts and summaries stay on the node"),
+    Setting("recordingRetentionDays", "int", 30, "Days a recording is kept on the node before it is deleted; "
+            "0 = forever", 0, 3650),
+    Setting("forwardUrl", "str", "", "Where the webhook receiver forwards LiveKit's events and recording_finished, "
+            "signed with forward_secret (e.g. an n8n webhook); empty = nothing is forwarded"),
     Setting("acmeCa", "str", "letsencrypt", "letsencrypt | letsencrypt-staging | local | https://<ACME directory>"),
     Setting("acmeEmail", "str", "", "Contact address for the ACME account"),
     Setting("livekitVersion", "str", "1.13.5", "livekit-server release; must be pinned in deploy/artifacts.json"),
@@ -220,6 +228,9 @@ class StackConfig:
     hosts: tuple[HostEntry, ...] = ()
     deploy_on_up: bool = False
     livekit_stop_timeout: int = 120
+    recording: str = "off"
+    recording_retention_days: int = 30
+    forward_url: str = ""
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -551,6 +562,23 @@ def _check_agent(v: V, c: _Checker) -> None:
         c.add("agentName", f"{v['agent_name']!r} must be letters, digits, '-' or '_'")
 
 
+_SHELL_SAFE_URL = re.compile(r"^[^\s\"'\\$`]*$")
+
+
+def _check_recording(v: V, c: _Checker) -> None:
+    policy = v["recording"].lower()
+    if policy == "false":
+        policy = "off"  # YAML 1.1 reads a bare `off` as false
+    v["recording"] = policy
+    if policy not in RECORDING_POLICIES:
+        c.add("recording", f"{policy!r} is not a recording policy; use one of {', '.join(RECORDING_POLICIES)}")
+    url = v["forward_url"]
+    if url and not (_URL.match(url) and _SHELL_SAFE_URL.match(url)):
+        # It reaches agent.env, which systemd reads back verbatim only without quotes, '$' or '\\'.
+        c.add("forwardUrl", f"{url!r} is not an http(s) URL without spaces, quotes, '$' or '\\'; "
+                            "use e.g. https://n8n.example.com/webhook/livekit")
+
+
 def _check_versions(v: V, c: _Checker) -> None:
     if not _VERSION.match(v["livekit_version"]):
         c.add("livekitVersion", f"{v['livekit_version']!r} is not a release number; use e.g. 1.13.5")
@@ -570,7 +598,8 @@ def _check_call(v: V, c: _Checker) -> None:
 
 CHECKS: tuple[Callable[[V, _Checker], None], ...] = (
     _check_provider, _check_names, _check_ssh, _check_network, _check_cluster, _check_ports, _check_urls,
-    _check_acme, _check_secrets, _check_hosts, _check_network_model, _check_agent, _check_versions, _check_call)
+    _check_acme, _check_secrets, _check_hosts, _check_network_model, _check_agent, _check_recording, _check_versions,
+    _check_call)
 
 
 def check(raw: Mapping[str, Any], env: str = "local") -> tuple[StackConfig, list[tuple[str, str]]]:

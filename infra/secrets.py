@@ -55,6 +55,12 @@ def derived(api_secret: str, purpose: str) -> str:
     return hmac.new(api_secret.encode(), f"voicestack/{purpose}".encode(), hashlib.sha256).hexdigest()
 
 
+def forward_secret(api_secret: str) -> str:
+    """FORWARD_SECRET: the key of the signatures on forwarded events (X-Voicestack-Signature), which
+    the receiver (n8n) checks; 64 hex characters. `Outputs.forward_secret` gives it to the operator."""
+    return derived(api_secret, "webhooks/forward-secret")
+
+
 def redis_password(api_secret: str) -> str:
     """Redis' requirepass (every node's LiveKit and Redis derive the same one)."""
     return derived(api_secret, "redis/requirepass")

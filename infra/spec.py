@@ -18,6 +18,8 @@ from infra.config import SecretValue, StackConfig
 WORLD = ("0.0.0.0/0", "::/0")
 #: Where Caddy serves the token endpoint (behind HTTPS on the LiveKit name).
 TOKEN_PATH = "/api/token"
+#: Where Caddy serves the recordings download API (agent/recordings_api.py) on the LiveKit name.
+RECORDINGS_PATH = "/api/recordings"
 #: Where Caddy serves the voice page (web/) on the LiveKit name; its token route is CALL_PATH + "token".
 CALL_PATH = "/call/"
 #: Redis Sentinel's port on every node of a cluster (Sentinel's well-known default, fixed like
@@ -183,6 +185,15 @@ class EnvSpec:
         return f"https://{self.config.livekit_host}{TOKEN_PATH}"
 
     @property
+    def recording(self) -> bool:
+        """Recording is on (any policy but off): the recorder and recordings services run."""
+        return self.config.recording != "off"
+
+    @property
+    def recordings_url(self) -> str:
+        return f"https://{self.config.livekit_host}{RECORDINGS_PATH}"
+
+    @property
     def call_url(self) -> str:
         """The voice page."""
         return f"https://{self.config.livekit_host}{CALL_PATH}"
@@ -288,6 +299,12 @@ def _ports(cfg: StackConfig, multi: bool) -> tuple[Port, ...]:
         P("token", "agent", "tcp", 8090, 8090, S.LOOPBACK, "token endpoint behind Caddy", R.AGENT),
         P("webhooks", "agent", "tcp", 8091, 8091, S.LOOPBACK, "LiveKit webhook receiver", R.AGENT),
     ]
+    if cfg.recording != "off":
+        ports += [
+            P("recordings", "agent", "tcp", 8092, 8092, S.LOOPBACK,
+              "recordings download API behind Caddy (/api/recordings)", R.AGENT),
+            P("recorder-health", "agent", "tcp", 8093, 8093, S.LOOPBACK, "meeting recorder worker health", R.AGENT),
+        ]
     if cfg.ice_mode == "range":
         ports.append(P("livekit-ice-udp", "livekit", "udp", cfg.ice_port_start, cfg.ice_port_end, S.PUBLIC,
                        "WebRTC media over UDP", R.LIVEKIT))

@@ -59,6 +59,13 @@ POLICIES: dict[str, Policy] = {
                                                     "processes (seconds of CPU)"),
     "voicestack-token.service": Policy("always", 2, "the token endpoint; a small aiohttp service"),
     "voicestack-webhooks.service": Policy("always", 2, "the webhook receiver; a small aiohttp service"),
+    # A recorder that dies mid-meeting leaves a partial recording (the recordings service reports
+    # it); the next start takes new rooms. It loads livekit-agents (seconds of CPU), like the worker.
+    "voicestack-recorder.service": Policy("always", 5, "the meeting recorder (recording != off); a start loads "
+                                                       "livekit-agents and warms a job process"),
+    "voicestack-recordings.service": Policy("always", 5, "transcripts, summaries and downloads of recordings; "
+                                                         "its queue is the recordings directory, so a restart "
+                                                         "resumes where it stopped"),
     # Type=oneshot allows only on-failure. The timer runs it hourly anyway; a failure (Caddy has no
     # certificate yet) is tried again a minute later instead of waiting an hour.
     "voicestack-turn-cert.service": Policy("on-failure", 60, "copies Caddy's renewed TURN certificate to "

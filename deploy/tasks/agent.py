@@ -11,6 +11,10 @@ Layout on a node with Role.AGENT:
   /opt/voicestack/agent/app/.code.sha256   digest of the uploaded code (a restart input)
   /etc/voicestack/agent.env                every setting and secret, 0600 root (systemd reads it)
   /etc/systemd/system/voicestack-{speech,agent,token,webhooks}.service   User=voicestack, sandboxed
+  /etc/systemd/system/voicestack-{recorder,recordings}.service  only with recording != off (removed
+                                           when it is switched off; the recordings stay on disk)
+  /var/lib/voicestack/recordings/          one directory per recording (recording != off), 0750 voicestack
+  /var/lib/voicestack/outbox/              events waiting for forwardUrl (forwardUrl set), 0750 voicestack
 
 A service restarts when its env file, unit, venv stamp or code stamp is newer than its start
 (_ops.service_current), so a second converge changes nothing and an interrupted one still
@@ -34,7 +38,7 @@ from pyinfra.operations.util import any_changed
 from deploy.inventory import DeployInputError, NodeVars
 from deploy.tasks._lifecycle import lifecycle
 from deploy.tasks._ops import install_packages, put_rendered, service_current
-from infra.spec import TOKEN_PATH, Role
+from infra.spec import RECORDINGS_PATH, TOKEN_PATH, Role
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,6 +69,13 @@ ENV_MODE = "600"         # secrets inside; systemd reads EnvironmentFile= as roo
 CACHE_NAME = "voicestack-agent"   # CacheDirectory=: /var/cache/voicestack-agent, owned by the service user
 CACHE_DIR = f"/var/cache/{CACHE_NAME}"
 UNIT_DIR = "/etc/systemd/system"
+#: The service user's state: root-owned so a service cannot touch the deploy's record in it
+#: (deploy/fastpath.py STATE_FILE); the group may enter it to reach its own directories.
+STATE_MODE = "750"
+RECORDINGS_DIR = f"{HOME}/recordings"   # RECORDINGS_DIR (agent/recording_config.py)
+OUTBOX_DIR = f"{HOME}/outbox"           # OUTBOX_DIR (agent/outbox.py)
+DATA_MODE = "750"        # recordings and transcripts are personal data: the service user only
+RECORDING_MIN_FREE_MB = 1024   # no recording starts, and a running one ends, below this much free disk
 DRAIN_SECONDS = 60       # AGENT_DRAIN_TIMEOUT: running conversations get this long on SIGTERM
 STOP_GRACE_SECONDS = 30  # systemd waits drain + this before SIGKILL
 READY_SECONDS = 180      # a cold start (imports, model load) on a 2-core node takes ~20 s
@@ -72,7 +83,7 @@ READY_SECONDS = 180      # a cold start (imports, model load) on a 2-core node t
 #: Modules of agent/ that run on the operator's machine only (they import infra/ or are clients).
 OPERATOR_ONLY = frozenset({"admin.py", "token_cli.py", "roundtrip.py", "roundtrip_cli.py", "callclient.py"})
 #: The worker has a template of its own (drain on stop); the others share voicestack-service.service.j2.
-OWN_TEMPLATE = frozenset({"voicestack-agent"})
+OWN_TEMPLATE = frozenset({"voicestack-agent", "voicestack-recorder"})
 
 # unit name (without .service) -> (module, description)
 SERVICES = {
@@ -81,6 +92,13 @@ SERVICES = {
     "voicestack-token": ("agent.token_service", "voicestack token endpoint (behind Caddy)"),
     "voicestack-webhooks": ("agent.webhooks", "voicestack LiveKit webhook receiver"),
 }
+#: Only with recording != off (infra/spec.py EnvSpec.recording).
+RECORDING_SERVICES = {
+    "voicestack-recorder": ("agent.recorder", "voicestack meeting recorder (hidden livekit-agents participant)"),
+    "voicestack-recordings": ("agent.recordings", "voicestack recordings: transcripts, summaries, downloads"),
+}
+#: The worker-shaped units' drain setting (SIGTERM: stop taking jobs, let running ones end).
+DRAIN_VARS = {"voicestack-agent": "AGENT_DRAIN_TIMEOUT", "voicestack-recorder": "RECORDER_DRAIN_TIMEOUT"}
 _SAFE_VALUE = re.compile(r"^[^\s\"'\\$`]*$")
 
 
@@ -135,6 +153,11 @@ def agent_env(vs: NodeVars) -> dict[str, str]:
         "TOKEN_TRUSTED_PROXIES": "127.0.0.1,::1",
         "WEBHOOK_HOST": vs.bind_address(hooks.scope),
         "WEBHOOK_PORT": str(hooks.start),
+        # recording: read by the worker (agent-calls), the webhook receiver (dispatches the
+        # recorder on room_started), the recorder and the recordings service.
+        "RECORDING_POLICY": cfg.recording,
+        **_recording_env(vs),
+        **_forward_env(vs),
         "HF_HUB_OFFLINE": "1",
         "HF_HOME": f"{CACHE_DIR}/huggingface",
         "XDG_CACHE_HOME": CACHE_DIR,
@@ -150,6 +173,55 @@ def agent_env(vs: NodeVars) -> dict[str, str]:
     return env
 
 
+def _recording_env(vs: NodeVars) -> dict[str, str]:
+    spec = vs.spec
+    if not spec.recording:
+        return {}
+    api, health = spec.port("recordings"), spec.port("recorder-health")
+    return {
+        "RECORDINGS_DIR": RECORDINGS_DIR,
+        "RECORDING_RETENTION_DAYS": str(vs.cfg.recording_retention_days),
+        "RECORDING_MIN_FREE_MB": str(RECORDING_MIN_FREE_MB),
+        "RECORDINGS_HOST": vs.bind_address(api.scope),
+        "RECORDINGS_PORT": str(api.start),
+        "RECORDER_HEALTH_HOST": vs.bind_address(health.scope),
+        "RECORDER_HEALTH_PORT": str(health.start),
+        "RECORDER_DRAIN_TIMEOUT": str(DRAIN_SECONDS),
+    }
+
+
+def _forward_env(vs: NodeVars) -> dict[str, str]:
+    """FORWARD_URL and its signing key: LiveKit's events and recording_finished go there."""
+    if not vs.cfg.forward_url:
+        return {}
+    if len(vs.secrets.forward_secret) < 32:
+        raise DeployInputError("forwardUrl is set but the forward secret is missing; re-run the provisioner")
+    return {"FORWARD_URL": vs.cfg.forward_url, "FORWARD_SECRET": vs.secrets.forward_secret, "OUTBOX_DIR": OUTBOX_DIR}
+
+
+def services(vs: NodeVars) -> dict[str, tuple[str, str]]:
+    """The units this node runs: the four services, plus the recording pair when recording is on."""
+    return {**SERVICES, **(RECORDING_SERVICES if vs.spec.recording else {})}
+
+
+def data_dirs(vs: NodeVars) -> tuple[str, ...]:
+    """The directories the services write besides their cache (created 0750 for the service user)."""
+    return ((RECORDINGS_DIR,) if vs.spec.recording else ()) + ((OUTBOX_DIR,) if vs.cfg.forward_url else ())
+
+
+def _writable(vs: NodeVars, name: str) -> tuple[str, ...]:
+    """ReadWritePaths of one unit: only what it writes (ProtectSystem=strict makes the rest read-only)."""
+    wanted = {
+        # agent-calls: the worker records its own calls.
+        "voicestack-agent": (RECORDINGS_DIR,) if vs.cfg.recording == "agent-calls" else (),
+        "voicestack-webhooks": (OUTBOX_DIR,),
+        "voicestack-recorder": (RECORDINGS_DIR,),
+        "voicestack-recordings": (RECORDINGS_DIR, OUTBOX_DIR),
+    }.get(name, ())
+    have = data_dirs(vs)
+    return tuple(d for d in wanted if d in have)
+
+
 def agent_vars(vs: NodeVars) -> dict:
     """Template variables of agent.env and the four units (pure: used by the task and the tests)."""
     spec = vs.spec
@@ -162,6 +234,15 @@ def agent_vars(vs: NodeVars) -> dict:
     env = agent_env(vs)
     binds = {"voicestack-speech": env["SPEECH_HOST"], "voicestack-agent": env["AGENT_HEALTH_HOST"],
              "voicestack-token": env["TOKEN_HOST"], "voicestack-webhooks": env["WEBHOOK_HOST"]}
+    if spec.recording:
+        health_urls["voicestack-recorder"] = f"http://127.0.0.1:{spec.port('recorder-health').start}/"
+        health_urls["voicestack-recordings"] = (f"http://127.0.0.1:{spec.port('recordings').start}"
+                                                f"{RECORDINGS_PATH}/health")
+        binds["voicestack-recorder"] = env["RECORDER_HEALTH_HOST"]
+        binds["voicestack-recordings"] = env["RECORDINGS_HOST"]
+    # The recorder joins rooms of its node's LiveKit; the recordings service transcribes through the speech server.
+    livekit = ("livekit.service",) if vs.node.has(Role.LIVEKIT) else ()
+    after = {"voicestack-recorder": livekit, "voicestack-recordings": ("voicestack-speech.service",)}
     # The worker needs its speech server and (on LiveKit nodes) its LiveKit; the others need nothing.
     worker_after = ("voicestack-speech.service",) + (("livekit.service",) if vs.node.has(Role.LIVEKIT) else ())
     return {
@@ -175,14 +256,17 @@ def agent_vars(vs: NodeVars) -> dict:
         "drain_seconds": DRAIN_SECONDS,
         "stop_timeout": DRAIN_SECONDS + STOP_GRACE_SECONDS,
         "services": {name: {"module": mod, "description": desc, "health_url": health_urls[name],
+                            "writable": _writable(vs, name), "drain_var": DRAIN_VARS.get(name),
                             "lifecycle": lifecycle(f"{name}.service", binds=(binds[name],),
-                                                   after=worker_after if name == "voicestack-agent" else ())}
-                     for name, (mod, desc) in SERVICES.items()},
+                                                   after=worker_after if name == "voicestack-agent"
+                                                   else after.get(name, ()))}
+                     for name, (mod, desc) in services(vs).items()},
     }
 
 
 def unit_template(name: str) -> str:
-    return f"{name if name in OWN_TEMPLATE else 'voicestack-service'}.service.j2"
+    """The worker-shaped units (drain on SIGTERM) share the worker's template; the rest the plain one."""
+    return f"{'voicestack-agent' if name in OWN_TEMPLATE else 'voicestack-service'}.service.j2"
 
 
 def unit_vars(v: dict, name: str) -> dict:
@@ -239,6 +323,22 @@ def prune_files(directory: str, keep: tuple[str, ...], pattern: str = "*.py"):
         yield "rm -f " + " ".join(shlex.quote(p) for p in stale)
 
 
+@operation()
+def remove_unit(unit: str, unit_dir: str = UNIT_DIR):
+    """
+    Stop, disable and delete a unit of ours that this node no longer runs (its data stays).
+    Nothing happens when the unit file is absent.
+
+    + unit: e.g. "voicestack-recorder.service"
+    """
+    path = f"{unit_dir}/{unit}"
+    if not host.get_fact(File, path=path):
+        return
+    q = shlex.quote
+    yield f"systemctl disable --now {q(unit)} || true"
+    yield f"rm -f {q(path)}"
+
+
 def _wait_command(services: dict) -> str:
     """Poll every health URL until it answers or the deadline passes (then print the journals)."""
     q = shlex.quote
@@ -281,16 +381,22 @@ def agent():
     files.put(name=f"Record the code digest in {CODE_STAMP}", src=io.StringIO(code_digest(code) + "\n"),
               dest=CODE_STAMP, mode="644")
 
+    files.directory(name=f"Create {HOME}", path=HOME, user="root", group=USER, mode=STATE_MODE)
+    for path in data_dirs(vs):
+        files.directory(name=f"Create {path}", path=path, user=USER, group=USER, mode=DATA_MODE)
+
     files.directory(name=f"Create {CONF_DIR}", path=CONF_DIR, user="root", group="root", mode="755")
     put_rendered(name=f"Render {ENV_FILE}", service="agent", template="agent.env.j2", dest=ENV_FILE,
                  user="root", group="root", mode=ENV_MODE, variables=v)
     units = [put_rendered(name=f"Render {UNIT_DIR}/{name}.service", service="agent", template=unit_template(name),
                           dest=f"{UNIT_DIR}/{name}.service", mode="644", variables=unit_vars(v, name))
-             for name in SERVICES]
+             for name in v["services"]]
+    for name in sorted(set(RECORDING_SERVICES) - set(v["services"])):   # recording switched off (or never on)
+        units.append(remove_unit(name=f"Stop, disable and remove {name} (recording is off)", unit=f"{name}.service"))
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*units))
 
     restarts = []
-    for name in SERVICES:   # speech before the worker that uses it
+    for name in v["services"]:   # speech before the worker that uses it
         unit = f"{name}.service"
         restarts.append(service_current(
             name=f"Restart {name} if its code, venv, settings or unit changed", service=unit,

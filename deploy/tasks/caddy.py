@@ -35,7 +35,7 @@ from deploy.inventory import DeployInputError, NodeVars
 from deploy.tasks import certificates, web
 from deploy.tasks._lifecycle import lifecycle
 from deploy.tasks._ops import extract_once, fetch_verified, install_validated, put_rendered, service_current, unmask
-from infra.spec import CALL_PATH, TOKEN_PATH, Role, Scope
+from infra.spec import CALL_PATH, RECORDINGS_PATH, TOKEN_PATH, Role, Scope
 
 USER = "caddy"
 HOME = "/var/lib/caddy"          # Debian's caddy user has this home; certificates.STORAGE lives under it
@@ -112,6 +112,9 @@ def caddy_vars(vs: NodeVars) -> dict:
                             "timeout": PROXY_PROTOCOL_TIMEOUT} if spec.sni_split else None),
         "token_path": TOKEN_PATH,
         "token_upstream": f"127.0.0.1:{spec.port('token').start}",
+        # The recordings API checks the bearer key itself (agent/recordings_api.py).
+        "recordings": ({"path": RECORDINGS_PATH, "upstream": f"127.0.0.1:{spec.port('recordings').start}"}
+                       if spec.recording and vs.node.has(Role.AGENT) else None),
         "call": ({"path": CALL_PATH, "bare": CALL_PATH.rstrip("/"), "public": cfg.call_public, "root": web.CURRENT,
                   "csp": content_security_policy(cfg.livekit_host), "env_token_key": ENV_TOKEN_KEY,
                   "env_user": ENV_CALL_USER, "env_hash": ENV_CALL_HASH} if vs.node.has(Role.AGENT) else None),

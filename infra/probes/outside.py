@@ -66,10 +66,11 @@ def tls(host: str, port: int, server_name: str, cafile: str | None, timeout: flo
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def https_get(url: str, cafile: str | None, timeout: float = 5.0) -> dict[str, Any]:
+def https_get(url: str, cafile: str | None, timeout: float = 5.0, bearer: str | None = None) -> dict[str, Any]:
     ctx = ssl.create_default_context(cafile=cafile)
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {bearer}"} if bearer is not None else {})
     try:
-        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, context=ctx, timeout=timeout) as resp:
             return {"status": resp.status, "body": resp.read(200).decode(errors="replace"),
                     "headers": dict(resp.headers)}
     except urllib.error.HTTPError as exc:

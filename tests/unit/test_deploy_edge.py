@@ -258,7 +258,8 @@ def test_the_pinned_caddy_has_the_proxy_protocol_listener_wrapper(caddy_bin: str
     assert "http.authentication.providers.http_basic" in modules.split()
 
 
-VARIANTS = {"sni-split-private": {}, "sni-split-public": {"callPublic": True}, "own-443": {"turnTlsPort": 5349}}
+VARIANTS = {"sni-split-private": {}, "sni-split-public": {"callPublic": True}, "own-443": {"turnTlsPort": 5349},
+            "recording": {"recording": "rooms"}}
 
 
 @pytest.mark.parametrize("changes", list(VARIANTS.values()), ids=list(VARIANTS))

@@ -41,7 +41,7 @@ def unit_files(nodes: int = 1, node: str = "node-1", **changes) -> dict[str, str
         files["redis-sentinel.service"] = _lifecycle.render_dropin(
             _lifecycle.lifecycle("redis-sentinel.service", binds=tuple(redis.sentinel_vars(vs)["bind"])))
     v = agent.agent_vars(vs)
-    for name in agent.SERVICES:
+    for name in v["services"]:
         files[f"{name}.service"] = render("agent", agent.unit_template(name), agent.unit_vars(v, name))
     return files
 
@@ -55,7 +55,7 @@ ALL_UNITS = sorted(_lifecycle.POLICIES)
 
 @pytest.mark.parametrize("unit", ALL_UNITS)
 def test_every_unit_restarts_by_itself_and_never_gives_up(unit: str) -> None:
-    text = unit_files(3)[unit]
+    text = unit_files(3, recording="rooms")[unit]
     policy = _lifecycle.POLICIES[unit]
     assert directive(text, "Restart") == [policy.restart]
     assert directive(text, "RestartSec") == [str(policy.restart_sec)]
@@ -68,7 +68,7 @@ def test_every_unit_restarts_by_itself_and_never_gives_up(unit: str) -> None:
 
 
 def test_the_policy_table_covers_every_service_the_deploy_runs() -> None:
-    deployed = set(unit_files(3))
+    deployed = set(unit_files(3, recording="rooms"))
     assert deployed == set(ALL_UNITS), deployed ^ set(ALL_UNITS)
 
 
@@ -138,7 +138,7 @@ def test_the_deploy_bounds_a_livekit_restart_by_the_stop_budget() -> None:
 def test_systemd_accepts_the_rendered_units(tmp_path: Path) -> None:
     """systemd's own parser reads each file (a misspelt key or a key in the wrong section is an error)."""
     problems = []
-    for unit, text in unit_files(3).items():
+    for unit, text in unit_files(3, recording="rooms").items():
         if unit in DEBIAN_UNITS:
             # A drop-in is not a unit of its own: give it a minimal unit to attach to.
             text = "[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\n" + text.replace(

@@ -29,7 +29,14 @@ SECRET_FILES = [  # path, owner, group, allowed modes
     ("/etc/voicestack/agent.env", "root", "root", {0o600}),
     ("/etc/caddy/caddy.env", "root", "root", {0o600}),
 ]
+#: With recording on (infra/spec.py EnvSpec.recording), on agent nodes.
+RECORDING_SERVICES = ("voicestack-recorder.service", "voicestack-recordings.service")
 WILDCARD = {"0.0.0.0", "::", "*", "[::]"}
+
+
+def _services(spec: EnvSpec) -> dict[str, Role | None]:
+    """The units the deploy runs in this environment, with the role that runs them."""
+    return {**SERVICES, **({u: Role.AGENT for u in RECORDING_SERVICES} if spec.recording else {})}
 
 
 def _pinned_client(outputs: Outputs, node: NodeOut) -> paramiko.SSHClient:
@@ -67,7 +74,7 @@ def _roles(node: NodeOut) -> set[str]:
 
 
 def test_host_01_services_active_and_enabled(hosts, spec: EnvSpec) -> None:
-    units = dict(SERVICES)
+    units = _services(spec)
     if spec.sni_split:
         units["nginx.service"] = Role.LIVEKIT  # the SNI router on 443
     problems = []
@@ -166,7 +173,7 @@ def test_host_06_clock_synchronised(hosts) -> None:
 def _lifecycle_units(spec: EnvSpec, node: NodeOut) -> list[str]:
     """The units whose restart policy the deploy sets on `node` (deploy/tasks/_lifecycle.py)."""
     snode = next(n for n in spec.nodes if n.name == node.name)
-    units = [u for u, role in SERVICES.items() if role is not None and snode.has(role)]
+    units = [u for u, role in _services(spec).items() if role is not None and snode.has(role)]
     if spec.sni_split and snode.has(Role.LIVEKIT):
         units.append("nginx.service")
     if spec.serves_turn_name(snode):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from livekit import api
 
 from agent.tokens import mint
@@ -35,6 +36,21 @@ def test_token_02_endpoint_refuses_bad_key_and_bad_input(outputs: Outputs, probe
     bad = probe("http_post", url=outputs.token_endpoint, body={"identity": "no spaces allowed", "name": "U"},
                 cafile=cafile, bearer=outputs.token_key)
     assert bad["status"] in (400, 422) and "error" in bad.get("json", {}), f"an invalid identity got {bad}"
+
+
+def test_rec_01_recordings_download_route_needs_the_key(spec, outputs: Outputs, probe, cafile) -> None:
+    """With recording on, https://<livekit name>/api/recordings/ answers, and only to the bearer key."""
+    if not spec.recording:
+        pytest.skip("recording is off in this environment: no recordings service, no route")
+    base = spec.recordings_url
+    health = probe("https_get", url=f"{base}/health", cafile=cafile)
+    assert health["status"] == 200, (f"GET {base}/health answered {health.get('status')} {health.get('error', '')}: "
+                                     "check voicestack-recordings and Caddy's /api/recordings route")
+    unknown = f"{base}/rec-verify-{secrets.token_hex(4)}"
+    for key in (None, "not-the-key"):
+        got = probe("https_get", url=unknown, cafile=cafile, bearer=key)
+        assert got["status"] == 401, f"GET {unknown} with key {key!r} answered {got.get('status')}, want 401"
+    assert probe("https_get", url=unknown, cafile=cafile, bearer=outputs.token_key)["status"] == 404
 
 
 def _admin(outputs: Outputs, *args: str) -> subprocess.CompletedProcess[str]:
