@@ -109,6 +109,9 @@ def agent_env(vs: NodeVars) -> dict[str, str]:
     spec, cfg, sec = vs.spec, vs.cfg, vs.secrets
     if not sec.token_key:
         raise DeployInputError("the outputs have no token_key; the token endpoint needs it (re-run the provisioner)")
+    if not spec.has_port("agent-metrics"):
+        raise DeployInputError("the outputs' spec has no agent-metrics port (written before it existed); re-run "
+                               "the provisioner (make up, or python -m infra.local up --env <env>), then deploy")
     speech, health, metrics, token, hooks = (spec.port(n) for n in ("speech", "agent-health", "agent-metrics",
                                                                     "token", "webhooks"))
     env = {

@@ -212,3 +212,11 @@ def test_code_digest_changes_with_any_deployed_file(tmp_path) -> None:
     assert agent.code_digest(files, root=tmp_path) != before
     files[1].rename(tmp_path / "c.py")
     assert agent.code_digest([files[0], tmp_path / "c.py"], root=tmp_path) != before
+
+
+def test_outputs_written_before_the_metrics_port_ask_for_the_provisioner() -> None:
+    spec = spec_of()
+    old = dataclasses.replace(spec, ports=tuple(p for p in spec.ports if p.name != "agent-metrics"))
+    vs = node_vars(outputs_for(old))["node-1"]
+    with pytest.raises(DeployInputError, match="agent-metrics.*re-run the provisioner"):
+        agent.agent_vars(vs)
