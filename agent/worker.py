@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from agent import turn_metrics
+from agent import tuning, turn_metrics
 
 # Set before livekit imports: no hub downloads, and no 244 MB end-of-turn model preload
 # (turn detection is VAD-based, the EOT model is never used).
@@ -78,26 +78,15 @@ class WorkerConfig:
     # server does not re-offer the room: it stays without an agent.
     max_jobs: int = 4
     greeting: str = GREETING
-    # --- turn taking (figures: bench/bench_voice.py on the loopback stack, see the README) ---
-    # AGENT_VAD_MIN_SILENCE: silence (s) after which silero ends a speech segment and the STT
-    # request starts. livekit's 0.55 fires END_OF_SPEECH 0.60-0.69 s after the voice ends;
-    # 0.30 fires after 0.35-0.43 s. It only segments: committing the turn is min_delay's job.
-    vad_min_silence: float = 0.3
-    # AGENT_ENDPOINT_MIN_DELAY: the turn commits this long after the VAD's estimate of the end
-    # of speech (not after END_OF_SPEECH: the two overlap). With fast STT it is the deciding
-    # wait; a pause shorter than it inside a sentence does not end the turn.
-    endpoint_min_delay: float = 0.4
-    # AGENT_PREEMPTIVE_TTS: start the LLM *and* TTS on the final transcript before the turn
-    # commits (cancelled if the user goes on), so the reply is ready when min_delay ends.
-    preemptive_tts: bool = True
-    # AGENT_INTERRUPT_MIN_SPEECH: speech (s) over the agent before it stops talking (barge-in).
-    interrupt_min_speech: float = 0.5
+    # --- turn taking: defaults and their reasons in agent/tuning.py (the deploy writes them) ---
+    vad_min_silence: float = tuning.VAD_MIN_SILENCE_S         # AGENT_VAD_MIN_SILENCE
+    endpoint_min_delay: float = tuning.ENDPOINT_MIN_DELAY_S   # AGENT_ENDPOINT_MIN_DELAY
+    preemptive_tts: bool = tuning.PREEMPTIVE_TTS              # AGENT_PREEMPTIVE_TTS
+    interrupt_min_speech: float = tuning.INTERRUPT_MIN_SPEECH_S  # AGENT_INTERRUPT_MIN_SPEECH
     # --- observability ---
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 8082  # AGENT_METRICS_PORT; 0 disables the Prometheus endpoint
-    # AGENT_TURN_METRICS_TO_ROOM: publish each turn's breakdown on the "voicestack.turn-metrics"
-    # text stream (timings only) so a client such as bench/bench_voice.py can read it.
-    turn_metrics_to_room: bool = True
+    metrics_port: int = tuning.METRICS_PORT  # AGENT_METRICS_PORT; 0 disables the Prometheus endpoint
+    turn_metrics_to_room: bool = tuning.TURN_METRICS_TO_ROOM  # AGENT_TURN_METRICS_TO_ROOM
 
     @classmethod
     def from_env(cls) -> "WorkerConfig":

@@ -366,21 +366,54 @@ def _env_pairs(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def scrape_metrics(url: str) -> list[str]:
-    """The worker's per-stage histogram counts and means, from its Prometheus endpoint."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            text = resp.read().decode()
-    except OSError as exc:
-        return [f"failed to scrape {url}: {exc}"]
+def parse_metrics(text: str) -> dict[str, tuple[float, float]]:
+    """stage -> (sum, count) of the worker's per-stage histogram, from Prometheus text."""
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
     for line in text.splitlines():
         m = re.match(r'voicestack_agent_turn_stage_seconds_(sum|count)\{stage="(\w+)"\} ([0-9.e+-]+)', line)
         if m:
             (sums if m.group(1) == "sum" else counts)[m.group(2)] = float(m.group(3))
-    return [f"{stage}: {int(counts[stage])} turns, mean {sums.get(stage, 0) / counts[stage]:.3f}s"
-            for stage in counts if counts[stage]]
+    return {stage: (sums.get(stage, 0.0), counts[stage]) for stage in counts}
+
+
+def metrics_lines(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> list[str]:
+    """Turns and mean per stage observed between two scrapes."""
+    lines = []
+    for stage, (total, count) in after.items():
+        t0, c0 = before.get(stage, (0.0, 0.0))
+        if count > c0:
+            lines.append(f"{stage}: {int(count - c0)} turns, mean {(total - t0) / (count - c0):.3f}s")
+    return lines or ["no turns recorded by the worker's histograms"]
+
+
+def fetch_metrics(target: "Target") -> str | None:
+    """The worker's /metrics: over HTTP on loopback, or through SSH on a deployed node."""
+    try:
+        if target.metrics_ssh:
+            proc = subprocess.run([*target.metrics_ssh, f"curl -fsS --max-time 5 {target.metrics_url}"],
+                                  capture_output=True, text=True, timeout=30, check=False)
+            if proc.returncode != 0:
+                print(f"failed to scrape {target.metrics_url} on the node: {proc.stderr.strip()[-300:]}")
+                return None
+            return proc.stdout
+        assert target.metrics_url
+        with urllib.request.urlopen(target.metrics_url, timeout=5) as resp:
+            return resp.read().decode()
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"failed to scrape {target.metrics_url}: {exc}")
+        return None
+
+
+def node_ssh(out: Any) -> list[str] | None:
+    """ssh argv to the first agent node of a deployed environment (for its loopback metrics)."""
+    node = next((n for n in out.nodes if "agent" in n.roles), None)
+    if node is None:
+        return None
+    known = out.deploy.known_hosts or str(out.paths.known_hosts)
+    return ["ssh", "-i", node.ssh_key, "-p", str(node.ssh_port), "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+            f"{node.ssh_user}@{node.public_ip}"]
 
 
 @dataclass
@@ -391,6 +424,7 @@ class Target:
     ca_bundle: str | None
     netns: str | None
     metrics_url: str | None
+    metrics_ssh: list[str] | None = None   # the URL is on this node's loopback
 
 
 @contextmanager
@@ -471,14 +505,19 @@ def main() -> int:
             out = read(args.env)
             if not out.client_netns and conditions != ["normal"]:
                 raise SystemExit(f"{args.env} has no client_netns: run with --conditions normal")
+            ssh = node_ssh(out)
+            metrics = out.spec.port("agent-metrics").start if out.spec.has_port("agent-metrics") else None
             target = Target(out.livekit_url, out.api_key, out.api_secret, out.ca_bundle,
-                            out.client_netns, None)
+                            out.client_netns, f"http://127.0.0.1:{metrics}/metrics" if ssh and metrics else None,
+                            ssh)
 
         def mint_for(room: str) -> str:
             return mint(target.api_key, target.api_secret, f"bench-{secrets.token_hex(3)}",
                         f"bench-{room}-{secrets.token_hex(3)}", ttl=1800,
                         agent_name=args.agent_name or None)
 
+        scraped = fetch_metrics(target) if target.metrics_url else None
+        metrics_before = parse_metrics(scraped) if scraped is not None else {}
         results = []
         for condition in conditions:
             rooms = plan_rooms(clips, condition, args.round_trips, args.barge_ins if condition == "normal" else 0,
@@ -499,8 +538,10 @@ def main() -> int:
             results.append(report_condition(condition, data["rooms"]))
             results[-1]["rooms"] = data["rooms"]
         if target.metrics_url:
-            print(f"\nworker Prometheus endpoint {target.metrics_url}:")
-            for line in scrape_metrics(target.metrics_url):
+            where = " on the node" if target.metrics_ssh else ""
+            print(f"\nworker Prometheus endpoint {target.metrics_url}{where}, turns of this run:")
+            scraped = fetch_metrics(target)
+            for line in metrics_lines(metrics_before, parse_metrics(scraped)) if scraped is not None else []:
                 print(f"   {line}")
         la = os.getloadavg()
         print(f"\nload average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} at the end "

@@ -295,6 +295,8 @@ def _ports(cfg: StackConfig, multi: bool) -> tuple[Port, ...]:
         P("turn-relay", "coturn", "udp", cfg.turn_relay_start, cfg.turn_relay_end, internal,
           "TURN relay addresses (LiveKit nodes answer relayed media here)", R.TURN),
         P("agent-health", "agent", "tcp", 8081, 8081, S.LOOPBACK, "agent worker health", R.AGENT),
+        P("agent-metrics", "agent", "tcp", 8082, 8082, S.LOOPBACK,
+          "agent per-turn latency metrics (Prometheus)", R.AGENT),
         P("speech", "agent", "tcp", 8000, 8000, S.LOOPBACK, "offline speech backends (OpenAI-compatible)", R.AGENT),
         P("token", "agent", "tcp", 8090, 8090, S.LOOPBACK, "token endpoint behind Caddy", R.AGENT),
         P("webhooks", "agent", "tcp", 8091, 8091, S.LOOPBACK, "LiveKit webhook receiver", R.AGENT),

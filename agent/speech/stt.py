@@ -26,6 +26,8 @@ from faster_whisper.audio import decode_audio
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
+from agent import tuning
+
 log = logging.getLogger("agent.speech.stt")
 
 SAMPLE_RATE = 16000
@@ -72,24 +74,21 @@ def _env_number(name: str, default: str, kind: type = float) -> float:
 @dataclass(frozen=True)
 class SttConfig:
     model_dir: Path
-    cpu_threads: int = 2
-    # STT_BEAM_SIZE. 1 (greedy): on the 45-phrase x 2-voice benchmark beam 5 gave no
-    # better transcripts and cost 0.05-0.27 s per request on the 30 s window (bench/bench_voice.py).
-    beam_size: int = 1
+    # Defaults and their reasons in agent/tuning.py (the deploy writes them to agent.env).
+    cpu_threads: int = tuning.STT_CPU_THREADS   # STT_CPU_THREADS
+    beam_size: int = tuning.STT_BEAM_SIZE       # STT_BEAM_SIZE
     # Whisper follows the vocabulary of its prompt: tiny.en misheard "lights" about once in nine
     # round trips through Opus without it. Empty disables the bias (e.g. for open dictation).
     initial_prompt: str = DEFAULT_PROMPT
-    # STT_WINDOW_S: encoder window for short clips, seconds; 0 (or >= 30) = always the full
-    # 30 s window. 10 s: requests 0.06-0.11 s instead of 0.46-0.67 s on one core with the
-    # same transcripts; 5 s made Whisper repeat itself.
-    window_s: float = 10.0
+    # STT_WINDOW_S: encoder window (s) for short clips; 0 (or >= 30) = always the full 30 s.
+    window_s: float = tuning.STT_WINDOW_S
 
     @classmethod
     def from_env(cls) -> "SttConfig":
         model_dir = os.environ.get("STT_MODEL_DIR")
         return cls(
             model_dir=Path(model_dir) if model_dir else bundled_model_dir(),
-            cpu_threads=int(_env_number("STT_CPU_THREADS", "2", int)),
+            cpu_threads=int(_env_number("STT_CPU_THREADS", str(cls.cpu_threads), int)),
             beam_size=int(_env_number("STT_BEAM_SIZE", str(cls.beam_size), int)),
             initial_prompt=os.environ.get("STT_INITIAL_PROMPT", DEFAULT_PROMPT),
             window_s=_env_number("STT_WINDOW_S", str(cls.window_s)),

@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 from piper import PiperVoice, SynthesisConfig
 
-from agent import wav
+from agent import tuning, wav
 
 # OpenAI's /v1/audio/speech "pcm" is 24 kHz mono s16le, and livekit's openai TTS plugin
 # assumes that rate for every format, so all output is resampled to it.
@@ -46,17 +46,17 @@ class TtsConfig:
     # 0 makes piper deterministic: the same text always gives the same audio, so spoken
     # checks are reproducible (with the voice's sampled noise Whisper heard "light" for
     # "lights" about once in 30 runs). Set the voice's own values (0.667/0.8) for livelier speech.
-    noise_scale: float = 0.0
-    noise_w_scale: float = 0.0
+    noise_scale: float = tuning.TTS_NOISE_SCALE
+    noise_w_scale: float = tuning.TTS_NOISE_W_SCALE
     # TTS_STREAM_CLAUSES: synthesise clause by clause and send each as soon as it is ready,
     # so audio starts after ~0.09 s ("Okay,") instead of 0.21-0.41 s (the whole answer), and
     # each next clause (piper runs at ~0.15x real time) is ready before the previous one has
     # played. Sending only the first clause early left a stutter after "Sorry," when the long
     # rest took longer to make than "Sorry," to play. The seam is piper's own clause pause
     # (~0.28 s vs 0.30 s at a comma inside one synthesis).
-    by_clause: bool = True
+    by_clause: bool = tuning.TTS_STREAM_CLAUSES
     # TTS_TRIM_LEADING_SILENCE: cut piper's 50-60 ms of silence before the first voice.
-    trim_lead: bool = True
+    trim_lead: bool = tuning.TTS_TRIM_LEADING_SILENCE
 
     @classmethod
     def from_env(cls) -> "TtsConfig":
@@ -65,8 +65,8 @@ class TtsConfig:
             paths = (Path(model), Path(os.environ.get("TTS_VOICE_CONFIG", f"{model}.json")))
         else:
             paths = bundled_voice()
-        return cls(*paths, noise_scale=float(os.environ.get("TTS_NOISE_SCALE", "0")),
-                   noise_w_scale=float(os.environ.get("TTS_NOISE_W_SCALE", "0")),
+        return cls(*paths, noise_scale=float(os.environ.get("TTS_NOISE_SCALE", "").strip() or cls.noise_scale),
+                   noise_w_scale=float(os.environ.get("TTS_NOISE_W_SCALE", "").strip() or cls.noise_w_scale),
                    by_clause=_flag("TTS_STREAM_CLAUSES", cls.by_clause),
                    trim_lead=_flag("TTS_TRIM_LEADING_SILENCE", cls.trim_lead))
 

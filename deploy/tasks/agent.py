@@ -35,6 +35,7 @@ from pyinfra.facts.files import File, FileContents, FindFiles
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from agent import tuning
 from deploy.inventory import DeployInputError, NodeVars
 from deploy.tasks._lifecycle import lifecycle
 from deploy.tasks._ops import install_packages, put_rendered, service_current
@@ -126,7 +127,11 @@ def agent_env(vs: NodeVars) -> dict[str, str]:
     spec, cfg, sec = vs.spec, vs.cfg, vs.secrets
     if not sec.token_key:
         raise DeployInputError("the outputs have no token_key; the token endpoint needs it (re-run the provisioner)")
-    speech, health, token, hooks = (spec.port(n) for n in ("speech", "agent-health", "token", "webhooks"))
+    if not spec.has_port("agent-metrics"):
+        raise DeployInputError("the outputs' spec has no agent-metrics port (written before it existed); re-run "
+                               "the provisioner (make up, or python -m infra.local up --env <env>), then deploy")
+    speech, health, metrics, token, hooks = (spec.port(n) for n in ("speech", "agent-health", "agent-metrics",
+                                                                    "token", "webhooks"))
     env = {
         # The worker talks to the LiveKit of its own node; browsers get the public URL from the token service.
         "LIVEKIT_URL": f"ws://127.0.0.1:{spec.port('livekit-http').start}",
@@ -145,6 +150,12 @@ def agent_env(vs: NodeVars) -> dict[str, str]:
         # agentWorkers: warm job processes kept ready per node (each holds a VAD, ~100 MB).
         "AGENT_NUM_IDLE_PROCESSES": str(cfg.agent_workers),
         "AGENT_DRAIN_TIMEOUT": str(DRAIN_SECONDS),
+        # Per-turn latency histograms (end of turn, transcription, LLM, TTS, e2e) on loopback.
+        "AGENT_METRICS_HOST": vs.bind_address(metrics.scope),
+        "AGENT_METRICS_PORT": str(metrics.start),
+        # Turn taking, Whisper window/beam/threads, TTS streaming: the measured defaults, written
+        # out so the node runs them explicitly (reasons and figures in agent/tuning.py).
+        **tuning.env(),
         "TOKEN_HOST": vs.bind_address(token.scope),
         "TOKEN_PORT": str(token.start),
         # callPublic: /call/token mints keyless demo tokens (Caddy then asks no password for /call/).

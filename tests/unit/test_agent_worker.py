@@ -162,3 +162,24 @@ def test_agent_worker_plugins_speak_and_listen_through_the_speech_server(
     assert sum(f.samples_per_channel for f in frames) > 24000 * 0.5
     assert "turn on the lights" in heard.lower()
     assert answer == "Okay, I turned on the lights."
+
+
+def test_agent_deployed_tuning_reads_back_as_the_code_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the deploy writes to agent.env (agent.tuning.env()) parses to exactly the defaults
+    the worker and the speech server would use without it: the node runs the measured values."""
+    from agent import tuning
+    from agent.speech.stt import SttConfig
+    from agent.speech.tts import TtsConfig
+
+    for key in tuning.env():
+        monkeypatch.delenv(key, raising=False)
+    defaults = (worker.WorkerConfig.from_env(), SttConfig.from_env(), TtsConfig.from_env())
+    for key, value in tuning.env().items():
+        monkeypatch.setenv(key, value)
+    assert (worker.WorkerConfig.from_env(), SttConfig.from_env(), TtsConfig.from_env()) == defaults
+    assert (defaults[0].vad_min_silence, defaults[1].window_s, defaults[2].by_clause) == \
+        (tuning.VAD_MIN_SILENCE_S, tuning.STT_WINDOW_S, tuning.TTS_STREAM_CLAUSES)
+    # And a changed line takes effect (the file is not decoration).
+    monkeypatch.setenv("STT_WINDOW_S", "0")
+    monkeypatch.setenv("AGENT_ENDPOINT_MIN_DELAY", "0.7")
+    assert SttConfig.from_env().window_s == 0 and worker.WorkerConfig.from_env().endpoint_min_delay == 0.7

