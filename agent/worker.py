@@ -251,6 +251,10 @@ def main(argv: list[str] | None = None) -> None:
         args.append("start")  # production mode: local turn detection defaults, drain on SIGTERM
     sys.argv = args
     config = WorkerConfig.from_env()
+    try:
+        ActionConfig.from_env()   # ACTION_URL / ACTION_SECRET: fail at start, not in every call
+    except ActionError as exc:
+        raise SystemExit(f"failed to read the voice-action settings: {exc}") from exc
     if config.metrics_port:
         turn_metrics.ensure_multiprocess_dir()
         turn_metrics.serve(config.metrics_host, config.metrics_port)

@@ -9,7 +9,10 @@ are with n8n's own CLI (`import:workflow`, `import:credentials`, `publish:workfl
   a forged signature is refused and reaches nothing;
 - room events: livekit-server's own webhooks -> the webhook receiver (agent/webhooks.py, its outbox
   forwarding) -> the room-events workflow: the events are in n8n's execution log;
-- with n8n stopped, the events of a call wait in the receiver's outbox and arrive after it returns.
+- with n8n stopped, the events of a call wait in the receiver's outbox and arrive after it returns;
+- meeting notes: a queued recording_finished becomes a mail (a stand-in SMTP server) and a stored file;
+- spoken: "turn on the lights in the kitchen" through the agent's own loopback stack (livekit-server,
+  speech server, worker) reaches the workflow, and the agent speaks the workflow's sentence.
 Marked `n8n` (`-m "not n8n"` skips it); `make test` runs it.
 """
 from __future__ import annotations
@@ -37,9 +40,12 @@ from aiohttp import ClientSession
 
 from agent.actions import ActionClient, ActionConfig, DeviceAction
 from agent.outbox import Outbox, sign
+from agent.roundtrip import HttpSpeech, round_trip
 from infra.n8n.install import N8nInstall, install
 from infra.n8n.server import N8nServer
 from tests.conftest import LOOPBACK_KEY, LOOPBACK_SECRET, free_port, livekit_binary, wait_until
+from tests.unit.test_agent_roundtrip import Stack as VoiceStack
+from tests.unit.test_agent_roundtrip import token as voice_token
 
 pytestmark = pytest.mark.n8n
 
@@ -403,3 +409,32 @@ def test_n8n_recording_finished_becomes_mailed_and_stored_meeting_notes(stack: S
     for body in (text, note.read_text()):
         assert "Ship the n8n workflows on Friday." in body and "let us ship the n8n workflows" in body
         assert "https://livekit.example.test/api/recordings/rec-n8n-1" in body
+
+
+@pytest.fixture(scope="module")
+def voice(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VoiceStack]:
+    """The agent's own services on loopback (livekit-server, speech server, worker), with device
+    intents going to the n8n voice-action webhook as deployed (ACTION_URL, ACTION_SECRET)."""
+    running = VoiceStack(tmp_path_factory.mktemp("voice"))
+    try:
+        running.start(speech_env={"ACTION_URL": stack.n8n.webhook_url("voice-action"),
+                                  "ACTION_SECRET": SIGNING_SECRET, "ACTION_TIMEOUT": "10"})
+        yield running
+    except Exception:
+        for log in running.logdir.glob("*.log"):
+            sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}\n")
+        raise
+    finally:
+        running.stop()
+
+
+def test_n8n_a_spoken_command_switches_the_light_and_the_agent_speaks_the_workflows_answer(
+        stack: Stack, voice: VoiceStack) -> None:
+    before = len(stack.ha.calls)
+    result = asyncio.run(round_trip(voice.url, voice_token("n8n-spoken"), speech=HttpSpeech(voice.speech_url),
+                                    phrase="turn on the lights in the kitchen", timeout=90))
+    print(f"heard {result.heard!r}; agent said {result.answer!r} after {result.latency_s:.2f} s")
+    assert result.answer.strip() == "Okay, the kitchen lights are on."
+    calls = stack.ha.calls[before:]
+    assert calls and all(c["path"] == "/api/services/light/turn_on" and c["body"] == {"entity_id": "light.kitchen"}
+                         for c in calls), calls
