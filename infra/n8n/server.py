@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping
 
 from infra.n8n.install import N8nInstall
 
-START_TIMEOUT = 120.0   # a cold start runs n8n's migrations on a fresh sqlite database (~20-40 s here)
+START_TIMEOUT = 300.0   # 15-60 s here; several minutes when the 2-core host is loaded (load 13)
 CLI_TIMEOUT = 180.0
 
 
@@ -79,7 +79,7 @@ class N8nServer:
             "N8N_HOST": "127.0.0.1",
             "N8N_PORT": str(self.port),
             "N8N_PROTOCOL": "http",
-            "WEBHOOK_URL": f"{self.url}/",
+            "N8N_WEBHOOK_URL": f"{self.url}/",
             "N8N_RUNNERS_BROKER_PORT": str(self.broker_port),
             "N8N_RUNNERS_BROKER_LISTEN_ADDRESS": "127.0.0.1",
             "DB_TYPE": "sqlite",
@@ -90,6 +90,10 @@ class N8nServer:
             "N8N_PERSONALIZATION_ENABLED": "false",
             "N8N_HIRING_BANNER_ENABLED": "false",
             "EXTERNAL_FRONTEND_HOOKS_URLS": "",
+            # Modules the workflows do not use: faster boots (CLI and server) on a busy host, and
+            # mcp-registry would fetch a server list from n8n's API at start.
+            "N8N_DISABLED_MODULES": "mcp-registry,mcp,instance-ai,agents,agent-evals,chat-hub,workflow-builder,insights",
+            "N8N_RUNNERS_GRANT_TOKEN_TTL": "120",   # the JS task runner starts slowly on a loaded 2-core host
             "N8N_ENFORCE_SETTINGS_FILE_PERMISSIONS": "true",
             "N8N_LOG_LEVEL": "info",
             "N8N_LOG_OUTPUT": "console",
@@ -140,7 +144,9 @@ class N8nServer:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout: float = START_TIMEOUT) -> None:
+    def start(self, webhooks: Iterable[str] = (), timeout: float = START_TIMEOUT) -> None:
+        """Start and wait until /healthz/readiness answers and each production webhook path is
+        registered: n8n reports ready before it has activated the published workflows."""
         if self.running():
             return
         log = open(self.log_path, "ab")
@@ -150,13 +156,15 @@ class N8nServer:
         finally:
             log.close()
         deadline = time.monotonic() + timeout
-        while not self._healthy():
+        paths = list(webhooks)
+        while not (self._healthy() and all(self._registered(p) for p in paths)):
             if self.proc.poll() is not None:
                 raise N8nError(f"n8n exited with {self.proc.returncode} while starting; "
                                f"its log ({self.log_path}) ends: {self.log_tail()}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise N8nError(f"n8n did not answer {self.url}/healthz within {timeout:.0f} s; "
+                raise N8nError(f"n8n did not answer {self.url}/healthz/readiness with the webhooks "
+                               f"{', '.join(paths) or '(none)'} registered within {timeout:.0f} s; "
                                f"its log ends: {self.log_tail()}")
             time.sleep(0.25)
 
@@ -164,6 +172,17 @@ class N8nServer:
         try:
             with urllib.request.urlopen(f"{self.url}/healthz/readiness", timeout=2) as resp:
                 return resp.status == 200
+        except (OSError, urllib.error.HTTPError):
+            return False
+
+    def _registered(self, path: str) -> bool:
+        # A CORS preflight asks n8n for the path's methods without running the workflow:
+        # 204 once the webhook is registered, 404 before.
+        req = urllib.request.Request(self.webhook_url(path), method="OPTIONS", headers={
+            "Origin": self.url, "Access-Control-Request-Method": "POST"})
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                return resp.status in (200, 204)
         except (OSError, urllib.error.HTTPError):
             return False
 

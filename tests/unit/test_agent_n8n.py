@@ -54,6 +54,7 @@ EXAMPLES = ROOT / "examples" / "n8n"
 SIGNING_SECRET = "n8n-signing-secret-0123456789abcdef0123"   # ACTION_SECRET = FORWARD_SECRET here
 TOKEN_KEY = "token-key-for-n8n-0123456789abcdef"
 HA_TOKEN = "ha-long-lived-token-0123456789"
+HOOKS = ("call-me", "voice-action", "livekit-events")
 WORKFLOWS = {"call-me.json": "vsCallMe00000001", "voice-action.json": "vsVoiceAction001",
              "room-events.json": "vsRoomEvents0001", "meeting-notes.json": "vsMeetingNotes01"}
 
@@ -252,7 +253,7 @@ def stack(n8n_install: N8nInstall, tmp_path_factory: pytest.TempPathFactory) -> 
             "OUTBOX_DIR": str(outbox), "FORWARD_MIN_BACKOFF": "0.5", "FORWARD_MAX_BACKOFF": "2"},
             f"http://127.0.0.1:{receiver_port}/health", receiver_log))
         started = time.monotonic()
-        n8n.start()
+        n8n.start(HOOKS)
         print(f"n8n started in {time.monotonic() - started:.1f} s on {n8n.url}")
         yield Stack(n8n, ha, mailbox, notes_dir, f"ws://127.0.0.1:{lk_port}", token_url, outbox, receiver_log)
 
@@ -382,7 +383,7 @@ def test_n8n_events_wait_in_the_outbox_while_n8n_is_down_and_arrive_after(stack:
         assert join(body["wsUrl"], body["token"], while_in=queued)["joined"]
         assert not events_in_n8n(stack, "carol")
     finally:
-        stack.n8n.start()
+        stack.n8n.start(HOOKS)
     wait_until(lambda: events_in_n8n(stack, "participant_joined", "carol", "while-down"), 90,
                "carol's participant_joined delivered after n8n came back")
     wait_until(lambda: events_in_n8n(stack, "participant_left", "carol"), 60, "carol's participant_left too")
