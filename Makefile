@@ -14,7 +14,7 @@ CONFIG_ARG = $(if $(CONFIG),--config "$(CONFIG)")
 ROOM ?= voice-test
 USER_ID ?=
 
-.PHONY: prereqs help up down deploy verify validate preflight shell test test-unit test-e2e test-browser lint bench token deps venv
+.PHONY: prereqs help up down deploy verify validate preflight shell test test-unit test-e2e test-browser test-n8n lint bench token deps venv
 
 help:
 	@echo "make up [ENV=local|<stack>] [CONFIG=<stack file>]   validate, provision, deploy, verify, summary"
@@ -25,6 +25,7 @@ help:
 	@echo "make token [ROOM=voice-test] [USER_ID=..]  mint a LiveKit token"
 	@echo "make test                     everything CI runs (lint, unit, e2e)"
 	@echo "make test-browser             the voice page in Chromium against a loopback stack (~3 min)"
+	@echo "make test-n8n                 the examples/n8n workflows in a real n8n (installs it the first time)"
 	@echo "make bench                    benchmarks (print figures)"
 
 venv: $(VENV_STAMP) $(AGENT_STAMP)
@@ -85,6 +86,11 @@ test-unit: $(VENV_STAMP) $(AGENT_STAMP)
 # e2e drives the page on a deployed environment: tests/e2e/test_edge.py).
 test-browser: $(VENV_STAMP) $(AGENT_STAMP)
 	@$(PY) -m pytest tests/unit/test_browser_call.py -m loopback_stack
+
+# The shipped n8n workflows against a real, pinned n8n (tests/unit/test_agent_n8n.py): the first
+# run installs n8n 2.41.1 + Node 24 under /var/cache/voicestack/n8n (~1.3 GB, many minutes).
+test-n8n: $(VENV_STAMP) $(AGENT_STAMP)
+	@export LIVEKIT_SERVER_BIN="$$($(PY) -m infra.local livekit-bin)" && $(APY) -m pytest tests/unit/test_agent_n8n.py -m n8n
 
 # e2e: builds local machines of its own (env names e2e*), needs root.
 test-e2e: $(VENV_STAMP) deps

@@ -5,6 +5,10 @@
 It is the local default for the agent worker's three backends (STT_BASE_URL, LLM_BASE_URL,
 TTS_BASE_URL all point at http://127.0.0.1:8000/v1); each can be swapped for any other
 OpenAI-compatible service independently.
+
+Voice actions: with ACTION_URL (and ACTION_SECRET) set, a device intent ("turn on the lights in
+the kitchen") is sent to that URL (an n8n webhook, agent/actions.py) and the chat answer is the
+sentence the workflow returns, or a fallback when it fails or is slow.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import time
 import uuid
 from typing import Any, Callable
 
-from aiohttp import web
+from aiohttp import ClientSession, web
 
-from agent.speech.responder import last_user_text, respond
+from agent.actions import ActionClient, ActionConfig, from_intent
+from agent.speech.responder import intent, last_user_text, respond
 from agent.speech.summarizer import summarize
 from agent.speech.tts import OUTPUT_SAMPLE_RATE
 
@@ -29,6 +34,8 @@ log = logging.getLogger("agent.speech_server")
 STT_KEY = web.AppKey("stt", object)
 TTS_KEY = web.AppKey("tts", object)
 RESPONDER_KEY = web.AppKey("responder", object)
+ACTIONS_KEY = web.AppKey("actions", ActionClient)
+HTTP_KEY = web.AppKey("http", ClientSession)
 
 _TTS_FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm"}
 # The chat "model" that answers with a deterministic extractive summary of the user message
@@ -170,8 +177,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return _error(400, "missing 'messages': a list of chat messages")
     model = str(payload.get("model") or "voice-responder")
     prompt = last_user_text(messages)
+    action = from_intent(intent(prompt), prompt or "") if ACTIONS_KEY in request.app else None
     if model == SUMMARY_MODEL:
         answer = await asyncio.to_thread(summarize, prompt)
+    elif action is not None:
+        answer = await request.app[ACTIONS_KEY].perform(action, request.app[HTTP_KEY])
     else:
         answer = request.app[RESPONDER_KEY](prompt)
     cid, created = _completion_id(), int(time.time())
@@ -207,12 +217,22 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def create_app(stt: Any, tts: Any,
-               responder: Callable[[str | None], str] = respond) -> web.Application:
+async def _http_ctx(app: web.Application) -> Any:
+    async with ClientSession() as session:
+        app[HTTP_KEY] = session
+        yield
+
+
+def create_app(stt: Any, tts: Any, responder: Callable[[str | None], str] = respond,
+               actions: ActionConfig | None = None) -> web.Application:
     """The HTTP app around already-loaded backends: an stt with .transcribe_detailed (see
-    agent.speech.stt.Transcriber), a tts with .wav and .sentences_pcm (Synthesizer)."""
+    agent.speech.stt.Transcriber), a tts with .wav and .sentences_pcm (Synthesizer);
+    `actions` sends device intents to the action URL."""
     app = web.Application(client_max_size=64 * 1024 * 1024)  # a few minutes of wav
     app[STT_KEY], app[TTS_KEY], app[RESPONDER_KEY] = stt, tts, responder
+    if actions is not None:
+        app[ACTIONS_KEY] = ActionClient(actions)
+        app.cleanup_ctx.append(_http_ctx)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/audio/transcriptions", transcriptions)
     app.router.add_post("/v1/audio/speech", speech)
@@ -240,9 +260,15 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = os.environ.get("SPEECH_HOST", "127.0.0.1")
     port = int(os.environ.get("SPEECH_PORT", "8000"))
+    try:
+        actions = ActionConfig.from_env()   # checked before the models load: a bad setting fails fast
+    except ValueError as exc:
+        raise SystemExit(f"failed to read the voice-action settings: {exc}") from exc
+    if actions is not None:
+        log.info("voice actions go to %s (timeout %.1f s)", actions.url, actions.timeout_s)
     stt, tts = load_backends()
     log.info("models loaded; listening on http://%s:%d", host, port)
-    web.run_app(create_app(stt, tts), host=host, port=port, print=None,
+    web.run_app(create_app(stt, tts, actions=actions), host=host, port=port, print=None,
                 access_log_format='%a "%r" %s %b %Tfs')
 
 

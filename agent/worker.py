@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent import tuning, turn_metrics
 
@@ -27,10 +28,20 @@ if __name__ == "__main__":
     # imported by livekit-agents, decides at import whether values live in files.
     turn_metrics.ensure_multiprocess_dir()
 
-from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobProcess, cli  # noqa: E402
+from aiohttp import ClientSession  # noqa: E402
+from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobProcess, cli, function_tool  # noqa: E402
 from livekit.plugins import openai, silero  # noqa: E402
 
 from agent import call_recording  # noqa: E402
+from agent.actions import (  # noqa: E402
+    TOOL_DESCRIPTION,
+    TOOL_NAME,
+    TOOL_PARAMETERS,
+    ActionClient,
+    ActionConfig,
+    ActionError,
+    from_tool_call,
+)
 from agent.speech.responder import GREETING  # noqa: E402
 
 INSTRUCTIONS = (
@@ -155,6 +166,25 @@ def build_session(config: WorkerConfig, vad: object) -> AgentSession:
     )
 
 
+def device_tools(config: ActionConfig | None) -> list[Any]:
+    """The `set_device` tool for a real LLM's tool calls (ACTION_URL set), else none. The offline
+    responder never calls tools: the speech server sends its device intents itself."""
+    if config is None:
+        return []
+    client = ActionClient(config)
+
+    async def set_device(raw_arguments: dict[str, object]) -> str:
+        try:
+            action = from_tool_call(raw_arguments)
+        except ActionError as exc:
+            return f"Not done: {exc}"   # the model reads this and can ask or correct itself
+        async with ClientSession() as session:
+            return await client.perform(action, session)
+
+    return [function_tool(set_device, raw_schema={"name": TOOL_NAME, "description": TOOL_DESCRIPTION,
+                                                  "parameters": TOOL_PARAMETERS})]
+
+
 def prewarm(proc: JobProcess) -> None:
     # silero_vad.onnx ships inside livekit-plugins-silero: loading it needs no network.
     config = WorkerConfig.from_env()
@@ -177,7 +207,8 @@ async def entrypoint(ctx: JobContext) -> None:
     # No traces/logs/transcript upload (it only ever goes to *.livekit.cloud); audio only when
     # RECORDING_POLICY records this call, into the node's recordings directory.
     record = await call_recording.record_options(ctx, session)
-    await session.start(agent=Agent(instructions=INSTRUCTIONS), room=ctx.room, record=record)
+    tools = device_tools(ActionConfig.from_env())
+    await session.start(agent=Agent(instructions=INSTRUCTIONS, tools=tools), room=ctx.room, record=record)
     await ctx.wait_for_participant()
     session.say(config.greeting)
 
@@ -209,6 +240,10 @@ def main(argv: list[str] | None = None) -> None:
         args.append("start")  # production mode: local turn detection defaults, drain on SIGTERM
     sys.argv = args
     config = WorkerConfig.from_env()
+    try:
+        ActionConfig.from_env()   # ACTION_URL / ACTION_SECRET: fail at start, not in every call
+    except ActionError as exc:
+        raise SystemExit(f"failed to read the voice-action settings: {exc}") from exc
     if config.metrics_port:
         turn_metrics.ensure_multiprocess_dir()
         turn_metrics.serve(config.metrics_host, config.metrics_port)

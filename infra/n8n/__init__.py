@@ -1,0 +1,1 @@
+"""The pinned n8n the workflow tests run: install (cached) and a loopback server."""
