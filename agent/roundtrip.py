@@ -36,7 +36,11 @@ log = logging.getLogger("agent.roundtrip")
 
 RECORD_RATE = 16000       # what Whisper wants; the SDK resamples the agent's 48 kHz track
 VOICED_RMS = 300.0        # int16 RMS above which a 10 ms frame counts as speech
-END_OF_SPEECH_GAP = 1.2   # seconds of silence that close the agent's utterance
+#: Seconds of silence that close the agent's utterance. The agent streams its speech clause by
+#: clause; on a CPU-starved node the next clause can take well over a second to synthesise (a
+#: greeting was heard as just "Hello." with 1.2 s at load 20), so the client waits longer than a
+#: natural pause. Latency is measured to the *start* of the answer, so this costs no figure.
+END_OF_SPEECH_GAP = 2.5
 
 
 class Speech(Protocol):
