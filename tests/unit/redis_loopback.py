@@ -176,6 +176,10 @@ def failover(cluster: LoopbackCluster, deadline_s: float = 30) -> tuple[Node, No
     Sentinels succeeds on another node)."""
     old = cluster.node_at(cluster.primary_by(cluster.nodes[0]) or "")
     survivors = [n for n in cluster.nodes if n is not old]
+    # A replica still in its (re)sync cannot be promoted: kill the primary only once both are linked.
+    for n in survivors:
+        wait_until(lambda n=n: cluster.replication(n).get("master_link_status") == "up", deadline_s,
+                   f"replica {n.ip} linked to the primary before the kill")
     old.redis.kill()
     t0 = time.monotonic()
     while time.monotonic() - t0 < deadline_s:
