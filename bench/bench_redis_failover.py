@@ -7,7 +7,7 @@ tests/unit/redis_loopback.py; Debian packages redis-server and redis-sentinel, `
 round kills the current primary with SIGKILL and reports the seconds until a write through
 Sentinel discovery (what LiveKit's client does) succeeds on the promoted replica, then starts the
 old primary again and reports the seconds until it is a linked replica. The figure on a real
-cluster, stop -> first successful spoken call, is printed by tests/e2e/test_redis_failover.py.
+cluster, stop -> first successful spoken call, is printed by tests/e2e/cluster/test_redis_failover.py.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from infra.local import up as local_up
 from infra.steps import Progress
 
 ROOT = Path(__file__).resolve().parents[2]
-#: The session's shared three-node cluster behind the emulated NAT (tests/e2e/conftest.py).
+#: The session's shared three-node cluster behind the emulated NAT (tests/e2e/cluster/conftest.py).
 CLUSTER_ENV = "e2ecluster"
 CLUSTER_NODES = 3
 

@@ -1,6 +1,6 @@
 """Three nodes behind the emulated 1:1 NAT: the cluster path where TURN and the room are on different nodes.
 
-The session's three-node cluster (tests/e2e/conftest.py: `e2ecluster`, `network: nat`, Redis
+The package's three-node cluster (tests/e2e/cluster/conftest.py: `e2ecluster`, `network: nat`, Redis
 and a Sentinel on every node), provisioned and deployed once. The unchanged verify suite must pass. Then a call is forced
 across nodes: the room is created on node-2 or node-3 (CreateRoom with the node's id, read
 from the node's own Prometheus metrics; the node's webhook log confirms it hosts the room),

@@ -1,8 +1,8 @@
-"""Environments several e2e modules share: a fresh three-node cluster costs minutes of CI, so
-the modules that need one (the cross-node TURN call, the Redis failover) use the same one,
-made once per session (env `e2ecluster`: three nodes behind the emulated 1:1 NAT, as on
-AWS/GCP, so the cluster path is also the NAT path). Modules that break a node on purpose
-restore it before they end; the session tears the environment down at the end."""
+"""The cluster modules share one environment: a fresh three-node cluster costs minutes of CI, so
+the modules of this package (the cross-node TURN call with the whole verify suite, then the Redis
+failover) use the same one, made once (env `e2ecluster`: three nodes behind the emulated 1:1
+NAT, as on AWS/GCP, so the cluster path is also the NAT path) and removed when the package's
+last test is done, before the other e2e modules run."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -13,7 +13,7 @@ from infra.local.up import Context
 from tests.e2e import envs
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def nat_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
     config = envs.write_config(tmp_path_factory.mktemp(envs.CLUSTER_ENV) / f"Pulumi.{envs.CLUSTER_ENV}.yaml",
                                {"network": "nat"})

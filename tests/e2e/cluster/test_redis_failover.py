@@ -1,7 +1,7 @@
 """A three-node cluster loses its Redis primary: Sentinel promotes a replica, new calls succeed,
 the old primary rejoins as a replica by itself, and a deploy afterwards changes nothing.
 
-The session's three-node cluster (tests/e2e/conftest.py: `e2ecluster`, behind the emulated NAT;
+The package's three-node cluster (tests/e2e/cluster/conftest.py: `e2ecluster`, behind the emulated NAT;
 test_cross_node runs the whole verify suite on it first), then redis-server is stopped on
 the node the Sentinels name as the primary. Prints the failover figures (stop -> Sentinel's
 switch, stop -> first successful new call); they are figures, not pass/fail.
