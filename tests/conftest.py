@@ -6,6 +6,9 @@ loopback (`livekit_server` fixture), the binary from LIVEKIT_SERVER_BIN or built
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -14,7 +17,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -113,3 +116,25 @@ logging:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@contextlib.asynccontextmanager
+async def participant(url: str, token: str) -> AsyncIterator[dict[str, Any]]:
+    """Someone in the room while the block runs (tests/rtc_participant.py, in its own process: the
+    rtc runtime stays out of the pytest process). Yields its joined/identity/error line."""
+    repo = Path(__file__).resolve().parents[1]
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.rtc_participant", cwd=repo,
+                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdin and proc.stdout
+    try:
+        proc.stdin.write(json.dumps({"url": url, "token": token}).encode() + b"\n")
+        await proc.stdin.drain()
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        yield json.loads(line or b'{"joined": false, "error": "the participant process exited"}')
+    finally:
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 20)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()

@@ -33,7 +33,7 @@ import urllib.request
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, Iterator
 
 import pytest
 from aiohttp import ClientSession
@@ -43,7 +43,7 @@ from agent.outbox import Outbox, sign
 from agent.roundtrip import HttpSpeech, round_trip
 from infra.n8n.install import N8nInstall, install
 from infra.n8n.server import N8nServer
-from tests.conftest import LOOPBACK_KEY, LOOPBACK_SECRET, free_port, livekit_binary, wait_until
+from tests.conftest import LOOPBACK_KEY, LOOPBACK_SECRET, free_port, livekit_binary, participant, wait_until
 from tests.unit.test_agent_roundtrip import Stack as VoiceStack
 from tests.unit.test_agent_roundtrip import token as voice_token
 
@@ -273,25 +273,6 @@ def post_json(url: str, body: Any, headers: dict[str, str] | None = None, raw: b
             return exc.code, json.loads(text)
         except ValueError:
             return exc.code, text.decode(errors="replace")
-
-
-@contextlib.asynccontextmanager
-async def participant(url: str, token: str) -> AsyncIterator[dict[str, Any]]:
-    """Someone in the room while the block runs (tests/rtc_participant.py, in its own process)."""
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.rtc_participant", cwd=ROOT,
-                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-    assert proc.stdin and proc.stdout
-    try:
-        proc.stdin.write(json.dumps({"url": url, "token": token}).encode() + b"\n")
-        await proc.stdin.drain()
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        yield json.loads(line or b'{"joined": false, "error": "the participant process exited"}')
-    finally:
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 20)
-        except asyncio.TimeoutError:
-            proc.kill()
 
 
 def join(url: str, token: str, while_in: Any = None) -> dict[str, Any]:

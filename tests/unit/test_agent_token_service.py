@@ -10,9 +10,8 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import sys
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 import jwt
@@ -23,7 +22,7 @@ from livekit import api
 from agent.token_policy import RECORDING_ATTRIBUTE
 from agent.token_service import Buckets, ConfigError, ServiceConfig, TokenBucket, _networks, client_address, create_app
 from agent.tokens import mint
-from tests.conftest import LOOPBACK_KEY, LOOPBACK_SECRET, LiveKit, free_port
+from tests.conftest import LOOPBACK_KEY, LOOPBACK_SECRET, LiveKit, free_port, participant
 
 REPO = Path(__file__).resolve().parents[2]
 KEY, SECRET = LOOPBACK_KEY, LOOPBACK_SECRET  # the conftest livekit_server's pair
@@ -62,26 +61,6 @@ async def post(client: TestClient, body: Any = None, *, headers: dict[str, str] 
     resp = await (client.post(path, data=data, headers={**hdrs, "Content-Type": "application/json"})
                   if data is not None else client.post(path, json=body, headers=hdrs))
     return resp.status, dict(resp.headers), await resp.json()
-
-
-@contextlib.asynccontextmanager
-async def participant(url: str, token: str) -> AsyncIterator[dict[str, Any]]:
-    """Someone in the room while the block runs (tests/rtc_participant.py, in its own process)."""
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.rtc_participant", cwd=REPO,
-                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-    assert proc.stdin and proc.stdout
-    try:
-        proc.stdin.write(json.dumps({"url": url, "token": token}).encode() + b"\n")
-        await proc.stdin.drain()
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        yield json.loads(line or b'{"joined": false, "error": "the participant process exited"}')
-    finally:
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 20)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 def claims_of(token: str) -> api.Claims:
