@@ -372,8 +372,10 @@ def agent():
 
     install_packages(["python3-venv"], block_starts=False, name="Install python3-venv")
     server.group(name=f"Create the {USER} group", group=USER, system=True)
+    # ensure_home=False: pyinfra would chown the home to voicestack:voicestack on every run, and the
+    # directory step below makes it root:voicestack 0750 (a service must not alter the deploy's state).
     server.user(name=f"Create the {USER} user", user=USER, group=USER, system=True, home=HOME,
-                shell="/usr/sbin/nologin", create_home=False)
+                shell="/usr/sbin/nologin", create_home=False, ensure_home=False)
 
     for path in (OPT, APP, CODE_DIR, f"{CODE_DIR}/speech"):
         files.directory(name=f"Create {path}", path=path, user="root", group="root", mode="755")
