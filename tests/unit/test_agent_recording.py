@@ -425,7 +425,9 @@ def test_agent_recording_agent_call_recorded_in_process_and_delivered_after_rece
     assert agent_identity.startswith("agent-")
     segments = ev["transcript"]["segments"]
     greeting = find(segments, "assistant")
-    asked = find([s for s in segments if s["speaker"] == "caller"], "lights")
+    # "turn on": Whisper tiny.en heard the recorded "lights" as "white(s)" in some runs; the
+    # point here is whose words sit where on the timeline, not the word error rate.
+    asked = find([s for s in segments if s["speaker"] == "caller"], "turn on")
     answer = find([s for s in segments if s["start"] > asked["start"]], "turned")
     assert (greeting["speaker"], answer["speaker"]) == (agent_identity, agent_identity)
     assert greeting["start"] < asked["start"] < answer["start"]
