@@ -80,10 +80,7 @@ lint: $(VENV_STAMP)
 	@$(PY) -m ruff check .
 
 test-unit: $(VENV_STAMP) $(AGENT_STAMP)
-	@# The Redis Sentinel cluster runs in a process of its own: after the deploy tests in the same
-	@# process its failover test was seen to fail (alone it passes); the cause is not found yet.
-	@$(PY) -m pytest tests/unit/test_redis_sentinel.py
-	@$(PY) -m pytest tests/unit --ignore-glob='tests/unit/test_agent_*' --ignore=tests/unit/test_redis_sentinel.py
+	@$(PY) -m pytest tests/unit --ignore-glob='tests/unit/test_agent_*'
 	@export LIVEKIT_SERVER_BIN="$$($(PY) -m infra.local livekit-bin)" && $(APY) -m pytest tests/unit/test_agent_*.py
 
 # The voice page in Chromium against a whole stack on loopback (~3 min; not part of make test, whose

@@ -122,6 +122,11 @@ class LoopbackCluster:
         words = self.ask_sentinel(node, "SENTINEL", "get-master-addr-by-name", redis.MASTER_NAME).split()
         return f"{words[0]}:{words[1]}" if len(words) == 2 and words[1].isdigit() else None
 
+    def sentinel_master(self, node: Node) -> dict[str, str]:
+        """SENTINEL MASTER as a dict (redis-cli prints the reply's keys and values on alternate lines)."""
+        lines = self.ask_sentinel(node, "SENTINEL", "master", redis.MASTER_NAME).splitlines()
+        return dict(zip(lines[0::2], lines[1::2]))
+
     def replication(self, node: Node) -> dict[str, str]:
         reply = self.data(node, "INFO", "replication")
         return dict(line.split(":", 1) for line in reply.splitlines() if ":" in line)
@@ -129,9 +134,12 @@ class LoopbackCluster:
     def node_at(self, address: str) -> Node:
         return next(n for n in self.nodes if f"{n.ip}:{self.redis_port}" == address)
 
-    def write_via_sentinel(self, key: str, value: str, sentinels: list[Node] | None = None) -> str | None:
+    def write_via_sentinel(self, key: str, value: str, sentinels: list[Node] | None = None,
+                           replicas: int = 0, ack_ms: int = 5_000) -> str | None:
         """What LiveKit's client does: ask the Sentinels for the primary (first answer wins), write there.
-        Returns the primary written to, None if no write succeeded."""
+        With `replicas`, also wait (Redis WAIT) until that many replicas acknowledged the write:
+        replication is asynchronous, so a primary killed right after a plain SET may take the write
+        with it. Returns the primary written to, None if no write succeeded (or was not acknowledged)."""
         for s in sentinels or self.nodes:
             if s.sentinel.proc is None or s.sentinel.proc.poll() is not None:
                 continue
@@ -139,9 +147,12 @@ class LoopbackCluster:
             if primary is None:
                 continue
             ip, port = primary.rsplit(":", 1)
-            if self.cli(ip, int(port), "SET", key, value) == "OK":
-                return primary
-            return None
+            if self.cli(ip, int(port), "SET", key, value) != "OK":
+                return None
+            acked = self.cli(ip, int(port), "WAIT", str(replicas), str(ack_ms)) if replicas else ""
+            if replicas and not (acked.isdigit() and int(acked) >= replicas):
+                return None
+            return primary
         return None
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -160,6 +171,12 @@ class LoopbackCluster:
         for n in self.nodes[1:]:
             wait_until(lambda n=n: self.replication(n).get("master_link_status") == "up", ready_s,
                        f"replica {n.ip} linked to the primary", n.redis.proc, interval=0.2)
+        # ... and every Sentinel knows both replicas. Sentinel learns them from the primary's INFO,
+        # refreshed every 10 s; one that missed a replica never reconfigures it after a failover
+        # (CI once killed the primary 8 s after start, and that replica stayed on the dead one).
+        for n in self.nodes:
+            wait_until(lambda n=n: self.sentinel_master(n).get("num-slaves") == str(self.count - 1), ready_s,
+                       f"Sentinel on {n.ip} knowing {self.count - 1} replicas", n.sentinel.proc, interval=0.2)
 
     def stop(self) -> None:
         for n in self.nodes:

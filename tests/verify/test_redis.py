@@ -10,8 +10,10 @@ from deploy.tasks import redis
 from deploy.tasks._facts import redis_cli
 from infra.outputs import Outputs
 from infra.spec import EnvSpec, Role
+from tests.conftest import wait_until
 from tests.verify.test_hosts import hosts  # noqa: F401 - the SSH connections fixture
 
+REPLICA_DISCOVERY_S = 30  # two of Sentinel's 10 s INFO refreshes, and slack
 FIX = "make deploy; on the node: journalctl -u redis-server -u redis-sentinel"
 
 
@@ -29,6 +31,11 @@ def _data(host, ip: str, spec: EnvSpec, *args: str) -> str:
 
 def _sentinel(host, spec: EnvSpec, *args: str) -> str:
     return host.run(redis_cli(redis.SENTINEL_SEED, "127.0.0.1", spec.port("redis-sentinel").start, *args)).stdout.strip()
+
+
+def _sentinel_master(host, spec: EnvSpec) -> dict[str, str]:
+    words = _sentinel(host, spec, "SENTINEL", "MASTER", redis.MASTER_NAME).splitlines()
+    return dict(zip(words[0::2], words[1::2]))
 
 
 def _replication(host, ip: str, spec: EnvSpec) -> dict[str, str]:
@@ -60,15 +67,23 @@ def test_redis_01_one_primary_named_by_every_sentinel_and_replicas_linked(redis_
 def test_redis_02_sentinels_can_fail_over_with_the_deploys_settings(redis_hosts, spec: EnvSpec) -> None:
     want = {"quorum": str(spec.redis_quorum), "down-after-milliseconds": str(redis.DOWN_AFTER_MS),
             "failover-timeout": str(redis.FAILOVER_TIMEOUT_MS)}
+    replicas = str(len(redis_hosts) - 1)
     problems = []
     for node, host, _ in redis_hosts:
         quorum = _sentinel(host, spec, "SENTINEL", "ckquorum", redis.MASTER_NAME)
         if not quorum.startswith(f"OK {len(redis_hosts)} usable Sentinels"):
             problems.append(f"{node.name}: SENTINEL CKQUORUM says {quorum!r}")
-        words = _sentinel(host, spec, "SENTINEL", "MASTER", redis.MASTER_NAME).splitlines()
-        got = dict(zip(words[0::2], words[1::2]))
+        got = _sentinel_master(host, spec)
         if {k: got.get(k) for k in want} != want:
             problems.append(f"{node.name}: Sentinel runs with {({k: got.get(k) for k in want})}, the deploy sets {want}")
+        # A Sentinel reconfigures after a failover only the replicas it knows (it learns them from
+        # the primary's INFO every 10 s, so a just-deployed cluster may need that long).
+        try:
+            wait_until(lambda host=host: _sentinel_master(host, spec).get("num-slaves") == replicas,
+                       REPLICA_DISCOVERY_S, f"the Sentinel on {node.name} knowing {replicas} replicas", interval=1)
+        except TimeoutError:
+            problems.append(f"{node.name}: Sentinel knows {_sentinel_master(host, spec).get('num-slaves')} replicas, "
+                            f"want {replicas}: a failover would leave the others on the dead primary")
     assert not problems, "; ".join(problems) + f" — {FIX}"
 
 
