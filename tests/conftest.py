@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +27,16 @@ READY_DEADLINE = 30.0
 #: The loopback server's key pair (tests mint tokens with it).
 LOOPBACK_KEY = "devkey"
 LOOPBACK_SECRET = "loopback-secret-0123456789abcdef0123456789"
+
+
+def require(*tools: str, root: bool = False) -> None:
+    """Fail, never skip, when a host tool `make deps` installs is missing (or root is needed): a
+    skipped check on a machine that lacks the tool would pass CI without having run."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if root and os.geteuid() != 0:
+        pytest.fail("needs root (network namespaces, nftables)")
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: run 'make deps'")
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

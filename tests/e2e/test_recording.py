@@ -134,7 +134,7 @@ def wait_for_tracks(ctx: Any, room: str, count: int, deadline_s: float) -> float
         if time.monotonic() > end:
             raise AssertionError(f"the recorder did not write {count} tracks for {room} within {deadline_s:.0f} s: "
                                  f"{probe.stderr[-500:]}\n" + ssh(ctx, "journalctl -u voicestack-recorder -n 30 --no-pager"))
-        time.sleep(0.5)
+        time.sleep(0.5)  # poll interval of the deadline loop
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(0.1)  # poll interval of the deadline loop
 
 
 async def await_until(check: Callable[[], Any], timeout: float, what: str) -> Any:

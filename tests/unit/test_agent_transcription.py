@@ -44,7 +44,7 @@ def speech_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 pytest.fail(f"the speech server did not start: {Path(log.name).read_text()[-2000:]}")
-            time.sleep(0.2)
+            time.sleep(0.2)  # poll interval of the deadline loop
     try:
         yield f"http://127.0.0.1:{port}/v1"
     finally:

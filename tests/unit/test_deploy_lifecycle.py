@@ -6,7 +6,6 @@ host has it) checks that systemd itself accepts them; the address-wait script ru
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from deploy.inventory import node_vars
 from deploy.render import render
 from deploy.tasks import _lifecycle, agent, caddy, certificates, coturn, livekit, redis
 from infra.config import ConfigError, parse
+from tests.conftest import require
 from tests.unit.support import outputs_for, spec_of
 
 DEBIAN_UNITS = ("nginx.service", "coturn.service", "redis-server.service", "redis-sentinel.service")
@@ -134,9 +134,9 @@ def test_the_deploy_bounds_a_livekit_restart_by_the_stop_budget() -> None:
     assert livekit.RESTART_MARGIN_SECONDS > 0
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_systemd_accepts_the_rendered_units(tmp_path: Path) -> None:
     """systemd's own parser reads each file (a misspelt key or a key in the wrong section is an error)."""
+    require("systemd-analyze")
     problems = []
     for unit, text in unit_files(3, recording="rooms").items():
         if unit in DEBIAN_UNITS:
@@ -159,8 +159,7 @@ def test_systemd_accepts_the_rendered_units(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def wait_script(tmp_path_factory) -> Path:
-    if shutil.which("ip") is None:
-        pytest.skip("needs iproute2")
+    require("ip")
     path = tmp_path_factory.mktemp("wait") / "voicestack-wait-address"
     path.write_text(render("base", "wait-address.sh.j2", {}))
     path.chmod(0o755)

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -17,6 +15,7 @@ from infra.config import parse
 from infra.outputs import OutputsError
 from infra.secrets import redis_password
 from infra.spec import TOKEN_PATH, derive
+from tests.conftest import require
 from tests.unit.support import ADMIN, ART, INTERFACE, PUBLIC, SECRET, TURN_SECRET, outputs_for, spec_of
 
 
@@ -321,9 +320,9 @@ def test_host_firewall_refuses_to_lock_ssh_out() -> None:
         firewall.firewall_vars(vs)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft"), reason="nft -c needs root and nftables")
 @pytest.mark.parametrize("nodes", [1, 3])
 def test_rendered_nftables_passes_nft_check(tmp_path, nodes: int) -> None:
+    require("nft", root=True)  # nft -c needs root
     path = tmp_path / "nftables.conf"
     path.write_text(rendered(nodes)["nftables.conf"])
     result = subprocess.run(["nft", "-c", "-f", str(path)], capture_output=True, text=True)

@@ -10,6 +10,7 @@ import pytest
 
 from infra.local import hostsettings
 from infra.local.names import EnvNames
+from tests.conftest import require
 
 
 @pytest.fixture
@@ -79,9 +80,9 @@ def test_private_dirs_narrow_existing_modes_to_root_only(tmp_path: Path) -> None
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
 
 
-@pytest.mark.skipif(shutil.which("systemctl") is None, reason="needs systemctl")
 def test_packaged_daemons_are_disabled_and_a_rerun_changes_nothing(tmp_path: Path) -> None:
     """systemctl --root on a scratch root: the same calls `up` makes on the host."""
+    require("systemctl")
     units = tmp_path / "lib" / "systemd" / "system"
     units.mkdir(parents=True)
     for name in ("coturn.service", "apt-cacher-ng.service"):

@@ -9,8 +9,6 @@ host's own network.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from infra.local.names import EnvNames
+from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = "unitnat"
@@ -28,8 +27,9 @@ NODE_NS = [NAMES.node_netns("node-1"), NAMES.node_netns("node-2")]
 PUB = [NAMES.node_public_ip(0), NAMES.node_public_ip(1)]
 IFACE = [NAMES.node_interface_ip(0), NAMES.node_interface_ip(1)]
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("ip"),
-                                reason="network namespaces and nftables need root")
+@pytest.fixture(autouse=True, scope="module")
+def _host_tools() -> None:
+    require("nft", "ip", root=True)  # network namespaces and nftables
 
 BUILD = """
 import sys

@@ -5,8 +5,6 @@ import gzip
 import hashlib
 import io
 import ipaddress
-import os
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -17,6 +15,7 @@ from infra.cloudinit import etc_hosts, render_user_data
 from infra.local import aptproxy, artifacts, dns, firewall, wheelhouse
 from infra.local.names import EnvNameError, EnvNames
 from infra.spec import WORLD, FirewallRule
+from tests.conftest import require
 from tests.unit.support import spec_of
 
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVvaWNlc3RhY2t0ZXN0a2V5MDAwMDAwMDAwMDAw op@host"
@@ -158,10 +157,10 @@ def test_block_udp_drops_udp_to_and_from_the_internet_before_established_flows()
     assert any(f'oifname "{names.public_bridge}" meta l4proto udp counter drop' in line for line in lines)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft"), reason="nft -c needs root and nftables")
 @pytest.mark.parametrize("changes", [{}, {"network": "nat"}, {"network": "nat", "blockUdp": True}],
                          ids=["direct", "nat", "nat-block-udp"])
 def test_the_cloud_firewall_ruleset_passes_nft_check(tmp_path: Path, changes: dict) -> None:
+    require("nft", root=True)  # nft -c needs root
     path = tmp_path / "cloud.nft"
     path.write_text(firewall.render(EnvNames("unit"), spec_of(3, env="unit", **changes)))
     result = subprocess.run(["nft", "-c", "-f", str(path)], capture_output=True, text=True)
