@@ -38,3 +38,27 @@ def outputs_for(spec: EnvSpec, *, token_key: str = TOKEN_KEY, call_password: str
     return outputs.assemble(spec, nodes, api_secret=SECRET, turn_secret=TURN_SECRET, token_key=token_key or "x",
                             call_password=call_password or "x",
                             deploy=inputs)
+
+
+# ---- one node's deploy variables, and the agent task's files rendered from them ----------------
+
+def node(nodes: int = 1, name: str = "node-1", **changes: Any) -> tuple[EnvSpec, Any]:
+    """The spec of `nodes` nodes with `changes`, and node `name`'s deploy variables."""
+    from deploy.inventory import node_vars  # deploy imports infra: kept out of support's import time
+    spec = spec_of(nodes, **changes)
+    return spec, node_vars(outputs_for(spec))[name]
+
+
+def env_lines(vs: Any) -> dict[str, str]:
+    """The agent's env file as a dict (what the units read)."""
+    from deploy.render import render
+    from deploy.tasks import agent
+    text = render("agent", "agent.env.j2", agent.agent_vars(vs))
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def agent_unit(vs: Any, name: str) -> str:
+    """The rendered unit file of agent service `name`."""
+    from deploy.render import render
+    from deploy.tasks import agent
+    return render("agent", agent.unit_template(name), agent.unit_vars(agent.agent_vars(vs), name))

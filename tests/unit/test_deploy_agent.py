@@ -10,24 +10,13 @@ from deploy.inventory import DeployInputError, node_vars
 from deploy.render import render
 from deploy.tasks import agent, livekit
 from infra.spec import TOKEN_PATH, Role, Scope
-from tests.unit.support import SECRET, TOKEN_KEY, TURN_SECRET, outputs_for, spec_of
+from tests.unit.support import SECRET, TOKEN_KEY, TURN_SECRET, agent_unit, env_lines, node, outputs_for, spec_of
 
 UNITS = tuple(agent.SERVICES)
 
 
-def node(nodes: int = 1, name: str = "node-1", **changes):
-    spec = spec_of(nodes, **changes)
-    return spec, node_vars(outputs_for(spec))[name]
-
-
-def env_lines(vs) -> dict[str, str]:
-    text = render("agent", "agent.env.j2", agent.agent_vars(vs))
-    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
-
-
 def units(vs) -> dict[str, str]:
-    v = agent.agent_vars(vs)
-    return {name: render("agent", agent.unit_template(name), agent.unit_vars(v, name)) for name in UNITS}
+    return {name: agent_unit(vs, name) for name in UNITS}
 
 
 def test_spec_has_a_loopback_webhooks_port_for_agent_nodes() -> None:

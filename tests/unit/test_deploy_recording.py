@@ -9,30 +9,18 @@ import pytest
 from agent.outbox import ForwardConfig
 from agent.recording_config import POLICIES, RecordingConfig
 from deploy import fastpath
-from deploy.inventory import node_vars
 from deploy.render import render
 from deploy.tasks import agent, caddy
 from infra.config import RECORDING_POLICIES, ConfigError, parse
 from infra.secrets import forward_secret
 from infra.spec import RECORDINGS_PATH, Role, Scope
-from tests.unit.support import SECRET, TOKEN_KEY, TURN_SECRET, outputs_for, spec_of
+from tests.unit.support import SECRET, TOKEN_KEY, TURN_SECRET, agent_unit, env_lines, node, outputs_for
 
 N8N = "https://n8n.example.net/webhook/livekit"
 
 
-def node(nodes: int = 1, name: str = "node-1", **changes):
-    spec = spec_of(nodes, **changes)
-    return spec, node_vars(outputs_for(spec))[name]
-
-
-def env_lines(vs) -> dict[str, str]:
-    text = render("agent", "agent.env.j2", agent.agent_vars(vs))
-    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
-
-
 def unit(vs, name: str) -> str:
-    v = agent.agent_vars(vs)
-    return render("agent", agent.unit_template(name), agent.unit_vars(v, name))
+    return agent_unit(vs, name)
 
 
 def test_the_stack_knows_the_policies_the_agent_knows() -> None:

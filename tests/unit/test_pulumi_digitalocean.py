@@ -11,16 +11,7 @@ from infra.config import ConfigError
 from infra.spec import WORLD
 
 from . import pulumi_harness as harness
-from .pulumi_harness import (
-    ADMIN,
-    SSH_KEY,
-    assert_same,
-    assert_same_dns,
-    expected_dns,
-    expected_rules,
-    run_stack,
-    spec_for,
-)
+from .pulumi_harness import ADMIN, SSH_KEY, assert_same, expected_rules, run_stack, spec_for
 
 FIREWALL, DROPLET = "digitalocean:index/firewall:Firewall", "digitalocean:index/droplet:Droplet"
 RECORD, RESERVED = "digitalocean:index/dnsRecord:DnsRecord", "digitalocean:index/reservedIp:ReservedIp"
@@ -110,10 +101,10 @@ def test_the_livekit_name_points_at_the_reserved_ips_every_other_name_at_the_dro
     domain = run.one("digitalocean:index/domain:Domain")
     assert domain.inputs["name"] == "example.org"
     assert {r.inputs["domain"] for r in run.of(RECORD)} == {domain.id}
-    expected = expected_dns(spec, droplet_ips(run))
+    expected = harness.expected_dns(spec, droplet_ips(run))
     livekit = spec.config.livekit_host.removesuffix(".example.org")
     expected[(livekit, "A")] = sorted(reserved_ips(run))
-    assert_same_dns(expected, records(run))
+    harness.assert_same_dns(expected, records(run))
     # The outputs say what was published, for the verify suite's DNS check.
     assert run.outputs["dns"][spec.config.livekit_host] == reserved_ips(run)
     assert run.outputs["dns"][spec.config.turn_host] == [droplet_ips(run)["node-1"]]
@@ -220,7 +211,7 @@ def test_rule_comparison_fails_when_any_rule_is_missing(what, index):
 @pytest.mark.parametrize("index", range(len(spec_for(CLUSTER).dns_records)))
 def test_dns_comparison_fails_when_any_record_is_missing(index):
     spec, run = spec_for(CLUSTER), run_stack(CLUSTER)
-    expected = expected_dns(spec, run.ip_of())
+    expected = harness.expected_dns(spec, run.ip_of())
     del expected[list(expected)[index]]
     with pytest.raises(AssertionError, match="unexpected"):
-        assert_same_dns(expected, records(run))
+        harness.assert_same_dns(expected, records(run))

@@ -16,16 +16,7 @@ from infra.config import ConfigError
 from infra.spec import WORLD
 
 from . import pulumi_harness as harness
-from .pulumi_harness import (
-    ADMIN,
-    SSH_KEY,
-    assert_same,
-    assert_same_dns,
-    expected_dns,
-    expected_rules,
-    run_stack,
-    spec_for,
-)
+from .pulumi_harness import ADMIN, SSH_KEY, assert_same, expected_rules, run_stack, spec_for
 
 FIREWALL, SERVER = "hcloud:index/firewall:Firewall", "hcloud:index/server:Server"
 RRSET, PRIMARY_IP = "hcloud:index/zoneRrset:ZoneRrset", "hcloud:index/primaryIp:PrimaryIp"
@@ -69,7 +60,7 @@ def test_every_server_has_the_firewall_attached_at_creation(shape):
 def test_dns_records_point_at_the_right_nodes(shape):
     config, spec, run = shape
     assert {r.inputs["zone"] for r in run.of(RRSET)} == {config["domain"]}
-    assert_same_dns(expected_dns(spec, run.ip_of()), actual_dns(run))
+    harness.assert_same_dns(harness.expected_dns(spec, run.ip_of()), actual_dns(run))
 
 
 def test_servers_keep_primary_ips_that_outlive_them(shape):
@@ -243,7 +234,7 @@ def test_dns_comparison_fails_when_any_record_is_missing(index):
     actual = actual_dns(run)
     del actual[list(actual)[index]]
     with pytest.raises(AssertionError, match="missing"):
-        assert_same_dns(expected_dns(spec, run.ip_of()), actual)
+        harness.assert_same_dns(harness.expected_dns(spec, run.ip_of()), actual)
 
 
 def test_a_program_that_drops_a_spec_rule_fails_the_comparison(monkeypatch):
