@@ -3,9 +3,10 @@
     ip netns exec <client_netns> .venv-agent/bin/python -m agent.callclient
 
 Reads one JSON command per line on stdin, writes one JSON object per line on stdout:
-  {"cmd": "round_trip", "url", "token", "ca_bundle"?, "timeout"?, "phrase"?}  -> {"event": "round_trip", ...}
-      a spoken round trip in a fresh room (agent/roundtrip.py), like agent/roundtrip_cli.py, but the
-      client's models are loaded once for the whole session
+  {"cmd": "round_trip", "url", "token", "ca_bundle"?, "timeout"?, "phrase"?, "turn_tls"?}
+      -> {"event": "round_trip", ...}: a spoken round trip in a fresh room (agent/roundtrip.py), like
+      agent/roundtrip_cli.py (turn_tls and relay_only/ice_servers as there), but the client's models
+      are loaded once for the whole session
   {"cmd": "call", "url", "token", "ca_bundle"?, "timeout"?}  -> {"event": "call", "ok", "greeting"}
       join and stay; from then on every room event is written as {"event": "room", "name", "t", ...}
       (connection_state_changed, reconnecting, reconnected, disconnected with its reason,
@@ -29,7 +30,7 @@ from typing import Any
 from livekit import rtc
 
 from agent.roundtrip import RECORD_RATE, _Recorder, _utterance, round_trip
-from agent.roundtrip_cli import LocalSpeech
+from agent.roundtrip_cli import LocalSpeech, ice_policy
 from agent.wav import read_wav, wav_bytes
 
 
@@ -200,11 +201,13 @@ async def serve() -> None:
         started = time.monotonic()
         try:
             if name == "round_trip":
-                r = await round_trip(cmd["url"], cmd["token"], speech=speech,
-                                     phrase=cmd.get("phrase", "turn on the lights"), ca_bundle=cmd.get("ca_bundle"),
-                                     timeout=timeout)
+                with ice_policy(cmd) as (config, tunnel):
+                    r = await round_trip(cmd["url"], cmd["token"], speech=speech,
+                                         phrase=cmd.get("phrase", "turn on the lights"),
+                                         ca_bundle=cmd.get("ca_bundle"), timeout=timeout, rtc_config=config)
                 emit({"event": "round_trip", "ok": True, "greeting": r.greeting, "answer": r.answer,
-                      "latency_s": r.latency_s, "agent_join_s": r.agent_join_s, "t": time.time()})
+                      "latency_s": r.latency_s, "agent_join_s": r.agent_join_s, "t": time.time(),
+                      "turn_tls_connections": tunnel.connections if tunnel is not None else None})
             elif name == "call":
                 call = LiveCall(speech)
                 joined = await call.join(cmd["url"], cmd["token"], cmd.get("ca_bundle"), timeout)

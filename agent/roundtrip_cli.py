@@ -15,10 +15,11 @@ it needs nothing but the LiveKit URL: its traffic is exactly what a user's would
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from livekit import rtc
 
@@ -51,22 +52,32 @@ def rtc_config(args: dict[str, Any]) -> rtc.RtcConfiguration | None:
     return rtc.RtcConfiguration(ice_transport_type=rtc.IceTransportType.TRANSPORT_RELAY, ice_servers=servers)
 
 
-async def main_async(args: dict[str, Any]) -> dict[str, Any]:
+@contextlib.contextmanager
+def ice_policy(args: dict[str, Any]) -> Iterator[tuple[rtc.RtcConfiguration | None, TlsTunnel | None]]:
+    """The RTC configuration the arguments ask for, and the TLS tunnel when they name turn_tls:
+    then ICE may use only that TURN server, reached over TLS through the tunnel (shared by
+    this CLI and agent.callclient, so a session's round trip can take TURN/TLS too)."""
     turn_tls = args.get("turn_tls")
     if not turn_tls:
-        return await _trips(args)
+        yield rtc_config(args), None
+        return
     tunnel = TlsTunnel(turn_tls["host"], int(turn_tls["port"]), turn_tls["server_name"], args.get("ca_bundle"))
     with tunnel as port:
         server = {"urls": [f"turn:127.0.0.1:{port}?transport=tcp"], "username": turn_tls["username"],
                   "password": turn_tls["password"]}
-        out = await _trips({**args, "relay_only": True, "ice_servers": [server]})
-    out["turn_tls_connections"] = tunnel.connections
+        yield rtc_config({**args, "relay_only": True, "ice_servers": [server]}), tunnel
+
+
+async def main_async(args: dict[str, Any]) -> dict[str, Any]:
+    with ice_policy(args) as (config, tunnel):
+        out = await _trips(args, config)
+    if tunnel is not None:
+        out["turn_tls_connections"] = tunnel.connections
     return out
 
 
-async def _trips(args: dict[str, Any]) -> dict[str, Any]:
+async def _trips(args: dict[str, Any], config: rtc.RtcConfiguration | None) -> dict[str, Any]:
     speech = LocalSpeech()
-    config = rtc_config(args)
     results = []
     for token in args["tokens"]:
         started = time.monotonic()

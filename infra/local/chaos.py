@@ -20,7 +20,7 @@ from infra.local import host, machines
 from infra.local.names import EnvNames
 from infra.outputs import Outputs
 from infra.probes import netcond
-from infra.probes.roundtrip import CallSession, round_trips
+from infra.probes.roundtrip import CallSession, condition_options, round_trips
 from infra.spec import TOKEN_PATH, EnvSpec, Node, Role
 
 #: How long a killed unit may take to be active again and answer (RestartSec + a cold start of
@@ -124,15 +124,16 @@ def round_trip_until(outputs: Outputs, deadline_s: float, condition: str = "norm
     start = time.time() if since is None else since
     end = time.monotonic() + deadline_s
     attempts, last, errors = 0, {}, []
+    options = condition_options(outputs, condition)
     while time.monotonic() < end:
         attempts += 1
         budget = max(20.0, min(60.0, end - time.monotonic()))
         with (netcond.condition(outputs.client_netns, condition) if outputs.client_netns
               else contextlib.nullcontext()):
             if session is not None:
-                last = session.round_trip(condition, timeout=budget)
+                last = session.round_trip(condition, timeout=budget, **options)
             else:
-                (last,) = round_trips(outputs, 1, condition, timeout=budget)
+                (last,) = round_trips(outputs, 1, condition, timeout=budget, **options)
         if last["ok"] and (expect is None or expect in last["answer"].lower()):
             return {**last, "attempts": attempts, "after_s": time.time() - start, "errors": errors}
         errors.append(str(last.get("error") or f"answer heard as {last.get('answer')!r}")[:300])

@@ -45,6 +45,13 @@ def turn_tls(outputs: Outputs, user: str = "verify") -> dict[str, Any]:
             "username": username, "password": password}
 
 
+def condition_options(outputs: Outputs, condition: str) -> dict[str, Any]:
+    """What a round trip needs under a network condition (infra/probes/netcond.py): with only TCP 443
+    open, ICE must be told to take the TURN name over TLS (libwebrtc does not do it by itself with
+    a private CA), else it never connects ("wait_pc_connection timed out")."""
+    return {"turn_tls": turn_tls(outputs)} if condition == "tcp443-only" else {}
+
+
 class CallSession:
     """agent/callclient.py on the client side, for a whole test module: round trips without loading
     the client's speech models each time, and one live call whose room events are kept.
@@ -111,10 +118,11 @@ class CallSession:
     def _target(self) -> dict[str, Any]:
         return {"url": self.outputs.livekit_url, "ca_bundle": self.outputs.ca_bundle}
 
-    def round_trip(self, condition: str = "normal", timeout: float = 60) -> dict[str, Any]:
-        """One round trip in a fresh room (`condition` only names the room: the caller sets the network)."""
+    def round_trip(self, condition: str = "normal", timeout: float = 60, **options: Any) -> dict[str, Any]:
+        """One round trip in a fresh room. `condition` names the room (the caller sets the network);
+        `options` as for round_trips (condition_options gives the ones a condition needs)."""
         token, room = self._token(f"chaos-{condition}")
-        self._send({"cmd": "round_trip", "token": token, "timeout": timeout, **self._target()})
+        self._send({"cmd": "round_trip", "token": token, "timeout": timeout, **self._target(), **options})
         return {**self._wait("round_trip", timeout + 60), "room": room}
 
     def call(self, timeout: float = 90) -> dict[str, Any]:

@@ -258,12 +258,35 @@ class Speaker:
         self.spoke_at.append(time.time())
         self.pending = np.concatenate([self.pending, pcm])
 
+    async def say_all(self, pcm: np.ndarray, timeout: float = 20) -> None:
+        """Say `pcm` and return once the mic has sent all of it."""
+        self.say(pcm)
+        await await_until(lambda: self.pending.size == 0, timeout, f"{self.identity}'s phrase")
+
     async def leave(self) -> None:
         if self._mic:
             self._mic.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._mic
         await self.room.disconnect()
+
+
+async def recording_started(stack: Stack, room: str, tracks: int = 1) -> dict[str, Any]:
+    """The room's recording once the recorder writes `tracks` tracks."""
+    found = await await_until(lambda: [m for m in stack.recordings_of(room) if len(m["tracks"]) >= tracks], 30,
+                              f"the recorder writing {tracks} track(s) of {room}")
+    return found[0]
+
+
+async def recorded_phrase(stack: Stack, room: str, identity: str, text: str,
+                          agent: str | None = None) -> tuple[Speaker, dict[str, Any]]:
+    """`identity` joins `room`, and once the recorder writes their track says `text` to the end."""
+    who = Speaker(identity, identity.title())
+    phrase = await synthesize(HttpSpeech(stack.speech_url), text)
+    await who.join(stack.url, room, agent=agent)
+    rec = await recording_started(stack, room)
+    await who.say_all(phrase)
+    return who, rec
 
 
 async def synthesize(speech: HttpSpeech, text: str) -> np.ndarray:
@@ -439,16 +462,11 @@ def test_agent_recording_token_room_config_asks_for_the_recorder(stack: Stack) -
     """A token whose roomConfig dispatches the recorder records a room the policy alone would not."""
     stack.use_policy("agent-calls")
     room = "token-asks"
-    speech = HttpSpeech(stack.speech_url)
 
     async def meeting() -> None:
-        gina = Speaker("gina", "Gina")
-        phrase = await synthesize(speech, "The printer on the second floor is broken.")
-        await gina.join(stack.url, room, agent="recorder")
-        await await_until(lambda: [m for m in stack.recordings_of(room) if m["tracks"]], 30,
-                          "the recorder the token dispatched")
-        gina.say(phrase)
-        await await_until(lambda: gina.pending.size == 0, 20, "gina's phrase")
+        # The recorder this waits for is the one the token dispatched.
+        gina, _ = await recorded_phrase(stack, room, "gina", "The printer on the second floor is broken.",
+                                        agent="recorder")
         await asyncio.sleep(1.0)  # a pause before she hangs up
         await gina.leave()
 
@@ -468,11 +486,8 @@ def test_agent_recording_killed_recorder_leaves_what_it_recorded_and_reports_it(
         phrase = await synthesize(speech, "The database migration is finished.")
         await dave.join(stack.url, room)
         await erin.join(stack.url, room)
-        rec = await await_until(lambda: [m for m in stack.recordings_of(room) if len(m["tracks"]) == 2], 30,
-                                "the recorder to write both tracks")
-        rec = rec[0]
-        dave.say(phrase)
-        await await_until(lambda: dave.pending.size == 0, 20, "dave's phrase")
+        rec = await recording_started(stack, room, tracks=2)
+        await dave.say_all(phrase)
         track = next(t for t in rec["tracks"] if t["participant"] == "dave")
         said_until = time.time() - rec["started_at"] - track["offset_s"]
         # Killed only once the phrase is on disk: a decodable file that long.
@@ -499,16 +514,9 @@ def test_agent_recording_service_stop_mid_meeting_closes_the_recording_as_partia
     """A deploy restarting the recorder cuts a meeting short: kept, finished, reported as partial."""
     stack.use_policy("rooms")
     room = "restart-meeting"
-    speech = HttpSpeech(stack.speech_url)
 
     async def meeting() -> str:
-        hank = Speaker("hank", "Hank")
-        phrase = await synthesize(speech, "The quarterly report goes out on Monday.")
-        await hank.join(stack.url, room)
-        rec = (await await_until(lambda: [m for m in stack.recordings_of(room) if m["tracks"]], 30,
-                                 "the recorder to write hank's track"))[0]
-        hank.say(phrase)
-        await await_until(lambda: hank.pending.size == 0, 20, "hank's phrase")
+        hank, rec = await recorded_phrase(stack, room, "hank", "The quarterly report goes out on Monday.")
         stack.stop("recorder")  # SIGTERM: drains RECORDER_DRAIN_TIMEOUT (3 s), then ends the job
         stack.policy = None     # the next test starts a fresh recorder
         await hank.leave()

@@ -160,3 +160,26 @@ def test_agent_roundtrip_worker_drains_and_exits_on_sigterm(stack: Stack) -> Non
     stack.worker.send_signal(signal.SIGTERM)
     assert stack.worker.wait(timeout=30) == 0
     assert "draining worker" in stack.log("worker")
+
+
+def test_agent_roundtrip_turn_tls_options_make_ice_relay_only_through_the_tunnel() -> None:
+    """The round-trip CLI and the session client (agent.callclient) share ice_policy: turn_tls
+    means relay-only ICE through a live loopback tunnel; nothing means the SDK's defaults."""
+    from livekit import rtc
+
+    from agent.roundtrip_cli import ice_policy
+
+    with ice_policy({}) as (config, tunnel):
+        assert (config, tunnel) == (None, None)
+    turn = {"host": "127.0.0.1", "port": 9, "server_name": "turn.example.test", "username": "u", "password": "p"}
+    with ice_policy({"turn_tls": turn}) as (config, tunnel):
+        assert tunnel is not None and config is not None
+        assert config.ice_transport_type == rtc.IceTransportType.TRANSPORT_RELAY
+        (server,) = config.ice_servers
+        (url,) = server.urls
+        port = int(url.removeprefix("turn:127.0.0.1:").removesuffix("?transport=tcp"))
+        assert (server.username, server.password) == ("u", "p")
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # the tunnel listens where ICE is told to go
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)  # and is gone afterwards

@@ -19,7 +19,7 @@ import pytest
 from infra.config import LOCAL_SPEECH_URL
 from infra.outputs import Outputs
 from infra.probes import netcond
-from infra.probes.roundtrip import round_trips, turn_tls
+from infra.probes.roundtrip import condition_options, round_trips
 from infra.spec import EnvSpec
 
 HINTS = {
@@ -77,7 +77,7 @@ def check_candidates(outputs: Outputs, spec: EnvSpec, condition: str, ice: dict)
 def test_voice_01_spoken_round_trip(outputs: Outputs, spec: EnvSpec, condition: str) -> None:
     if condition != "normal" and not outputs.client_netns:
         pytest.skip("network conditions need the client namespace of a local environment")
-    options = {"turn_tls": turn_tls(outputs)} if condition == "tcp443-only" else {}
+    options = condition_options(outputs, condition)
     if outputs.client_netns:
         with netcond.condition(outputs.client_netns, condition):
             (result,) = round_trips(outputs, 1, condition, collect_ice=True, **options)
