@@ -19,19 +19,16 @@ from pathlib import Path
 import pytest
 
 from infra import outputs
-from infra.local import chaos, host, hostsettings, machines, power
+from infra.local import chaos, host, hostsettings, machines
 from infra.local.names import RUN, STATE
 from infra.probes import run as run_probe
 from infra.probes.roundtrip import CallSession
-from tests.e2e import envs
+from tests.e2e import envs, heal
 
 ENV = "e2echaos"
 ROOT = Path(__file__).resolve().parents[2]
 #: livekitStopTimeout of this env: long enough to see the drain keep the call, short for CI.
 STOP_S = 30
-#: Deadline for the first passing round trip after a kill (the unit's own return is within
-#: chaos.BACK_DEADLINE_S). Generous: a loaded 2-core CI host takes ~40 s per round trip.
-ROUND_TRIP_DEADLINE_S = 240
 UNITS = ["caddy.service", "nginx.service", "livekit.service", "coturn.service", "voicestack-agent.service",
          "voicestack-speech.service", "voicestack-token.service", "voicestack-webhooks.service"]
 FIGURES: dict[str, dict] = {}
@@ -76,8 +73,7 @@ def node_of(env):
     return env.spec.nodes[0]
 
 
-def ssh(env, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return machines.ssh(env.names, env.names.node_public_ip(0), command, check=False, timeout=timeout)
+ssh = heal.ssh
 
 
 def reconfigure(env, **settings) -> None:
@@ -125,20 +121,8 @@ def _extra_check(out, env, unit: str, result: dict, trip: dict) -> None:
 
 @pytest.mark.parametrize("unit", UNITS, ids=[u.removesuffix(".service") for u in UNITS])
 def test_kill_9_heals_and_a_spoken_round_trip_passes(env, out, session, unit: str):
-    targets = {t.unit: t for t in chaos.targets(env.spec, node_of(env))}
-    assert set(targets) == set(UNITS), set(targets) ^ set(UNITS)
-    result = chaos.kill_and_wait(env.names, node_of(env), targets[unit])
-    assert result["new_pid"] != result["old_pid"] and result["restarts"] >= 1, result
-    # coturn: media must go through TURN/TLS on 443 (nginx -> coturn) for the call to work.
-    condition = "tcp443-only" if unit == "coturn.service" else "normal"
-    trip = chaos.round_trip_until(out, ROUND_TRIP_DEADLINE_S, condition, since=result["killed_at"], session=session)
-    FIGURES[unit] = {"active_s": result["active_s"], "answers_s": result["answers_s"],
-                     "round_trip_after_s": round(trip["after_s"], 1), "attempts": trip["attempts"],
-                     "latency_s": round(trip.get("latency_s", 0), 2), "condition": condition,
-                     "failed_attempts": trip["errors"]}
-    print(f"\n{unit}: {FIGURES[unit]}")
-    assert trip["ok"], f"no spoken round trip within {ROUND_TRIP_DEADLINE_S}s after kill -9 of {unit}: {trip}"
-    assert "turned on the lights" in trip["answer"].lower(), trip
+    assert {t.unit for t in chaos.targets(env.spec, node_of(env))} == set(UNITS)
+    FIGURES[unit], result, trip = heal.kill_9(env, out, unit, session)
     _extra_check(out, env, unit, result, trip)
 
 
@@ -175,40 +159,17 @@ def test_kill_9_of_redis_server_waits_for_sentinel_then_heals(env):
 
 def test_reboot_inside_the_node_then_the_verify_suite_passes(env):
     t0 = time.monotonic()
-    got = chaos.reboot(env.names, env.spec, node_of(env))
-    assert got["same_supervisor"] and got["state"] in ("running", "degraded"), got
-    failed = ssh(env, "systemctl --failed --no-legend --plain").stdout.strip()
-    assert got["state"] == "running", f"after the reboot: {got['state']}, failed units: {failed}"
+    FIGURES["reboot"] = heal.reboot(env)
     verify = subprocess.run([sys.executable, "-m", "pytest", "tests/verify", f"--env={ENV}", "-q", "-p",
                              "no:cacheprovider", "-o", "addopts="], cwd=ROOT, capture_output=True, text=True,
                             timeout=1800)
-    FIGURES["reboot"] = {**{k: round(v, 1) for k, v in got.items() if isinstance(v, float)},
-                         "verified_s": round(time.monotonic() - t0, 1)}
+    FIGURES["reboot"]["verified_s"] = round(time.monotonic() - t0, 1)
     print(f"\nreboot: {FIGURES['reboot']}\n{verify.stdout[-1500:]}")
     assert verify.returncode == 0, verify.stdout[-5000:]
 
 
 def test_power_cut_leaves_the_node_off_and_power_on_brings_it_back(env, out, session):
-    node = node_of(env)
-    ip = env.names.node_public_ip(0)
-    t0 = time.monotonic()
-    power.power(ENV, node.name, "off")
-    # Off like a pulled plug: no host process, no container, no SSH; and it stays off.
-    assert machines.running_pid(env.names, node) is None
-    assert machines.container_init_pid(machines.rootfs(env.names, node)) is None
-    assert not machines.ssh_ready(env.names, ip)
-    assert machines.running_machines(env.names) == []
-    t_on = time.time()
-    power.power(ENV, node.name, "on")
-    state = ssh(env, "systemctl is-system-running --wait", timeout=300).stdout.strip()
-    failed = ssh(env, "systemctl --failed --no-legend --plain").stdout.strip()
-    assert state == "running", f"after power on: {state}, failed units: {failed}"
-    ready_s = chaos.wait_ready(env.names, env.spec, node, since=t_on)
-    trip = chaos.round_trip_until(out, ROUND_TRIP_DEADLINE_S, session=session, since=t_on)
-    FIGURES["power cycle"] = {"off_to_round_trip_s": round(time.monotonic() - t0, 1), "on_to_ready_s": ready_s,
-                              "on_to_round_trip_s": round(trip["after_s"], 1), "attempts": trip["attempts"]}
-    print(f"\npower cycle: {FIGURES['power cycle']}")
-    assert trip["ok"], f"no round trip after the power came back: {trip}"
+    FIGURES["power cycle"] = heal.power_cut(env, out, session)
 
 
 # ---- a deploy while a call is live ----------------------------------------------------------------

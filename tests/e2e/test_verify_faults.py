@@ -1,10 +1,14 @@
-"""The verification suite fails, for the right reason, when the stack is broken on purpose.
+"""The verification suite fails, for the right reason, when the stack is broken on purpose; and
+the stack heals by itself from a bad day (the chaos suite's smoke, tests/e2e/heal.py).
 
-One local environment of its own (`e2everify`): provisioned, deployed, verified clean, then
-broken one way at a time — coturn stopped, a public port closed in the cloud firewall, an
-untrusted CA, a certificate for the wrong name, the agent stopped, 7880 exposed — each time
+One local environment of its own (`e2everify`): provisioned and deployed; then coturn and LiveKit
+are killed with kill -9 (each followed by a spoken round trip, coturn's through TURN/TLS on 443)
+and the node reboots from inside; the whole verify suite then passes with no other command.
+Next it is broken one way at a time — coturn stopped, a public port closed in the cloud firewall,
+an untrusted CA, a certificate for the wrong name, the agent stopped, 7880 exposed — each time
 the matching verify checks must fail with a message that names the cause, and the stack is
-repaired before the next case.
+repaired before the next case. Last, a power cut and a round trip after power-on. Every unit,
+Redis and deploys under a live call are the long chaos suite's (tests/e2e/test_chaos.py).
 """
 from __future__ import annotations
 
@@ -20,7 +24,14 @@ from typing import Iterator
 import pytest
 
 from infra import outputs
-from tests.e2e import envs
+from tests.e2e import envs, heal
+
+# The operator host's own hygiene, checked here too (the functions are the chaos suite's; pytest
+# collects them in this module with this module's `env`).
+from tests.e2e.test_chaos import (  # noqa: F401 - collected as tests of this module
+    test_machine_state_is_root_only,
+    test_the_host_runs_no_packaged_turn_or_apt_cache_service,
+)
 
 ENV = "e2everify"
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +46,11 @@ def env() -> Iterator[object]:
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     yield ctx
     envs.down(ENV)
+
+
+@pytest.fixture(scope="module")
+def out(env) -> outputs.Outputs:
+    return outputs.read(ENV)
 
 
 def verify(*select: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -55,7 +71,20 @@ def failed(proc: subprocess.CompletedProcess[str]) -> str:
     return proc.stdout
 
 
+def test_00a_kill_9_of_coturn_heals_and_a_turn_tls_round_trip_passes(env, out) -> None:
+    heal.kill_9(env, out, "coturn.service")
+
+
+def test_00b_kill_9_of_livekit_heals_and_a_round_trip_passes(env, out) -> None:
+    heal.kill_9(env, out, "livekit.service")
+
+
+def test_00c_reboot_inside_the_node_comes_back_running(env) -> None:
+    heal.reboot(env)
+
+
 def test_01_clean_stack_passes_verify(env) -> None:
+    """After the kills and the reboot, with no other command: the whole suite passes."""
     proc = verify()
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
 
@@ -176,3 +205,7 @@ def test_07_exposed_7880_fails_closed_port_check(env) -> None:
         firewall.apply(env.names, env.spec)
     assert f"{http.label} (livekit-http, loopback only)" in out
     assert verify("net_03").returncode == 0
+
+
+def test_08_power_cut_then_power_on_brings_the_voice_back(env, out) -> None:
+    heal.power_cut(env, out)
