@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.tokens import mint
 from infra import outputs, provision, validate
 from infra.config import ConfigError
 from infra.local.host import LocalEnvError
@@ -73,19 +72,28 @@ def step_verify(r: Run) -> str:
     return "passed"
 
 
+def password_hint(out: outputs.Outputs) -> str:
+    """Where the voice page's password is (local: the 0600 outputs file; cloud: a Pulumi secret)."""
+    if out.client_netns:
+        return f"call_password in {out.paths.outputs.relative_to(ROOT)} (root only)"
+    return "pulumi stack output --show-secrets call_password"
+
+
 def summary(out: outputs.Outputs, progress: Progress) -> None:
-    token = mint(out.api_key, out.api_secret, "user-summary", "voice-test", preset="speaker", ttl=3600)
+    """What the operator needs next. No secret values: a terminal's scrollback and CI logs keep what
+    is printed, so the summary says where the password is and how to mint a token instead."""
     progress.line(f"environment {out.env} is up")
     print(f"  LiveKit URL:     {out.livekit_url}")
     print(f"  token endpoint:  {out.token_endpoint}")
     print(f"  TURN:            {out.turn_domain}")
-    print(f"  test token:      {token}  (room voice-test, 1 h)")
+    print(f"  test token:      make token ENV={out.env} ROOM=voice-test")
     cfg = out.spec.config
     if out.spec.nodes_with(Role.AGENT):
         if cfg.call_public:
             print(f"  voice page:      {out.spec.call_url}  (public demo mode: no password, 5-minute demo calls)")
         else:
-            print(f"  voice page:      {out.spec.call_url}  user {cfg.call_user}  password {out.call_password}")
+            print(f"  voice page:      {out.spec.call_url}  user {cfg.call_user}, password: "
+                  f"{password_hint(out)}")
     results = out.paths.verify_results
     if results.is_file():
         for condition, r in json.loads(results.read_text()).get("round_trips", {}).items():

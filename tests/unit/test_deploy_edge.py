@@ -291,7 +291,8 @@ def test_caddy_validates_the_rendered_caddyfile(caddy_bin: str, tmp_path: Path, 
 # ---- make up's summary -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("public", [False, True], ids=["private", "public"])
-def test_make_up_prints_the_page_url_and_its_credentials(capsys: pytest.CaptureFixture[str], public: bool) -> None:
+def test_make_up_prints_the_page_url_and_where_its_credentials_are(capsys: pytest.CaptureFixture[str],
+                                                                 public: bool) -> None:
     from infra.steps import Progress
     from infra.up import summary
     out = outputs_for(spec_of(env="unit-summary", callPublic=public))
@@ -299,7 +300,9 @@ def test_make_up_prints_the_page_url_and_its_credentials(capsys: pytest.CaptureF
     printed = capsys.readouterr().out
     line = next(line for line in printed.splitlines() if "voice page:" in line)
     assert "https://livekit.example.test/call/" in line
+    # No secret value reaches the terminal: not the password, not a token, not the API secret.
+    assert CALL_PASSWORD not in printed and out.api_secret not in printed and "eyJ" not in printed
     if public:
-        assert "public demo mode" in line and CALL_PASSWORD not in printed
+        assert "public demo mode" in line
     else:
-        assert "user voicestack" in line and f"password {CALL_PASSWORD}" in line
+        assert "user voicestack" in line and "pulumi stack output --show-secrets call_password" in line
