@@ -67,7 +67,7 @@ deploy: $(VENV_STAMP)
 	@$(PY) -m deploy --env $(ENV)
 
 verify: $(VENV_STAMP) $(AGENT_STAMP)
-	@$(PY) -m pytest tests/verify --env=$(ENV) -p no:cacheprovider
+	@$(PY) -m infra.verify --env $(ENV)
 
 preflight: $(VENV_STAMP)
 	@$(PY) -m infra.preflight --env $(ENV)

@@ -209,6 +209,10 @@ async def entrypoint(ctx: JobContext) -> None:
     record = await call_recording.record_options(ctx, session)
     tools = device_tools(ActionConfig.from_env())
     await session.start(agent=Agent(instructions=INSTRUCTIONS, tools=tools), room=ctx.room, record=record)
+    # The session closes when the caller hangs up: leave the room then, so the job's slot
+    # (AGENT_MAX_JOBS) is free at once, not when LiveKit closes the empty room ~20 s later
+    # (until then a node that just served four short calls refused the fifth).
+    session.on("close", lambda _ev: ctx.shutdown(reason="the agent session closed"))
     await ctx.wait_for_participant()
     session.say(config.greeting)
 

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deploy import fastpath  # noqa: E402
-from infra import outputs  # noqa: E402
+from infra import outputs, verify  # noqa: E402
 from infra import up as pipeline  # noqa: E402
 from infra.local import down as local_down  # noqa: E402
 from infra.local import up as local_up  # noqa: E402
@@ -86,8 +86,7 @@ def measure_deploy(env: str, runs: int) -> None:
 
 
 def measure_verify(env: str) -> None:
-    seconds, proc = timed([PY, "-m", "pytest", "tests/verify", f"--env={env}", "-q", "-p", "no:cacheprovider",
-                           "-o", "addopts="])
+    seconds, proc = timed(verify.argv(env))
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-200:]
     print(f"  make verify ({env}): {seconds:.1f}s wall — {tail}")
 

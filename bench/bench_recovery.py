@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from infra import outputs  # noqa: E402
+from infra import outputs, verify  # noqa: E402
 from infra import up as pipeline  # noqa: E402
 from infra.local import chaos, down, up  # noqa: E402
 from infra.local.names import EnvNames  # noqa: E402
@@ -76,8 +76,7 @@ def main() -> int:
         got = chaos.reboot(names, out.spec, node)
         verified = "skipped"
         if not args.no_verify:
-            proc = subprocess.run([sys.executable, "-m", "pytest", "tests/verify", f"--env={args.env}", "-q", "-p",
-                                   "no:cacheprovider", "-o", "addopts="], cwd=ROOT, capture_output=True, text=True)
+            proc = verify.run(args.env, timeout=1800)
             verified = f"{time.monotonic() - t0:.1f}" if proc.returncode == 0 else "verify FAILED"
     finally:
         if not args.keep:

@@ -44,7 +44,7 @@ import tempfile
 import time
 import urllib.request
 import wave
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -452,7 +452,7 @@ def main() -> int:
     where.add_argument("--loopback", action="store_true", help="start livekit-server, speech server and worker here")
     where.add_argument("--env", help="a deployed environment: reads .stack/<env>/outputs.json")
     ap.add_argument("--conditions", default=None,
-                    help="comma list of tests/verify/netcond.py conditions (default: all with --env, normal with --loopback)")
+                    help="comma list of infra/probes/netcond.py conditions (default: all with --env, normal with --loopback)")
     ap.add_argument("--round-trips", type=int, default=30, help="at least this many turns per condition")
     ap.add_argument("--voices", default=",".join(VOICES))
     ap.add_argument("--barge-ins", type=int, default=10)
@@ -489,6 +489,7 @@ def main() -> int:
         clip_for = {"trigger": extra[0].path, "barge": extra[1].path}
         print(f"synthesised {len(clips) + 2} clips in {time.monotonic() - started:.1f}s", flush=True)
 
+        out = None  # the deployed environment's outputs (None on loopback)
         if args.loopback:
             logdir = args.logdir or Path(tmp) / "logs"
             logdir.mkdir(parents=True, exist_ok=True)
@@ -526,15 +527,10 @@ def main() -> int:
                        "timeout": 30, "gap": args.gap}
             n_turns = sum(len(r["turns"]) + len(r.get("barge_ins", [])) for r in rooms)
             print(f"\n[{condition}] {n_turns} turns in {len(rooms)} rooms ...", flush=True)
-            prefix = ["ip", "netns", "exec", target.netns] if target.netns else []
-            if target.netns and condition != "normal":
-                from tests.verify import netcond
-
-                ctx = netcond.condition(target.netns, condition)
-            else:
-                ctx = nullcontext()
-            with ctx:
-                data = run_client(prefix, payload, timeout=120 + 60 * n_turns)
+            # Each network condition has a client namespace of its own (infra/probes/netcond.py).
+            netns = out.netns_for(condition) if out is not None else target.netns
+            prefix = ["ip", "netns", "exec", netns] if netns else []
+            data = run_client(prefix, payload, timeout=120 + 60 * n_turns)
             results.append(report_condition(condition, data["rooms"]))
             results[-1]["rooms"] = data["rooms"]
         if target.metrics_url:

@@ -95,6 +95,8 @@ class LocalInfo:
     internet_network: str
     netns: dict[str, str]     # node name -> its network namespace
     interface_network: str | None = None  # nat: the machines' interface addresses (behind the 1:1 NAT)
+    #: network condition (infra/probes/netcond.py) -> the client namespace that has it
+    condition_netns: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,16 @@ class Outputs:
     @property
     def paths(self) -> EnvPaths:
         return EnvPaths(self.env)
+
+    def netns_for(self, condition: str = "normal") -> str | None:
+        """The client namespace of a network condition (None: not a local environment, probes run here)."""
+        if not self.client_netns or condition == "normal":
+            return self.client_netns
+        netns = (self.local.condition_netns if self.local else {}).get(condition)
+        if not netns:
+            raise OutputsError(f"the outputs of {self.env} name no client namespace for the network condition "
+                               f"{condition!r} (written by an older voicestack): re-run 'make up ENV={self.env}'")
+        return netns
 
     def node(self, name: str) -> NodeOut:
         for n in self.nodes:

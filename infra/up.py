@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra import outputs, provision, validate
+from infra import outputs, provision, validate, verify
 from infra.config import ConfigError
 from infra.local.host import LocalEnvError
 from infra.spec import EnvSpec, Role
@@ -67,8 +67,7 @@ def step_deploy(r: Run) -> str:
 
 def step_verify(r: Run) -> str:
     outputs.EnvPaths(r.env).verify_results.unlink(missing_ok=True)  # only this run's results
-    command([PYTHON, "-m", "pytest", "tests/verify", f"--env={r.env}", "-q", "-p", "no:cacheprovider"],
-            cwd=str(ROOT))
+    command(verify.argv(r.env), cwd=str(ROOT))
     return "passed"
 
 

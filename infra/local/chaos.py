@@ -10,7 +10,6 @@ Power cuts are infra/local/power.py.
 """
 from __future__ import annotations
 
-import contextlib
 import shlex
 import time
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from typing import Any
 from infra.local import host, machines
 from infra.local.names import EnvNames
 from infra.outputs import Outputs
-from infra.probes import netcond
 from infra.probes.roundtrip import CallSession, condition_options, round_trips
 from infra.spec import TOKEN_PATH, EnvSpec, Node, Role
 
@@ -120,7 +118,8 @@ def round_trip_until(outputs: Outputs, deadline_s: float, condition: str = "norm
     from `since` (wall clock, e.g. the kill) to its end, and how many attempts it took. A trip
     passes when the answer was heard and (with `expect`) contains that text: on a loaded host the
     agent's speech may stutter and the tail of its greeting be taken for the answer. With a
-    `session` the client process (and its speech models) is reused."""
+    `session` standing in the same network condition the client process (and its speech models)
+    is reused; otherwise each trip is a client of its own in the condition's namespace."""
     start = time.time() if since is None else since
     end = time.monotonic() + deadline_s
     attempts, last, errors = 0, {}, []
@@ -128,12 +127,10 @@ def round_trip_until(outputs: Outputs, deadline_s: float, condition: str = "norm
     while time.monotonic() < end:
         attempts += 1
         budget = max(20.0, min(60.0, end - time.monotonic()))
-        with (netcond.condition(outputs.client_netns, condition) if outputs.client_netns
-              else contextlib.nullcontext()):
-            if session is not None:
-                last = session.round_trip(condition, timeout=budget, **options)
-            else:
-                (last,) = round_trips(outputs, 1, condition, timeout=budget, **options)
+        if session is not None and session.condition == condition:
+            last = session.round_trip(timeout=budget, **options)
+        else:
+            (last,) = round_trips(outputs, 1, condition, timeout=budget, **options)
         if last["ok"] and (expect is None or expect in last["answer"].lower()):
             return {**last, "attempts": attempts, "after_s": time.time() - start, "errors": errors}
         errors.append(str(last.get("error") or f"answer heard as {last.get('answer')!r}")[:300])

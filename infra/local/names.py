@@ -92,6 +92,19 @@ class EnvNames:
     def client_netns(self) -> str:
         return f"{self.netns_prefix}client"
 
+    def condition_netns(self, condition: str) -> str:
+        """A client namespace of its own per network condition (infra/probes/netcond.py), so that
+        checks under different conditions run at once without seeing each other's filter."""
+        return f"{self.netns_prefix}client-{condition}"
+
+    def condition_link(self, index: int) -> str:
+        """Host end of the veth to the namespace of condition `index` (1, 2, ...; 0 is the client's)."""
+        return f"{self.link_prefix}c{index}"
+
+    def condition_ip(self, index: int) -> str:
+        """The address of condition `index`'s namespace on the internet side (client_ip is index 0)."""
+        return str(self.internet_net.network_address + 2 + index)
+
     # ---- nftables -----------------------------------------------------------------------
     @property
     def nft_table(self) -> str:
@@ -163,4 +176,9 @@ class EnvNames:
 
     @property
     def netns_etc(self) -> Path:
-        return Path("/etc/netns") / self.client_netns
+        return self.netns_etc_of(self.client_netns)
+
+    @staticmethod
+    def netns_etc_of(netns: str) -> Path:
+        """`ip netns exec` bind-mounts /etc/netns/<netns>/resolv.conf over /etc/resolv.conf."""
+        return Path("/etc/netns") / netns

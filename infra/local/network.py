@@ -1,8 +1,13 @@
 """The emulated cloud network: a public bridge, a private bridge, the internet side.
 
-    client netns (the internet) ──veth── host (router + cloud services) ══bridge══ machines
-                                                                      (public /24)
+    client netns ──veth──╮
+    client-udp-blocked ──┼══ internet bridge ══ host (router + cloud services) ══bridge══ machines
+    client-tcp443-only ──╯                                                     (public /24)
     machines ══private bridge══ machines          (several nodes only; the host is not on it)
+
+The client namespaces stand on the emulated internet: `client` for every probe, and one per
+filtered network condition (infra/probes/netcond.py, its filter applied for good) so that round
+trips under different conditions can run at once.
 
 The host is the machines' only gateway. Its address on the public bridge (`gateway`) serves
 DNS, ACME, apt and artifacts; its address on the internet side (`operator_ip`) is where its
@@ -18,10 +23,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
 from pathlib import Path
 
 from infra.local import host, hostsettings
 from infra.local.names import EnvNames
+from infra.probes import netcond
 from infra.spec import EnvSpec
 
 
@@ -83,6 +90,10 @@ def check_collisions(names: EnvNames, spec: EnvSpec | None = None) -> None:
 
 
 def _ensure_bridge(name: str) -> None:
+    kind = json.loads(_ip("-j", "-d", "link", "show", "dev", name, check=False) or "[{}]")[0] \
+        .get("linkinfo", {}).get("info_kind") if link_exists(name) else None
+    if kind not in (None, "bridge"):
+        _ip("link", "del", name)  # an env made before the internet side was a bridge: its veth
     if not link_exists(name):
         _ip("link", "add", name, "type", "bridge", "forward_delay", "0", "stp_state", "0",
             what=f"create bridge {name}")
@@ -146,12 +157,18 @@ def ensure_host(names: EnvNames, spec: EnvSpec) -> None:
         _ensure_addr(nat_gateway, names.public_bridge)
     else:
         _drop_addr(nat_gateway, names.public_bridge)
-    # The client namespace stands on the internet side.
-    _ensure_netns(names.client_netns)
-    _ensure_veth(names.client_link, names.client_netns, "eth0")
+    # The internet side: a bridge holding the host's internet address, the client namespaces on it.
+    _ensure_bridge(names.client_link)
     _ensure_addr(f"{names.operator_ip}/{names.internet_net.prefixlen}", names.client_link)
-    _ensure_addr(f"{names.client_ip}/{names.internet_net.prefixlen}", "eth0", names.client_netns)
-    _ip("-n", names.client_netns, "route", "replace", "default", "via", names.operator_ip)
+    for index, (netns, address) in enumerate(client_namespaces(names).items()):
+        _ensure_netns(netns)
+        _ensure_veth(names.condition_link(index), netns, "eth0")
+        _ip("link", "set", names.condition_link(index), "master", names.client_link)
+        _sysctl(f"net.ipv6.conf.{names.condition_link(index)}.disable_ipv6", "1")
+        _ensure_addr(f"{address}/{names.internet_net.prefixlen}", "eth0", netns)
+        _ip("-n", netns, "route", "replace", "default", "via", names.operator_ip)
+    for condition in netcond.FILTERED:
+        netcond.apply(names.condition_netns(condition), condition)
     # Host-originated traffic to the machines leaves from the internet-side address.
     _ip("route", "replace", str(names.public_net), "dev", names.public_bridge, "src", names.operator_ip,
         what=f"route {names.public_net} to {names.public_bridge}")
@@ -162,11 +179,28 @@ def ensure_host(names: EnvNames, spec: EnvSpec) -> None:
         _sysctl(f"net.ipv6.conf.{dev}.disable_ipv6", "1")
 
 
+def client_namespaces(names: EnvNames) -> dict[str, str]:
+    """Every client namespace on the internet side -> its address: `client`, then one per filtered
+    network condition."""
+    found = {names.client_netns: names.client_ip}
+    for index, condition in enumerate(netcond.FILTERED, start=1):
+        found[names.condition_netns(condition)] = names.condition_ip(index)
+    return found
+
+
+def condition_namespaces(names: EnvNames) -> dict[str, str]:
+    """Network condition -> the client namespace that has it ("normal": the plain client one)."""
+    return {"normal": names.client_netns, **{c: names.condition_netns(c) for c in netcond.FILTERED}}
+
+
 def write_client_resolver(names: EnvNames, dns_server: str) -> Path:
-    names.netns_etc.mkdir(parents=True, exist_ok=True)
-    conf = names.netns_etc / "resolv.conf"
-    conf.write_text(f"# voicestack env {names.env}: the environment's DNS\nnameserver {dns_server}\n")
-    return conf
+    """The environment's DNS for every client namespace; returns the plain client's resolv.conf."""
+    for netns in client_namespaces(names):
+        etc = names.netns_etc_of(netns)
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text(f"# voicestack env {names.env}: the environment's DNS\n"
+                                         f"nameserver {dns_server}\n")
+    return names.netns_etc / "resolv.conf"
 
 
 def ensure_machine_links(names: EnvNames, spec: EnvSpec, index: int) -> str:
@@ -224,8 +258,9 @@ def remove(names: EnvNames) -> list[str]:
     for link in links_with_prefix(names.link_prefix):
         if host.run(["ip", "link", "del", link], check=False).returncode == 0:
             removed.append(f"link {link}")
-    if names.netns_etc.exists():
-        import shutil
-        shutil.rmtree(names.netns_etc, ignore_errors=True)
-        removed.append(str(names.netns_etc))
+    for netns in client_namespaces(names):
+        etc = names.netns_etc_of(netns)
+        if etc.exists():
+            shutil.rmtree(etc, ignore_errors=True)
+            removed.append(str(etc))
     return removed

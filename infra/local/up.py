@@ -30,6 +30,7 @@ from infra.local import (
     wheelhouse,
 )
 from infra.local.names import EnvNames
+from infra.probes import netcond
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,7 +85,8 @@ def networks(ctx: Context) -> str:
         network.ensure_machine_links(ctx.names, ctx.spec, node.index)
     model = ("nat: eth0 holds " + str(ctx.names.interface_net) + ", the host maps the public addresses 1:1"
              if network.uses_nat(ctx.spec) else "direct: eth0 holds the public address")
-    return f"{len(ctx.spec.nodes)} machine namespace(s) ({model}), client netns {ctx.names.client_netns}"
+    return (f"{len(ctx.spec.nodes)} machine namespace(s) ({model}), client netns {ctx.names.client_netns} "
+            f"(+ {', '.join(network.condition_namespaces(ctx.names)[c] for c in netcond.FILTERED)})")
 
 
 def cloud_firewall(ctx: Context) -> str:
@@ -233,6 +235,7 @@ def make_outputs(ctx: Context) -> outputs.Outputs:
     local = outputs.LocalInfo(operator_ip=names.operator_ip, gateway=names.gateway,
                               public_network=str(names.public_net), internet_network=str(names.internet_net),
                               netns={n.name: names.node_netns(n.name) for n in ctx.spec.nodes},
+                              condition_netns=network.condition_namespaces(names),
                               interface_network=str(names.interface_net) if network.uses_nat(ctx.spec) else None)
     # What dnsmasq answers (infra/local/dns.py): every spec record at its nodes' public addresses.
     published = {name: ips for name, ips in dns.records(names, ctx.spec).items()

@@ -14,9 +14,11 @@ from typing import Any
 from infra.outputs import ROOT, Outputs
 
 
-def in_client_side(outputs: Outputs, argv: list[str]) -> list[str]:
-    """`argv` run on the internet side: inside the client namespace of a local environment."""
-    return ["ip", "netns", "exec", outputs.client_netns, *argv] if outputs.client_netns else list(argv)
+def in_client_side(outputs: Outputs, argv: list[str], condition: str = "normal") -> list[str]:
+    """`argv` run on the internet side: inside the client namespace of a local environment (the one
+    of network `condition`, infra/probes/netcond.py)."""
+    netns = outputs.netns_for(condition)
+    return ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
 
 
 #: Seconds a probe process may take in all (its own `timeout` argument bounds each network wait).

@@ -26,6 +26,15 @@ def tcp(host: str, port: int, timeout: float = 3.0) -> dict[str, Any]:
         return {"open": False, "error": str(exc)}
 
 
+def tcp_each(targets: list[list[Any]], timeout: float = 3.0) -> dict[str, Any]:
+    """tcp() for every [host, port] at once: a closed port costs the whole timeout when the firewall
+    drops, so one at a time a node's dozen private ports took 20 s. {"results": [{open, error}]}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(32, max(1, len(targets)))) as pool:
+        return {"results": list(pool.map(lambda t: tcp(t[0], int(t[1]), timeout), targets))}
+
+
 def stun(host: str, port: int, transport: str = "udp", timeout: float = 3.0) -> dict[str, Any]:
     try:
         mapped = binding(host, port, transport, timeout)
@@ -137,7 +146,7 @@ def resolve(name: str, server: str | None) -> dict[str, Any]:
         return {"a": [], "error": f"{type(exc).__name__}: {exc}"}
 
 
-PROBES = {"tcp": tcp, "udp_echo": udp_echo, "stun": stun, "tls": tls, "https_get": https_get, "http_post": http_post, "turn": turn, "resolve": resolve}
+PROBES = {"tcp": tcp, "tcp_each": tcp_each, "udp_echo": udp_echo, "stun": stun, "tls": tls, "https_get": https_get, "http_post": http_post, "turn": turn, "resolve": resolve}
 
 
 def main() -> int:

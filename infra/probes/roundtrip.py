@@ -26,7 +26,7 @@ def round_trips(outputs: Outputs, count: int, condition: str, timeout: float = 6
     args = {"url": outputs.livekit_url, "tokens": tokens, "ca_bundle": outputs.ca_bundle, "timeout": timeout,
             "phrase": phrase, **options}
     # The arguments hold tokens (and TURN credentials): stdin, never argv.
-    argv = in_client_side(outputs, [str(AGENT_PY), "-m", "agent.roundtrip_cli", "-"])
+    argv = in_client_side(outputs, [str(AGENT_PY), "-m", "agent.roundtrip_cli", "-"], condition)
     proc = subprocess.run(argv, cwd=ROOT, input=json.dumps(args), capture_output=True, text=True,
                           timeout=120 + len(rooms) * timeout)
     if proc.returncode != 0:
@@ -54,20 +54,22 @@ def condition_options(outputs: Outputs, condition: str) -> dict[str, Any]:
 
 class CallSession:
     """agent/callclient.py on the client side, for a whole test module: round trips without loading
-    the client's speech models each time, and one live call whose room events are kept.
+    the client's speech models each time, and one live call whose room events are kept. It stands
+    in the client namespace of network `condition` for its whole life.
 
         with CallSession(outputs) as s:
             s.round_trip("normal");  s.call();  s.speak();  s.room_events;  s.hangup()
     """
 
-    def __init__(self, outputs: Outputs, ready_timeout: float = 180) -> None:
+    def __init__(self, outputs: Outputs, ready_timeout: float = 180, condition: str = "normal") -> None:
         import queue
         import threading
 
         self.outputs = outputs
+        self.condition = condition
         self.room_events: list[dict[str, Any]] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
-        argv = in_client_side(outputs, [str(AGENT_PY), "-m", "agent.callclient"])
+        argv = in_client_side(outputs, [str(AGENT_PY), "-m", "agent.callclient"], condition)
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True, bufsize=1)
 
@@ -118,10 +120,10 @@ class CallSession:
     def _target(self) -> dict[str, Any]:
         return {"url": self.outputs.livekit_url, "ca_bundle": self.outputs.ca_bundle}
 
-    def round_trip(self, condition: str = "normal", timeout: float = 60, **options: Any) -> dict[str, Any]:
-        """One round trip in a fresh room. `condition` names the room (the caller sets the network);
-        `options` as for round_trips (condition_options gives the ones a condition needs)."""
-        token, room = self._token(f"chaos-{condition}")
+    def round_trip(self, timeout: float = 60, **options: Any) -> dict[str, Any]:
+        """One round trip in a fresh room under the session's network condition; `options` as for
+        round_trips (condition_options gives the ones a condition needs)."""
+        token, room = self._token(f"chaos-{self.condition}")
         self._send({"cmd": "round_trip", "token": token, "timeout": timeout, **self._target(), **options})
         return {**self._wait("round_trip", timeout + 60), "room": room}
 

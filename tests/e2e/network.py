@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from infra import outputs as outputsmod
+from infra import verify as infra_verify
 from infra.local import machines
 from infra.local.names import EnvNames
 from infra.probes import in_client_side
@@ -23,12 +24,8 @@ COTURN_KEYS = ("listening-ip", "relay-ip", "external-ip", "allowed-peer-ip")
 
 def verify(env: str, *select: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
     """The verification suite (`make verify ENV=<env>`), optionally only the tests matching `select`."""
-    argv = [sys.executable, "-m", "pytest", "tests/verify", f"--env={env}", "-q", "-p", "no:cacheprovider",
-            "-o", "addopts=", "--tb=short", "-rA"]
-    if select:
-        argv += ["-k", " or ".join(select)]
     t0 = time.monotonic()
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    proc = infra_verify.run(env, *select, timeout=timeout)
     print(f"verify --env={env} {' '.join(select)}: rc={proc.returncode} in {time.monotonic() - t0:.0f}s\n"
           f"{proc.stdout[-4000:]}")
     return proc

@@ -12,13 +12,13 @@ import json
 import os
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from infra import outputs
+from infra import verify as infra_verify
 from infra.local import chaos, host, hostsettings, machines
 from infra.local.names import RUN, STATE
 from infra.probes import run as run_probe
@@ -160,9 +160,7 @@ def test_kill_9_of_redis_server_waits_for_sentinel_then_heals(env):
 def test_reboot_inside_the_node_then_the_verify_suite_passes(env):
     t0 = time.monotonic()
     FIGURES["reboot"] = heal.reboot(env)
-    verify = subprocess.run([sys.executable, "-m", "pytest", "tests/verify", f"--env={ENV}", "-q", "-p",
-                             "no:cacheprovider", "-o", "addopts="], cwd=ROOT, capture_output=True, text=True,
-                            timeout=1800)
+    verify = infra_verify.run(ENV, timeout=1800)
     FIGURES["reboot"]["verified_s"] = round(time.monotonic() - t0, 1)
     print(f"\nreboot: {FIGURES['reboot']}\n{verify.stdout[-1500:]}")
     assert verify.returncode == 0, verify.stdout[-5000:]

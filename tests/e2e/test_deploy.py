@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from infra import outputs
+from infra import verify as infra_verify
 from tests.e2e import envs
 
 ENV = "e2edeploy"
@@ -125,9 +126,7 @@ def test_changing_one_setting_restarts_only_that_service(env, tmp_path):
         assert all(name.startswith("livekit:") for name in summary["changed"]["node-1"])
         assert "127.0.0.1:16789" in ssh(env, "ss -ltn")
         # Deploy and verify read the same spec: the verify suite checks the new port's binding.
-        verified = subprocess.run([sys.executable, "-m", "pytest", "tests/verify", f"--env={ENV}", "-q", "-p",
-                                   "no:cacheprovider", "-o", "addopts=", "-k", "host_02 or net_03"], cwd=ROOT,
-                                  capture_output=True, text=True, timeout=300)
+        verified = infra_verify.run(ENV, "host_02", "net_03", timeout=300)
         assert verified.returncode == 0, verified.stdout[-3000:]
     finally:
         reconfigure(tmp_path)

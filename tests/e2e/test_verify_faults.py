@@ -17,13 +17,13 @@ import datetime
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from infra import outputs
+from infra import verify as infra_verify
 from tests.e2e import envs, heal
 
 # The operator host's own hygiene, checked here too (the functions are the chaos suite's; pytest
@@ -54,11 +54,7 @@ def out(env) -> outputs.Outputs:
 
 
 def verify(*select: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "pytest", "tests/verify", f"--env={ENV}", "-q", "-p", "no:cacheprovider",
-            "-o", "addopts=", "--tb=line"]
-    if select:
-        argv += ["-k", " or ".join(select)]
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=900)
+    return infra_verify.run(ENV, *select, tb="line", cwd=cwd, timeout=900)
 
 
 def node(env, command: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.local import network
 from infra.local.names import EnvNames
 from tests.conftest import require
 
@@ -34,6 +35,7 @@ def _host_tools() -> None:
 BUILD = """
 import sys
 from infra.local import firewall, network
+from infra.local import network
 from infra.local.names import EnvNames
 from tests.unit.support import spec_of
 names = EnvNames({env!r})
@@ -111,7 +113,7 @@ def router(request):
             pytest.skip("br_netfilter is not loaded on this host (the routed variant covers it)")
     _cleanup()
     # Made out here: a namespace added from inside `ip netns exec` is not usable outside it.
-    for ns in (HOST_NS, NAMES.client_netns, *NODE_NS):
+    for ns in (HOST_NS, *network.client_namespaces(NAMES), *NODE_NS):
         subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         subprocess.run(_netns(HOST_NS, "ip", "link", "set", "lo", "up"), check=True)
@@ -178,3 +180,16 @@ def test_block_udp_drops_udp_from_the_internet_but_not_between_machines(router) 
     finally:
         _build(block_udp=False)
     assert exchange(NODE_NS[0], NAMES.client_netns, "udp", PUB[0], 3478)["peer"] == NAMES.client_ip
+
+
+def test_each_network_condition_has_a_client_namespace_of_its_own_with_its_filter(router) -> None:
+    """The verify suite's round trips run at once, each in its condition's namespace: the filter
+    of one never reaches the others, and each is seen from its own internet address."""
+    udp_blocked, tcp443 = NAMES.condition_netns("udp-blocked"), NAMES.condition_netns("tcp443-only")
+    addresses = network.client_namespaces(NAMES)
+    assert exchange(NODE_NS[0], NAMES.client_netns, "udp", PUB[0], 3478)["peer"] == NAMES.client_ip
+    assert "error" in exchange(NODE_NS[0], udp_blocked, "udp", PUB[0], 3478)
+    assert exchange(NODE_NS[0], udp_blocked, "tcp", PUB[0], 3478)["peer"] == addresses[udp_blocked]
+    assert "error" in exchange(NODE_NS[0], tcp443, "udp", PUB[0], 3478)
+    assert "error" in exchange(NODE_NS[0], tcp443, "tcp", PUB[0], 7881)
+    assert exchange(NODE_NS[0], tcp443, "tcp", PUB[0], 443)["peer"] == addresses[tcp443]

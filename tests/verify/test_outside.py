@@ -50,13 +50,11 @@ def test_net_02_turn_udp_answers_stun(spec: EnvSpec, outputs: Outputs, probe) ->
 
 def test_net_03_private_ports_closed_from_outside(spec: EnvSpec, outputs: Outputs, probe) -> None:
     """7880, Prometheus, Redis, agent health, the speech and token services, SNI upstreams: never public."""
-    exposed = []
-    for node in outputs.nodes:
-        for port in spec.closed_ports():
-            if port.protocol != "tcp" or (port.role and port.role.value not in node.roles):
-                continue
-            if probe("tcp", host=node.public_ip, port=port.start, timeout=2.0)["open"]:
-                exposed.append(f"{port.label} ({port.name}, {port.scope.value} only) on {node.name}")
+    checked = [(node, port) for node in outputs.nodes for port in spec.closed_ports()
+               if port.protocol == "tcp" and not (port.role and port.role.value not in node.roles)]
+    got = probe("tcp_each", targets=[[node.public_ip, port.start] for node, port in checked], timeout=2.0)["results"]
+    exposed = [f"{port.label} ({port.name}, {port.scope.value} only) on {node.name}"
+               for (node, port), result in zip(checked, got, strict=True) if result["open"]]
     assert not exposed, ("reachable from the internet: " + "; ".join(exposed) +
                          " — bind it to loopback/the private network and close it in both firewalls")
 

@@ -12,7 +12,10 @@ ride a relay candidate of the TURN node.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -31,8 +34,18 @@ HINTS = {
 
 
 def _record(outputs: Outputs, condition: str, result: dict) -> None:
-    """Keep the last round trip per condition (and the ICE pairs it used) for `make up`'s summary."""
+    """Keep the last round trip per condition (and the ICE pairs it used) for `make up`'s summary.
+    The trips run in concurrent workers: the read-modify-write holds a lock on the file's directory."""
     path = outputs.paths.verify_results
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        _merge(path, condition, result)
+    finally:
+        os.close(directory)  # releases the lock
+
+
+def _merge(path: Path, condition: str, result: dict) -> None:
     data = json.loads(path.read_text()) if path.is_file() else {}
     ice = result.get("ice") or {}
     data.setdefault("round_trips", {})[condition] = {
@@ -40,7 +53,9 @@ def _record(outputs: Outputs, condition: str, result: dict) -> None:
         "ice_selected": {pc: seen.get("selected") for pc, seen in ice.items()},
         "ice_remote": sorted({f"{c['address']}:{c['port']}/{c['protocol']}" for seen in ice.values()
                               for c in seen.get("remote", [])})}
-    path.write_text(json.dumps(data, indent=2))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 def check_candidates(outputs: Outputs, spec: EnvSpec, condition: str, ice: dict) -> None:
@@ -74,15 +89,10 @@ def check_candidates(outputs: Outputs, spec: EnvSpec, condition: str, ice: dict)
 
 
 @pytest.mark.parametrize("condition", list(netcond.RULES))
-def test_voice_01_spoken_round_trip(outputs: Outputs, spec: EnvSpec, condition: str) -> None:
+def test_voice_01_spoken_round_trip(outputs: Outputs, spec: EnvSpec, condition: str, call_slot: int) -> None:
     if condition != "normal" and not outputs.client_netns:
         pytest.skip("network conditions need the client namespace of a local environment")
-    options = condition_options(outputs, condition)
-    if outputs.client_netns:
-        with netcond.condition(outputs.client_netns, condition):
-            (result,) = round_trips(outputs, 1, condition, collect_ice=True, **options)
-    else:
-        (result,) = round_trips(outputs, 1, condition, collect_ice=True, **options)
+    (result,) = round_trips(outputs, 1, condition, collect_ice=True, **condition_options(outputs, condition))
     assert result["ok"], f"no spoken round trip with {condition} network: {result['error']}; {HINTS[condition]}"
     assert "voice assistant" in result["greeting"].lower(), f"greeting heard as {result['greeting']!r}"
     if spec.config.llm_url == LOCAL_SPEECH_URL:

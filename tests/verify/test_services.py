@@ -58,13 +58,18 @@ def _admin(outputs: Outputs, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
-def test_admin_01_lists_the_room_with_client_and_agent(outputs: Outputs) -> None:
+def test_admin_01_lists_the_room_with_client_and_agent(outputs: Outputs, call_slot: int) -> None:
     """While a client talks to the agent, the admin CLI sees both in the room (LiveKit's Twirp API)."""
     room = f"verify-admin-{secrets.token_hex(4)}"
     token = mint(outputs.api_key, outputs.api_secret, "verify-admin-client", room, preset="speaker", ttl=600)
     args = {"url": outputs.livekit_url, "tokens": [token], "ca_bundle": outputs.ca_bundle, "timeout": 60}
-    argv = in_client_side(outputs, [str(AGENT_PY), "-m", "agent.roundtrip_cli", json.dumps(args)])
-    client = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The token goes on stdin, never on a command line.
+    argv = in_client_side(outputs, [str(AGENT_PY), "-m", "agent.roundtrip_cli", "-"])
+    client = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, text=True)
+    assert client.stdin is not None
+    client.stdin.write(json.dumps(args))
+    client.stdin.close()
     seen: list[dict] = []
     try:
         deadline = time.monotonic() + 90
@@ -78,6 +83,8 @@ def test_admin_01_lists_the_room_with_client_and_agent(outputs: Outputs) -> None
             time.sleep(0.5)  # poll interval of a deadline loop, not a readiness guess
         rooms = _admin(outputs, "rooms")
     finally:
+        # Let it finish its round trip and leave the room: a killed client would keep the agent's
+        # job (a slot of AGENT_MAX_JOBS) until LiveKit notices it gone.
         client.wait(timeout=180)
     assert any(p["identity"] == "verify-admin-client" for p in seen), f"admin CLI never saw the client: {seen}"
     assert any(p.get("kind") == "AGENT" for p in seen), f"admin CLI never saw the agent in {room}: {seen}"

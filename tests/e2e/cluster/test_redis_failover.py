@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 from deploy.tasks import redis
 from deploy.tasks._facts import RedisPrimary, redis_cli
 from infra import outputs as outputsmod
+from infra import verify as infra_verify
 from infra.probes.roundtrip import round_trips
 from tests.conftest import wait_until
 from tests.e2e import envs
@@ -79,11 +79,7 @@ def journal_time(env, out: outputsmod.Outputs, name: str, unit: str, pattern: st
 
 
 def verify(*select: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "pytest", "tests/verify", f"--env={ENV}", "-q", "-p", "no:cacheprovider",
-            "-o", "addopts=", "--tb=short"]
-    if select:
-        argv += ["-k", " or ".join(select)]
-    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    return infra_verify.run(ENV, *select, timeout=1800)
 
 
 def test_02_stopping_the_primary_promotes_a_replica_and_new_calls_succeed(env, out) -> None:
