@@ -26,7 +26,7 @@ help:
 	@echo "make test                     everything CI runs (lint, unit, e2e)"
 	@echo "make test-browser             the voice page in Chromium against a loopback stack (~3 min)"
 	@echo "make test-n8n                 the examples/n8n workflows in a real n8n (installs it the first time)"
-	@echo "make test-e2e-long            NAT model, three-node cluster, whole chaos suite (~40 min)"
+	@echo "make test-e2e-long            Redis failover on three nodes, whole chaos suite (~25 min)"
 	@echo "make bench                    benchmarks (print figures)"
 
 venv: $(VENV_STAMP) $(AGENT_STAMP)
@@ -94,10 +94,11 @@ test-n8n: $(VENV_STAMP) $(AGENT_STAMP)
 	@export LIVEKIT_SERVER_BIN="$$($(PY) -m infra.local livekit-bin)" && $(APY) -m pytest tests/unit/test_agent_n8n.py -m n8n
 
 # e2e: builds local machines of its own (env names e2e*), needs root.
-# The long e2e modules (the NAT model, the shared three-node cluster, the whole chaos suite: ~40 min
-# on this 2-core machine) run with `make test-e2e-long`; make test runs the chaos suite's smoke
-# (tests/e2e/heal.py, in test_verify_faults.py). See README, Tests.
-E2E_LONG := tests/e2e/cluster tests/e2e/test_chaos.py tests/e2e/test_nat.py
+# The long e2e modules (the Redis failover on a three-node cluster, the whole chaos suite: ~25 min on
+# this 2-core machine) run with `make test-e2e-long`; make test runs the chaos suite's smoke
+# (tests/e2e/heal.py, in test_verify_faults.py), the NAT model on one node (test_edge.py) and the
+# cross-node call on three (tests/e2e/cluster/test_cross_node.py). See README, Tests.
+E2E_LONG := tests/e2e/cluster/test_redis_failover.py tests/e2e/test_chaos.py
 test-e2e: $(VENV_STAMP) deps
 	@$(PY) -m pytest tests/e2e $(foreach m,$(E2E_LONG),--ignore=$(m))
 test-e2e-long: $(VENV_STAMP) deps

@@ -12,11 +12,14 @@ import sys
 from typing import Any
 
 from infra.outputs import ROOT, Outputs
+from infra.probes import netcond
 
 
 def in_client_side(outputs: Outputs, argv: list[str], condition: str = "normal") -> list[str]:
     """`argv` run on the internet side: inside the client namespace of a local environment (the one
     of network `condition`, infra/probes/netcond.py)."""
+    if condition not in netcond.RULES:
+        raise ValueError(f"no network condition {condition!r}; known: {', '.join(netcond.RULES)}")
     netns = outputs.netns_for(condition)
     return ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
 

@@ -14,13 +14,14 @@ from infra.probes.turn import rest_credentials
 AGENT_PY = ROOT / ".venv-agent" / "bin" / "python"
 
 
-def round_trips(outputs: Outputs, count: int, condition: str, timeout: float = 60,
-                phrase: str = "turn on the lights", rooms: list[str] | None = None,
+def round_trips(outputs: Outputs, count: int, condition: str = "normal", timeout: float = 60,
+                phrase: str = "turn on the lights", rooms: list[str] | None = None, label: str | None = None,
                 **options: Any) -> list[dict[str, Any]]:
-    """`count` round trips, each in a fresh room (or in `rooms`); one result dict per trip ({ok,
-    greeting, answer, latency_s, ice...}). `options` go to agent.roundtrip_cli as they are:
-    collect_ice, relay_only, ice_servers, turn_tls (see turn_tls())."""
-    rooms = rooms or [f"verify-{condition}-{secrets.token_hex(4)}" for _ in range(count)]
+    """`count` round trips from the client namespace of network `condition` (infra/probes/netcond.py),
+    each in a fresh room named after `label` (default: the condition), or in `rooms`; one result
+    dict per trip ({ok, greeting, answer, latency_s, ice...}). `options` go to agent.roundtrip_cli
+    as they are: collect_ice, relay_only, ice_servers, turn_tls (see turn_tls())."""
+    rooms = rooms or [f"verify-{label or condition}-{secrets.token_hex(4)}" for _ in range(count)]
     tokens = [mint(outputs.api_key, outputs.api_secret, f"verify-{secrets.token_hex(3)}", room, preset="speaker",
                    ttl=600) for room in rooms]
     args = {"url": outputs.livekit_url, "tokens": tokens, "ca_bundle": outputs.ca_bundle, "timeout": timeout,

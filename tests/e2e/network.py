@@ -1,4 +1,4 @@
-"""What the networking e2e modules (test_nat.py, test_cross_node.py) share: the verify suite
+"""What the networking e2e modules (test_edge.py, cluster/test_cross_node.py) share: the verify suite
 against an env, commands on its machines, the configuration the deploy rendered, and rooms
 placed on a chosen LiveKit node."""
 from __future__ import annotations

@@ -1,7 +1,10 @@
-"""The front door of a deployed node, from the emulated internet: the voice page in real Chromium,
-its basic auth, the real client address reaching the token service, and per-address limits on 443.
+"""One deployed node behind the emulated 1:1 NAT, from the emulated internet: the voice page in real
+Chromium, its basic auth, the real client address reaching the token service, per-address limits
+on 443, the networking model (`network: nat`, as on AWS/GCP or a DigitalOcean reserved IP) and
+the unchanged verify suite, then a provider that blocks UDP.
 
-One environment (`e2eedge`, one node), one `up`, one deploy. Before the deploy the node gets
+One environment (`e2eedge`, one node, `network: nat`: eth0 holds only a private address, the host
+maps the public one), one `up`, one deploy. Before the deploy the node gets
 Debian's caddy package, as a node deployed before the pinned release has it: the deploy must
 replace it and keep its storage. Every request goes through the cloud firewall, nginx's SNI
 router, the PROXY header and Caddy, as a user's would.
@@ -9,6 +12,9 @@ router, the PROXY header and Caddy, as a user's would.
 Second client address: the test adds two addresses to the client namespace's eth0 (and
 removes them at the end), so that "address A floods, address B is served" is two real sources.
 Figures (page load -> greeting, bundle size, connection-limit timings) are printed, not asserted.
+The last two tests switch the same machines to `blockUdp: true` (only the emulated cloud changes,
+the seed's OVH row): preflight must report UDP blocked with the provider advice while the UDP
+checks of the verify suite see it blocked and the spoken round trip still passes over TCP/TURN.
 """
 from __future__ import annotations
 
@@ -24,12 +30,13 @@ import pytest
 
 from infra import outputs as outputsmod
 from infra.local import machines
-from tests.e2e import envs
+from tests.e2e import envs, network
 
 ENV = "e2eedge"
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = Path(os.environ.get("VOICESTACK_CALL_SCREENSHOT") or ROOT / "build" / "edge-call.png")
 STORAGE_MARKER = "/var/lib/caddy/.local/share/caddy/voicestack-e2e-kept"
+NAT = {"network": "nat"}
 
 pytestmark = pytest.mark.e2e
 
@@ -42,10 +49,13 @@ def ssh(ctx: Any, command: str, data: bytes | None = None, timeout: float = 180)
 
 
 @pytest.fixture(scope="module")
-def env() -> Iterator[tuple[Any, outputsmod.Outputs]]:
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, outputsmod.Outputs]]:
     envs.require_host()
     envs.down(ENV)  # leftovers of an earlier, interrupted run
-    ctx = envs.up(ENV, 1)   # the default settings: private page, 100 connections per address
+    # The default settings (private page, 100 connections per address) behind the 1:1 NAT.
+    config = envs.write_config(tmp_path_factory.mktemp(ENV) / f"Pulumi.{ENV}.yaml", NAT)
+    ctx = envs.up(ENV, 1, config=config)
+    ctx.config_path = config
     try:
         # A node deployed before the pinned release: Debian's caddy with something in its storage.
         ssh(ctx, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends caddy >/dev/null && "
@@ -247,3 +257,75 @@ def test_one_address_cannot_hold_more_connections_than_the_limit(env, sources) -
     log = ssh(ctx, "grep 'limiting connections by zone' /var/log/nginx/error.log | tail -n 3").decode()
     # nginx saw the real client address (not a proxy's) when it refused the extra connection.
     assert f"client: {a}" in log, log
+
+
+# ---- the networking model: behind the 1:1 NAT ---------------------------------------------------
+
+def test_nat_01_the_machine_holds_only_a_private_address_the_public_one_is_mapped(env) -> None:
+    _ctx, out = env
+    node = out.nodes[0]
+    assert node.network == "nat" and node.interface_ip != node.public_ip
+    eth0 = network.ssh(ENV, node.name, "ip -4 -o addr show dev eth0")
+    assert f" {node.interface_ip}/" in eth0 and node.public_ip not in eth0
+    assert node.public_ip not in network.ssh(ENV, node.name, "ip -4 -o addr show")
+
+
+def test_nat_02_the_deploy_binds_the_interface_and_advertises_the_public_address(env) -> None:
+    _ctx, out = env
+    node = out.nodes[0]
+    lines = network.rendered_lines(ENV, node.name)
+    print(json.dumps({"model": "nat", "node": node.name, "public_ip": node.public_ip,
+                      "interface_ip": node.interface_ip, **lines}, indent=2))
+    lk = lines["livekit.yaml"]
+    assert f"node_ip: {node.public_ip}" in lk and "use_external_ip: false" in lk and f"- {node.interface_ip}/32" in lk
+    turn = lines["turnserver.conf"]
+    for line in (f"listening-ip={node.interface_ip}", f"relay-ip={node.interface_ip}",
+                 f"external-ip={node.public_ip}/{node.interface_ip}", f"allowed-peer-ip={node.public_ip}"):
+        assert line in turn, f"{line} missing from turnserver.conf: {turn}"
+    # coturn really serves (it would loop forever on a bind of the public address, looking active).
+    sockets = network.ssh(ENV, node.name, "ss -Hlntu")
+    assert f"{node.interface_ip}:3478" in sockets and f"{node.interface_ip}:5349" in sockets
+
+
+def test_nat_03_the_verify_suite_passes_unchanged_and_the_client_sees_only_the_public_address(env) -> None:
+    _ctx, out = env
+    proc = network.verify(ENV)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    seen = json.loads(out.paths.verify_results.read_text())["round_trips"]
+    print("ICE the client saw (nat, one node):\n" + json.dumps(seen, indent=2))
+    assert sorted(seen) == ["normal", "tcp443-only", "udp-blocked"], seen
+    for condition, trip in seen.items():
+        assert trip["ice_remote"] and all(c.startswith(f"{out.nodes[0].public_ip}:") for c in trip["ice_remote"]), \
+            (condition, trip)
+
+
+# ---- a provider that blocks UDP (the same machines) ----------------------------------------------
+
+def test_nat_04_a_provider_that_blocks_udp_preflight_says_so(env) -> None:
+    ctx, out = env
+    envs.up(ENV, 1, config=envs.write_config(ctx.config_path, {**NAT, "blockUdp": True}))
+    assert outputsmod.read(ENV).spec.udp_blocked
+    proc = subprocess.run([sys.executable, "-m", "infra.preflight", "--env", ENV], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180)
+    print(proc.stdout)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    ice = out.spec.port("livekit-ice-udp")
+    assert f"udp/{ice.start}: BLOCKED" in proc.stdout and f"udp/{ice.end}: BLOCKED" in proc.stdout
+    assert "verdict: UDP BLOCKED" in proc.stdout and "OVH" in proc.stdout and "blockUdp" in proc.stdout
+
+
+def test_nat_05_with_udp_blocked_voice_still_works_over_tcp_and_turn_tls(env) -> None:
+    """The UDP checks assert the block (they can still fail); TURN/TLS, ICE/TCP and voice must work."""
+    assert outputsmod.read(ENV).spec.udp_blocked
+    # The other two client conditions add nothing here: the provider already drops all UDP.
+    proc = network.verify(ENV, "net_02", "turn_", "(voice_01 and normal)")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    tally = proc.stdout.strip().splitlines()[-1]
+    assert " passed" in tally and "skipped" not in tally and "failed" not in tally, tally
+    seen = json.loads(outputsmod.EnvPaths(ENV).verify_results.read_text())["round_trips"]
+    print("ICE the client saw (nat, UDP blocked by the provider):\n" + json.dumps(seen, indent=2))
+    # No UDP reaches the node from outside: ICE over TCP, or a candidate of a TURN server (relay, or
+    # peer-reflexive learned through the relay) reached over TCP/TLS.
+    selected = seen["normal"]["ice_selected"].values()
+    assert selected and all(s["remote"]["protocol"] == "tcp" or s["local"].get("relay_protocol") in ("tcp", "tls")
+                            for s in selected), seen["normal"]

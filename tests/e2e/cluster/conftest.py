@@ -1,8 +1,9 @@
-"""The cluster modules share one environment: a fresh three-node cluster costs minutes of CI, so
-the modules of this package (the cross-node TURN call with the whole verify suite, then the Redis
-failover) use the same one, made once (env `e2ecluster`: three nodes behind the emulated 1:1
-NAT, as on AWS/GCP, so the cluster path is also the NAT path) and removed when the package's
-last test is done, before the other e2e modules run."""
+"""The cluster modules share one environment: a fresh three-node cluster costs minutes, so the
+modules of this package (the cross-node TURN call with the whole verify suite, in `make test`;
+the Redis failover, in `make test-e2e-long`) use the same one when run together, made once (env
+`e2ecluster`: three nodes behind the emulated 1:1 NAT, as on AWS/GCP, so the cluster path is
+also the NAT path) and removed when the package's last test is done, before the other e2e
+modules run. Either module also runs alone."""
 from __future__ import annotations
 
 from typing import Iterator

@@ -69,7 +69,7 @@ def test_03_turn_on_node_1_carries_a_call_to_a_room_on_another_node(env) -> None
 
     # Relay-only ICE with one TURN server: the TURN name over TLS on 443 (agent/tls_tunnel.py does
     # the TLS: the SDK's libwebrtc trusts only its compiled-in roots).
-    (result,) = round_trips(out, 1, "xnode", rooms=[room], collect_ice=True, turn_tls=turn_tls(out, "xnode"))
+    (result,) = round_trips(out, 1, rooms=[room], collect_ice=True, turn_tls=turn_tls(out, "xnode"))
     print(f"cross-node call: room {room} on {room_node.name} ({room_node.public_ip}), TURN/TLS "
           f"{spec.config.turn_host}:{spec.config.turn_tls_port} on {turn_node.name} "
           f"({out.node('node-1').public_ip}):\n{json.dumps(result, indent=2)}")

@@ -2,7 +2,8 @@
 the old primary rejoins as a replica by itself, and a deploy afterwards changes nothing.
 
 The package's three-node cluster (tests/e2e/cluster/conftest.py: `e2ecluster`, behind the emulated NAT;
-test_cross_node runs the whole verify suite on it first), then redis-server is stopped on
+run together with test_cross_node, that one runs the whole verify suite on it first), then
+redis-server is stopped on
 the node the Sentinels name as the primary. Prints the failover figures (stop -> Sentinel's
 switch, stop -> first successful new call); they are figures, not pass/fail.
 """
@@ -90,7 +91,7 @@ def test_02_stopping_the_primary_promotes_a_replica_and_new_calls_succeed(env, o
     old = by_ip[seen["primary"].rsplit(":", 1)[0]]
     survivors = [n for n in ips if n != old]
     baseline_t0 = time.monotonic()
-    baseline = round_trips(out, 1, "redis-baseline")
+    baseline = round_trips(out, 1, label="redis-baseline")
     baseline_s = time.monotonic() - baseline_t0
     assert baseline[0]["ok"], f"a call failed before anything was broken: {baseline}"
 
@@ -101,7 +102,7 @@ def test_02_stopping_the_primary_promotes_a_replica_and_new_calls_succeed(env, o
     attempts: list[dict[str, Any]] = []
     while time.monotonic() - stopped < CALL_DEADLINE_S:
         started = time.monotonic() - stopped
-        result = round_trips(out, 1, "redis-failover", timeout=45)[0]
+        result = round_trips(out, 1, label="redis-failover", timeout=45)[0]
         attempts.append({**result, "started_s": started, "ended_s": time.monotonic() - stopped})
         if result["ok"]:
             break
