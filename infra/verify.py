@@ -13,16 +13,49 @@ file, whose writers take a lock (tests/verify/test_roundtrip.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from infra.outputs import OutputsError, read
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Four at once: the three round trips and the admin CLI's call (the long checks) each get one.
 WORKERS = 4
+#: Calls the suite places at once: each holds one of the node's agent jobs (AGENT_MAX_JOBS, 4 by
+#: default) while it lasts, so two leave room for real callers while a verify runs.
+CALLS_AT_ONCE = 2
+
+
+@contextlib.contextmanager
+def call_slot(directory: Path, slots: int = CALLS_AT_ONCE, worker: str | None = None) -> Iterator[int]:
+    """Hold one of `slots` slots shared by every process using `directory` (flock on files there;
+    the kernel drops a lock when its holder dies, so a crashed worker frees its slot). A free slot
+    is taken at once; when all are held, the caller waits on one, chosen by its worker number
+    (pytest-xdist's gw0, gw1, ...) so that waiters spread over the slots."""
+    fds = [os.open(directory / f".verify-call-{i}.lock", os.O_RDWR | os.O_CREAT, 0o600) for i in range(slots)]
+    try:
+        held = None
+        for i, fd in enumerate(fds):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = i
+                break
+            except BlockingIOError:
+                continue
+        if held is None:
+            number = re.sub(r"\D", "", worker or os.environ.get("PYTEST_XDIST_WORKER", "")) or "0"
+            held = int(number) % slots
+            fcntl.flock(fds[held], fcntl.LOCK_EX)
+        yield held
+    finally:
+        for fd in fds:
+            os.close(fd)  # closing releases the lock held on it
 
 
 def argv(env: str, *select: str, tb: str = "short", workers: int = WORKERS, quiet: bool = True) -> list[str]:

@@ -1,0 +1,43 @@
+"""infra/verify.py: the suite's command line and the call slots its concurrent workers share."""
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from pathlib import Path
+
+import pytest
+
+from infra import verify
+
+
+def test_the_suite_runs_its_checks_at_once_and_selects_by_name() -> None:
+    argv = verify.argv("e2eedge", "host_02", "net_03")
+    assert argv[argv.index("-n") + 1] == str(verify.WORKERS) and argv[argv.index("--dist") + 1] == "worksteal"
+    assert argv[argv.index("-k") + 1] == "host_02 or net_03" and "--env=e2eedge" in argv
+    assert "-n" not in verify.argv("e2eedge", workers=1)
+
+
+def test_at_most_the_slots_are_held_and_a_waiter_gets_the_one_freed(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as held:
+        slots = {held.enter_context(verify.call_slot(tmp_path, 2)) for _ in range(2)}
+        assert slots == {0, 1}
+        got: queue.Queue[int] = queue.Queue()
+        done = threading.Event()
+
+        def third() -> None:
+            with verify.call_slot(tmp_path, 2, worker="gw3") as slot:  # waits on slot 3 % 2 = 1
+                got.put(slot)
+                done.wait(30)
+
+        waiter = threading.Thread(target=third, daemon=True)
+        waiter.start()
+        with pytest.raises(queue.Empty):
+            got.get(timeout=1.0)  # both slots are held: the third caller must wait
+        held.close()  # both holders leave
+        assert got.get(timeout=30) == 1
+        done.set()
+        waiter.join(30)
+    # Every slot is free again once its holders left.
+    with verify.call_slot(tmp_path, 2) as first, verify.call_slot(tmp_path, 2) as second:
+        assert {first, second} == {0, 1}
