@@ -35,10 +35,12 @@ $(VENV_STAMP): requirements.txt
 	@echo "==> installing operator requirements into .venv"
 	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	@touch $@
-$(AGENT_STAMP): agent/requirements.txt
+# The agent venv also runs the agent's unit tests: pytest, and pytest-xdist to run their files side by side.
+AGENT_TEST_PINS := pytest==9.2.0 pytest-xdist==3.8.0 execnet==2.1.2
+$(AGENT_STAMP): agent/requirements.txt Makefile
 	@test -x $(APY) || python3 -m venv .venv-agent
 	@echo "==> installing agent requirements into .venv-agent"
-	@$(APY) -m pip install -q --disable-pip-version-check -r agent/requirements.txt pytest==9.2.0
+	@$(APY) -m pip install -q --disable-pip-version-check -r agent/requirements.txt $(AGENT_TEST_PINS)
 	@touch $@
 
 # Host packages the local environment and the tests use (Debian names).
@@ -79,9 +81,12 @@ shell: $(VENV_STAMP)
 lint: $(VENV_STAMP)
 	@$(PY) -m ruff check .
 
+# Two files at a time (pytest-xdist, one file per worker: a module's fixtures stay in one process):
+# much of the time is real-time audio through a real livekit-server and waiting on real services.
+UNIT_XDIST := -n 2 --dist loadfile
 test-unit: $(VENV_STAMP) $(AGENT_STAMP)
-	@$(PY) -m pytest tests/unit --ignore-glob='tests/unit/test_agent_*'
-	@export LIVEKIT_SERVER_BIN="$$($(PY) -m infra.local livekit-bin)" && $(APY) -m pytest tests/unit/test_agent_*.py
+	@$(PY) -m pytest tests/unit --ignore-glob='tests/unit/test_agent_*' $(UNIT_XDIST)
+	@export LIVEKIT_SERVER_BIN="$$($(PY) -m infra.local livekit-bin)" && $(APY) -m pytest tests/unit/test_agent_*.py $(UNIT_XDIST)
 
 # The voice page in Chromium against a whole stack on loopback (~3 min; not part of make test, whose
 # e2e drives the page on a deployed environment: tests/e2e/test_edge.py).
