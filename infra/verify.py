@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from infra.outputs import OutputsError, read
+from infra.outputs import Outputs, OutputsError, read
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Four at once: the three round trips and the admin CLI's call (the long checks) each get one.
@@ -30,6 +30,15 @@ WORKERS = 4
 #: Calls the suite places at once: each holds one of the node's agent jobs (AGENT_MAX_JOBS, 4 by
 #: default) while it lasts, so two leave room for real callers while a verify runs.
 CALLS_AT_ONCE = 2
+
+
+def calls_at_once(out: Outputs) -> int:
+    """CALLS_AT_ONCE, or fewer for a local environment: its machines share this host's cores, and a
+    call is real-time audio through a node's agent (three nodes on two cores with two calls at once
+    stalled a greeting for > 2.5 s, so the client heard it cut short)."""
+    if out.local is None:
+        return CALLS_AT_ONCE
+    return max(1, min(CALLS_AT_ONCE, (os.cpu_count() or 1) // max(1, len(out.nodes))))
 
 
 @contextlib.contextmanager

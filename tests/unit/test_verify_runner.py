@@ -41,3 +41,22 @@ def test_at_most_the_slots_are_held_and_a_waiter_gets_the_one_freed(tmp_path: Pa
     # Every slot is free again once its holders left.
     with verify.call_slot(tmp_path, 2) as first, verify.call_slot(tmp_path, 2) as second:
         assert {first, second} == {0, 1}
+
+
+@pytest.mark.parametrize(("cores", "nodes", "local", "want"), [
+    (2, 1, True, 2),    # one local machine on two cores: two calls at once
+    (2, 3, True, 1),    # three local machines share the two cores: one call at a time
+    (16, 3, True, 2),   # never more than CALLS_AT_ONCE: the node's agent slots are for callers
+    (2, 3, False, 2),   # cloud nodes have cores of their own
+])
+def test_calls_at_once_follow_the_cores_the_local_machines_share(monkeypatch, cores, nodes, local, want) -> None:
+    import dataclasses
+
+    from infra import outputs
+    from tests.unit.support import outputs_for, spec_of
+
+    out = outputs_for(spec_of(nodes))
+    info = outputs.LocalInfo(operator_ip="198.19.1.1", gateway="198.18.1.1", public_network="198.18.1.0/24",
+                             internet_network="198.19.1.0/24", netns={}) if local else None
+    monkeypatch.setattr(verify.os, "cpu_count", lambda: cores)
+    assert verify.calls_at_once(dataclasses.replace(out, local=info)) == want

@@ -48,6 +48,6 @@ def cafile(outputs: Outputs) -> str | None:
 
 @pytest.fixture
 def call_slot(outputs: Outputs) -> Iterator[int]:
-    """One of the suite's call slots (infra.verify.CALLS_AT_ONCE) across its worker processes."""
-    with verify.call_slot(outputs.paths.dir) as slot:
+    """One of the suite's call slots (infra.verify.calls_at_once) across its worker processes."""
+    with verify.call_slot(outputs.paths.dir, verify.calls_at_once(outputs)) as slot:
         yield slot

@@ -5,6 +5,8 @@ check still proves something) and the credential and peer checks run over TLS in
 """
 from __future__ import annotations
 
+import secrets
+
 import pytest
 
 from infra.outputs import Outputs
@@ -17,7 +19,9 @@ FORBIDDEN_PEERS = ["127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.0.1", "169.25
 
 def _turn(probe, outputs: Outputs, spec: EnvSpec, transport: str, password: str | None = None,
           peers: list[str] | None = None, cafile: str | None = None) -> dict:
-    user, pw = rest_credentials(outputs.turn_secret, "verify")
+    # A username of its own per check: coturn's user-quota counts allocations per username, and the
+    # suite's checks run at once (a shared name once hit "486 Allocation Quota Reached").
+    user, pw = rest_credentials(outputs.turn_secret, f"verify-{secrets.token_hex(4)}")
     port = spec.config.turn_tls_port if transport == "tls" else spec.config.turn_udp_port
     return probe("turn", host=spec.config.turn_host, port=port, username=user, password=password or pw,
                  transport=transport, server_name=spec.config.turn_host, cafile=cafile, peers=peers or [])
