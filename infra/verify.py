@@ -33,12 +33,13 @@ CALLS_AT_ONCE = 2
 
 
 def calls_at_once(out: Outputs) -> int:
-    """CALLS_AT_ONCE, or fewer for a local environment: its machines share this host's cores, and a
-    call is real-time audio through a node's agent (three nodes on two cores with two calls at once
-    stalled a greeting for > 2.5 s, so the client heard it cut short)."""
+    """CALLS_AT_ONCE, or fewer for a local environment: its machines and the calls' clients share
+    this host's cores, and a call is real-time audio through a node's agent. One call per two
+    host cores per machine: with two calls at once on two cores a greeting stalled for > 2.5 s
+    (the client heard "Hello? Hello?"), on one machine as on three."""
     if out.local is None:
         return CALLS_AT_ONCE
-    return max(1, min(CALLS_AT_ONCE, (os.cpu_count() or 1) // max(1, len(out.nodes))))
+    return max(1, min(CALLS_AT_ONCE, (os.cpu_count() or 1) // (2 * max(1, len(out.nodes)))))
 
 
 @contextlib.contextmanager

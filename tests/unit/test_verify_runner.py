@@ -44,7 +44,8 @@ def test_at_most_the_slots_are_held_and_a_waiter_gets_the_one_freed(tmp_path: Pa
 
 
 @pytest.mark.parametrize(("cores", "nodes", "local", "want"), [
-    (2, 1, True, 2),    # one local machine on two cores: two calls at once
+    (2, 1, True, 1),    # one local machine and the clients on two cores: one call at a time
+    (4, 1, True, 2),    # four cores for one machine: two
     (2, 3, True, 1),    # three local machines share the two cores: one call at a time
     (16, 3, True, 2),   # never more than CALLS_AT_ONCE: the node's agent slots are for callers
     (2, 3, False, 2),   # cloud nodes have cores of their own
