@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 import aiohttp
 import numpy as np
@@ -41,6 +41,12 @@ VOICED_RMS = 300.0        # int16 RMS above which a 10 ms frame counts as speech
 #: greeting was heard as just "Hello." with 1.2 s at load 20), so the client waits longer than a
 #: natural pause. Latency is measured to the *start* of the answer, so this costs no figure.
 END_OF_SPEECH_GAP = 2.5
+#: The agent says when it stops speaking (livekit-agents sets its participant attribute
+#: lk.agent.state from "speaking" to "listening" once its playout is done). After that, this much
+#: silence closes the utterance: the end of its audio may still be in flight behind the attribute
+#: (signalling and media take different paths). Saves the 2.5 s wait twice per round trip.
+SETTLE_AFTER_SPEAKING = 0.5
+AGENT_STATE = "lk.agent.state"
 
 
 class Speech(Protocol):
@@ -106,6 +112,14 @@ class _Recorder:
         self.frames: list[_Frame] = []
         self.track_ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.agent_state = ""
+        #: When the agent last said it stopped speaking (its state left "speaking"), monotonic s.
+        self.stopped_speaking: float | None = None
+
+    def state_changed(self, state: str) -> None:
+        if self.agent_state == "speaking" and state != "speaking":
+            self.stopped_speaking = time.monotonic()
+        self.agent_state = state
 
     def attach(self, track: rtc.Track) -> None:
         if self.task is None:
@@ -171,7 +185,11 @@ async def _utterance(rec: _Recorder, start: float, deadline: float, what: str,
 
     def ended() -> bool:
         last = rec.last_voiced_after(first)
-        return last is not None and time.monotonic() - last > gap
+        if last is None:
+            return False
+        quiet = time.monotonic() - last
+        said_done = rec.stopped_speaking is not None and rec.stopped_speaking > first
+        return quiet > gap or (said_done and quiet > SETTLE_AFTER_SPEAKING)
 
     await _poll(ended, deadline, f"the end of the agent's {what}")
     last = rec.last_voiced_after(first)
@@ -229,6 +247,12 @@ def _agent_room(timeout: float, rtc_config: rtc.RtcConfiguration | None,
         if (track.kind == rtc.TrackKind.KIND_AUDIO
                 and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT):
             rec.attach(track)
+            rec.state_changed(participant.attributes.get(AGENT_STATE, ""))
+
+    @room.on("participant_attributes_changed")
+    def _on_attributes(changed: dict[str, str], participant: rtc.Participant) -> None:
+        if AGENT_STATE in changed and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+            rec.state_changed(changed[AGENT_STATE])
 
     options = rtc.RoomOptions(auto_subscribe=True, connect_timeout=max(1.0, min(15.0, timeout)))
     if rtc_config is not None:
@@ -275,16 +299,50 @@ async def round_trip(
     timeout: float = 60.0,
     expect_greeting: bool = True,
     collect_ice: bool = False,
+    gate: contextlib.AbstractContextManager[object] | None = None,
 ) -> RoundTripResult:
     """Speak `phrase` to the agent in the token's room; return transcripts and latency.
 
     url: ws(s):// LiveKit URL; token: a join token (publish + subscribe);
     ca_bundle: PEM file to trust (a local ACME root); rtc_config: e.g. relay-only ICE
     to prove TURN; timeout: overall deadline in seconds; collect_ice: read the WebRTC stats
-    once the answer arrived and return the ICE candidates seen (`ice`).
+    once the answer arrived and return the ICE candidates seen (`ice`); gate: held (entered in a
+    thread, it may wait) from before the connect until the client left the room, e.g. a call
+    slot (agent.locks.slot): the phrase is synthesised before it and what was heard is
+    transcribed after it, so the slot covers only the time the agent is in the call.
     """
-    deadline = time.monotonic() + timeout
     pcm, rate = read_wav(await speech.synthesize(phrase))
+    with contextlib.ExitStack() as held:
+        if gate is not None:
+            await asyncio.to_thread(held.enter_context, gate)
+        heard = await _call(url, token, pcm, rate, ca_bundle=ca_bundle, rtc_config=rtc_config,
+                            deadline=time.monotonic() + timeout, timeout=timeout,
+                            expect_greeting=expect_greeting, collect_ice=collect_ice)
+    greeting = await speech.transcribe(wav_bytes(heard.greeting_pcm, RECORD_RATE)) if heard.greeting_pcm else ""
+    answer_wav = wav_bytes(heard.answer_pcm, RECORD_RATE)
+    answer = await speech.transcribe(answer_wav)
+    return RoundTripResult(
+        greeting=greeting, answer=answer, latency_s=heard.latency_s, agent_join_s=heard.agent_join_s,
+        greeting_audio_s=heard.greeting_s, answer_audio_s=heard.answer_s, answer_wav=answer_wav, ice=heard.ice,
+    )
+
+
+@dataclass
+class _Heard:
+    """What the client recorded in one call, before transcription."""
+    greeting_pcm: bytes
+    greeting_s: float
+    answer_pcm: bytes
+    answer_s: float
+    latency_s: float
+    agent_join_s: float
+    ice: dict | None
+
+
+async def _call(url: str, token: str, pcm: bytes, rate: int, *, ca_bundle: str | None,
+                rtc_config: rtc.RtcConfiguration | None, deadline: float, timeout: float,
+                expect_greeting: bool, collect_ice: bool) -> _Heard:
+    """Join, hear the greeting, speak `pcm`, record the answer, leave."""
     room, rec, options = _agent_room(timeout, rtc_config)
     t_connect = time.monotonic()
     with _trusting(ca_bundle):
@@ -323,14 +381,8 @@ async def round_trip(
                          "subscriber": ice_summary(stats.subscriber_stats)}
             ice = {pc: got for pc, got in summaries.items() if got["local"] or got["remote"]}
         answer_pcm, answer_s = rec.audio_between(a0 - 0.3, a1 + 0.3)
-        answer_wav = wav_bytes(answer_pcm, RECORD_RATE)
-        greeting = await speech.transcribe(wav_bytes(greeting_pcm, RECORD_RATE)) if greeting_pcm else ""
-        answer = await speech.transcribe(answer_wav)
-        return RoundTripResult(
-            greeting=greeting, answer=answer, latency_s=a0 - t_end_of_speech,
-            agent_join_s=agent_join_s, greeting_audio_s=greeting_s, answer_audio_s=answer_s,
-            answer_wav=answer_wav, ice=ice,
-        )
+        return _Heard(greeting_pcm=greeting_pcm, greeting_s=greeting_s, answer_pcm=answer_pcm, answer_s=answer_s,
+                      latency_s=a0 - t_end_of_speech, agent_join_s=agent_join_s, ice=ice)
     finally:
         for task in (speaker, rec.task):
             if task is not None:
@@ -338,6 +390,35 @@ async def round_trip(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         await room.disconnect()
+
+
+async def join_until(url: str, token: str, leave: Callable[[], Awaitable[object]], *, ca_bundle: str | None = None,
+                     rtc_config: rtc.RtcConfiguration | None = None, timeout: float = 60.0,
+                     gate: contextlib.AbstractContextManager[object] | None = None,
+                     on_joined: Callable[[float], None] = lambda _s: None) -> float:
+    """Join the token's room, wait until the agent's audio track arrives (at most `timeout` s),
+    call `on_joined(seconds it took)`, then stay until `leave()` returns and disconnect. No
+    speech: for checks that only need a caller and the agent in a room (the admin CLI's). `gate`
+    as for round_trip. Returns the seconds until the agent joined."""
+    with contextlib.ExitStack() as held:
+        if gate is not None:
+            await asyncio.to_thread(held.enter_context, gate)
+        room, rec, options = _agent_room(timeout, rtc_config)
+        t_connect = time.monotonic()
+        with _trusting(ca_bundle):
+            await room.connect(url, token, options)
+        try:
+            await asyncio.wait_for(rec.track_ready.wait(), timeout)
+            joined = time.monotonic() - t_connect
+            on_joined(joined)
+            await leave()
+            return joined
+        finally:
+            if rec.task is not None:
+                rec.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await rec.task
+            await room.disconnect()
 
 
 def run(url: str, token: str, **kwargs: object) -> RoundTripResult:

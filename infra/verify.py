@@ -13,14 +13,10 @@ file, whose writers take a lock (tests/verify/test_roundtrip.py).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 from infra.outputs import Outputs, OutputsError, read
 
@@ -42,30 +38,12 @@ def calls_at_once(out: Outputs) -> int:
     return max(1, min(CALLS_AT_ONCE, (os.cpu_count() or 1) // (2 * max(1, len(out.nodes)))))
 
 
-@contextlib.contextmanager
-def call_slot(directory: Path, slots: int = CALLS_AT_ONCE, worker: str | None = None) -> Iterator[int]:
-    """Hold one of `slots` slots shared by every process using `directory` (flock on files there;
-    the kernel drops a lock when its holder dies, so a crashed worker frees its slot). A free slot
-    is taken at once; when all are held, the caller waits on one, chosen by its worker number
-    (pytest-xdist's gw0, gw1, ...) so that waiters spread over the slots."""
-    fds = [os.open(directory / f".verify-call-{i}.lock", os.O_RDWR | os.O_CREAT, 0o600) for i in range(slots)]
-    try:
-        held = None
-        for i, fd in enumerate(fds):
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held = i
-                break
-            except BlockingIOError:
-                continue
-        if held is None:
-            number = re.sub(r"\D", "", worker or os.environ.get("PYTEST_XDIST_WORKER", "")) or "0"
-            held = int(number) % slots
-            fcntl.flock(fds[held], fcntl.LOCK_EX)
-        yield held
-    finally:
-        for fd in fds:
-            os.close(fd)  # closing releases the lock held on it
+def call_slot_args(out: Outputs, worker: str | None = None) -> dict[str, object]:
+    """The `slot` argument of agent/roundtrip_cli.py: the client takes one of the suite's call
+    slots (agent.locks.slot on files next to the outputs) only for the part of its call the agent
+    is in (connect to hang-up), not while it loads its speech models or transcribes what it heard."""
+    return {"dir": str(out.paths.dir), "slots": calls_at_once(out),
+            "worker": worker or os.environ.get("PYTEST_XDIST_WORKER", "")}
 
 
 def argv(env: str, *select: str, tb: str = "short", workers: int = WORKERS, quiet: bool = True) -> list[str]:

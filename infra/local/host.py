@@ -7,7 +7,6 @@ pid files live under /run/voicestack/<env>/ and whose command lines name that di
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shlex
 import shutil
@@ -16,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
+
+from agent.locks import exclusive
 
 # tool -> Debian package that provides it
 TOOLS = {
@@ -78,12 +79,8 @@ def cache_lock(name: str) -> Iterator[None]:
     """Serialise builds into the shared cache (two envs coming up at once build it once)."""
     from infra.local.names import CACHE
     CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f".{name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with exclusive(CACHE / f".{name}.lock"):
+        yield
 
 
 def wait_until(what: str, probe: Callable[[], bool], deadline_s: float, interval: float = 0.2) -> float:

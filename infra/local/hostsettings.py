@@ -13,12 +13,12 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import subprocess
 from pathlib import Path
 from typing import Iterator
 
+from agent.locks import exclusive
 from infra.local import host
 from infra.local.names import RUN, STATE, EnvNameError, EnvNames
 
@@ -35,12 +35,8 @@ def _host_lock(run: Path) -> Iterator[Path]:
     """One env at a time changes or restores host settings (two ups/downs may run at once)."""
     d = run / HOST_DIR_NAME
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(d / "lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield d
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with exclusive(d / "lock"):
+        yield d
 
 
 def other_envs(names: EnvNames, run: Path = RUN) -> list[str]:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 from typing import Any
 
+from agent.locks import WAITING_NICE
 from agent.tokens import mint
 from infra.outputs import ROOT, Outputs
 from infra.probes import in_client_side
@@ -27,7 +29,11 @@ def round_trips(outputs: Outputs, count: int, condition: str = "normal", timeout
     args = {"url": outputs.livekit_url, "tokens": tokens, "ca_bundle": outputs.ca_bundle, "timeout": timeout,
             "phrase": phrase, **options}
     # The arguments hold tokens (and TURN credentials): stdin, never argv.
-    argv = in_client_side(outputs, [str(AGENT_PY), "-m", "agent.roundtrip_cli", "-"], condition)
+    client = [str(AGENT_PY), "-m", "agent.roundtrip_cli", "-"]
+    if options.get("slot") and os.geteuid() == 0:
+        # Niced until it holds its call slot (only root may take the priority back for the call).
+        client = ["nice", "-n", str(WAITING_NICE), *client]
+    argv = in_client_side(outputs, client, condition)
     proc = subprocess.run(argv, cwd=ROOT, input=json.dumps(args), capture_output=True, text=True,
                           timeout=120 + len(rooms) * timeout)
     if proc.returncode != 0:

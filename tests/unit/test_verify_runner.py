@@ -1,4 +1,4 @@
-"""infra/verify.py: the suite's command line and the call slots its concurrent workers share."""
+"""infra/verify.py and agent/locks.py: the suite's command line and the call slots its concurrent workers share."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from agent import locks
+from agent.locks import exclusive
 from infra import verify
 
 
@@ -20,13 +22,13 @@ def test_the_suite_runs_its_checks_at_once_and_selects_by_name() -> None:
 
 def test_at_most_the_slots_are_held_and_a_waiter_gets_the_one_freed(tmp_path: Path) -> None:
     with contextlib.ExitStack() as held:
-        slots = {held.enter_context(verify.call_slot(tmp_path, 2)) for _ in range(2)}
+        slots = {held.enter_context(locks.slot(tmp_path, 2)) for _ in range(2)}
         assert slots == {0, 1}
         got: queue.Queue[int] = queue.Queue()
         done = threading.Event()
 
         def third() -> None:
-            with verify.call_slot(tmp_path, 2, worker="gw3") as slot:  # waits on slot 3 % 2 = 1
+            with locks.slot(tmp_path, 2, worker="gw3") as slot:  # waits on slot 3 % 2 = 1
                 got.put(slot)
                 done.wait(30)
 
@@ -39,7 +41,7 @@ def test_at_most_the_slots_are_held_and_a_waiter_gets_the_one_freed(tmp_path: Pa
         done.set()
         waiter.join(30)
     # Every slot is free again once its holders left.
-    with verify.call_slot(tmp_path, 2) as first, verify.call_slot(tmp_path, 2) as second:
+    with locks.slot(tmp_path, 2) as first, locks.slot(tmp_path, 2) as second:
         assert {first, second} == {0, 1}
 
 
@@ -61,3 +63,29 @@ def test_calls_at_once_follow_the_cores_the_local_machines_share(monkeypatch, co
                              internet_network="198.19.1.0/24", netns={}) if local else None
     monkeypatch.setattr(verify.os, "cpu_count", lambda: cores)
     assert verify.calls_at_once(dataclasses.replace(out, local=info)) == want
+
+
+def test_an_exclusive_lock_makes_the_second_holder_wait(tmp_path: Path) -> None:
+    lock = tmp_path / "x.lock"
+    entered = threading.Event()
+
+    def second() -> None:
+        with exclusive(lock):
+            entered.set()
+
+    with exclusive(lock):
+        waiter = threading.Thread(target=second, daemon=True)
+        waiter.start()
+        assert not entered.wait(1.0), "a second holder got the lock while the first held it"
+    assert entered.wait(30), "the second holder never got the lock once it was free"
+    waiter.join(30)
+    assert oct(lock.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_the_call_slot_arguments_name_the_outputs_directory_and_the_slots(monkeypatch) -> None:
+    from tests.unit.support import outputs_for, spec_of
+
+    out = outputs_for(spec_of(1))
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw2")
+    got = verify.call_slot_args(out)
+    assert got == {"dir": str(out.paths.dir), "slots": verify.calls_at_once(out), "worker": "gw2"}

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
-from infra import probes, verify
+from infra import probes
 from infra.outputs import Outputs, OutputsError, read
 from infra.spec import EnvSpec
 
@@ -44,10 +44,3 @@ def probe(outputs: Outputs) -> Probe:
 @pytest.fixture(scope="session")
 def cafile(outputs: Outputs) -> str | None:
     return outputs.ca_bundle or None
-
-
-@pytest.fixture
-def call_slot(outputs: Outputs) -> Iterator[int]:
-    """One of the suite's call slots (infra.verify.calls_at_once) across its worker processes."""
-    with verify.call_slot(outputs.paths.dir, verify.calls_at_once(outputs)) as slot:
-        yield slot

@@ -12,13 +12,13 @@ ride a relay candidate of the TURN node.
 """
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from agent.locks import exclusive
+from infra import verify
 from infra.config import LOCAL_SPEECH_URL
 from infra.outputs import Outputs
 from infra.probes import netcond
@@ -35,14 +35,10 @@ HINTS = {
 
 def _record(outputs: Outputs, condition: str, result: dict) -> None:
     """Keep the last round trip per condition (and the ICE pairs it used) for `make up`'s summary.
-    The trips run in concurrent workers: the read-modify-write holds a lock on the file's directory."""
+    The trips run in concurrent workers: the read-modify-write holds a lock next to the file."""
     path = outputs.paths.verify_results
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(directory, fcntl.LOCK_EX)
+    with exclusive(path.with_name(f".{path.name}.lock")):
         _merge(path, condition, result)
-    finally:
-        os.close(directory)  # releases the lock
 
 
 def _merge(path: Path, condition: str, result: dict) -> None:
@@ -89,10 +85,12 @@ def check_candidates(outputs: Outputs, spec: EnvSpec, condition: str, ice: dict)
 
 
 @pytest.mark.parametrize("condition", list(netcond.RULES))
-def test_voice_01_spoken_round_trip(outputs: Outputs, spec: EnvSpec, condition: str, call_slot: int) -> None:
+def test_voice_01_spoken_round_trip(outputs: Outputs, spec: EnvSpec, condition: str) -> None:
     if condition != "normal" and not outputs.client_netns:
         pytest.skip("network conditions need the client namespace of a local environment")
-    (result,) = round_trips(outputs, 1, condition, collect_ice=True, **condition_options(outputs, condition))
+    # The client holds one of the suite's call slots while it is in the call (infra/verify.py).
+    (result,) = round_trips(outputs, 1, condition, collect_ice=True, slot=verify.call_slot_args(outputs),
+                            **condition_options(outputs, condition))
     assert result["ok"], f"no spoken round trip with {condition} network: {result['error']}; {HINTS[condition]}"
     assert "voice assistant" in result["greeting"].lower(), f"greeting heard as {result['greeting']!r}"
     if spec.config.llm_url == LOCAL_SPEECH_URL:

@@ -5,12 +5,14 @@ import json
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 from livekit import api
 
 from agent.tokens import mint
+from infra import verify
 from infra.outputs import ROOT, Outputs
 from infra.probes import in_client_side
 from infra.probes.roundtrip import AGENT_PY
@@ -58,22 +60,31 @@ def _admin(outputs: Outputs, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
-def test_admin_01_lists_the_room_with_client_and_agent(outputs: Outputs, call_slot: int) -> None:
-    """While a client talks to the agent, the admin CLI sees both in the room (LiveKit's Twirp API)."""
+def test_admin_01_lists_the_room_with_client_and_agent(outputs: Outputs) -> None:
+    """While a client is in a call with the agent, the admin CLI sees both in the room (LiveKit's
+    Twirp API). The client only joins (no speech): it holds one of the suite's call slots from its
+    connect until it leaves."""
     room = f"verify-admin-{secrets.token_hex(4)}"
     token = mint(outputs.api_key, outputs.api_secret, "verify-admin-client", room, preset="speaker", ttl=600)
-    args = {"url": outputs.livekit_url, "tokens": [token], "ca_bundle": outputs.ca_bundle, "timeout": 60}
-    # The token goes on stdin, never on a command line.
+    args = {"url": outputs.livekit_url, "tokens": [token], "ca_bundle": outputs.ca_bundle, "timeout": 60,
+            "join_only": True, "slot": verify.call_slot_args(outputs)}
+    # The token goes on stdin, never on a command line; closing stdin makes the client leave.
     argv = in_client_side(outputs, [str(AGENT_PY), "-m", "agent.roundtrip_cli", "-"])
-    client = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, text=True)
-    assert client.stdin is not None
-    client.stdin.write(json.dumps(args))
-    client.stdin.close()
+    errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: nobody reads it while the call lasts
+    client = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True)
+    assert client.stdin is not None and client.stdout is not None
+    client.stdin.write(json.dumps(args) + "\n")
+    client.stdin.flush()
     seen: list[dict] = []
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and client.poll() is None:
+        # The client's first line says the agent's audio reached it (it gives up after its timeout).
+        joined = client.stdout.readline()
+        if not joined.startswith('{"joined"'):
+            client.wait(timeout=60)
+            errors.seek(0)
+            raise AssertionError(f"the client never had the agent in its room: {joined!r} {errors.read()[-1500:]}")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
             proc = _admin(outputs, "participants", room)
             if proc.returncode == 0 and proc.stdout.strip():
                 seen = json.loads(proc.stdout)
@@ -83,9 +94,11 @@ def test_admin_01_lists_the_room_with_client_and_agent(outputs: Outputs, call_sl
             time.sleep(0.5)  # poll interval of a deadline loop, not a readiness guess
         rooms = _admin(outputs, "rooms")
     finally:
-        # Let it finish its round trip and leave the room: a killed client would keep the agent's
-        # job (a slot of AGENT_MAX_JOBS) until LiveKit notices it gone.
-        client.wait(timeout=180)
+        # Leave cleanly: a killed client would keep the agent's job (a slot of AGENT_MAX_JOBS)
+        # until LiveKit notices it gone.
+        client.stdin.close()
+        client.wait(timeout=60)
+        errors.close()
     assert any(p["identity"] == "verify-admin-client" for p in seen), f"admin CLI never saw the client: {seen}"
     assert any(p.get("kind") == "AGENT" for p in seen), f"admin CLI never saw the agent in {room}: {seen}"
     assert rooms.returncode == 0 and any(r["name"] == room for r in json.loads(rooms.stdout)), rooms.stdout
