@@ -29,7 +29,7 @@ from typing import Any
 
 from livekit import rtc
 
-from agent.roundtrip import RECORD_RATE, _Recorder, _utterance, round_trip
+from agent.roundtrip import RECORD_RATE, _Recorder, _utterance, follow_agent, round_trip
 from agent.roundtrip_cli import LocalSpeech, ice_policy
 from agent.wav import read_wav, wav_bytes
 
@@ -75,6 +75,7 @@ class LiveCall:
 
     def _wire(self) -> None:
         room = self.room
+        follow_agent(room, self.rec)  # its audio into self.rec, the end of its utterances
 
         def event(name: str, **fields: Any) -> None:
             emit({"event": "room", "name": name, "t": time.time(), **fields})
@@ -110,8 +111,6 @@ class LiveCall:
         @room.on("track_subscribed")
         def _subscribed(track: rtc.Track, _pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
             event("track_subscribed", identity=p.identity, sid=track.sid)
-            if track.kind == rtc.TrackKind.KIND_AUDIO and p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
-                self.rec.attach(track)
 
         @room.on("track_unsubscribed")
         def _unsubscribed(track: rtc.Track, _pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:

@@ -235,11 +235,9 @@ def ice_summary(stats: list) -> dict:
     return {"selected": selected, "local": list(local.values()), "remote": list(remote.values())}
 
 
-def _agent_room(timeout: float, rtc_config: rtc.RtcConfiguration | None,
-                ) -> tuple[rtc.Room, _Recorder, rtc.RoomOptions]:
-    """A room whose recorder attaches to the agent's audio track, and the options to join it with."""
-    rec = _Recorder()
-    room = rtc.Room()
+def follow_agent(room: rtc.Room, rec: _Recorder) -> None:
+    """Record the agent's audio track in `rec` once subscribed, and follow its `lk.agent.state`
+    (the end of its utterances). Every client of the agent (round trips, agent.callclient) uses it."""
 
     @room.on("track_subscribed")
     def _on_track(track: rtc.Track, _pub: rtc.RemoteTrackPublication,
@@ -254,6 +252,13 @@ def _agent_room(timeout: float, rtc_config: rtc.RtcConfiguration | None,
         if AGENT_STATE in changed and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
             rec.state_changed(changed[AGENT_STATE])
 
+
+def _agent_room(timeout: float, rtc_config: rtc.RtcConfiguration | None,
+                ) -> tuple[rtc.Room, _Recorder, rtc.RoomOptions]:
+    """A room whose recorder follows the agent (follow_agent), and the options to join it with."""
+    rec = _Recorder()
+    room = rtc.Room()
+    follow_agent(room, rec)
     options = rtc.RoomOptions(auto_subscribe=True, connect_timeout=max(1.0, min(15.0, timeout)))
     if rtc_config is not None:
         options.rtc_config = rtc_config
@@ -312,17 +317,16 @@ async def round_trip(
     transcribed after it, so the slot covers only the time the agent is in the call.
     """
     pcm, rate = read_wav(await speech.synthesize(phrase))
-    with contextlib.ExitStack() as held:
-        if gate is not None:
-            await asyncio.to_thread(held.enter_context, gate)
-        heard = await _call(url, token, pcm, rate, ca_bundle=ca_bundle, rtc_config=rtc_config,
-                            deadline=time.monotonic() + timeout, timeout=timeout,
-                            expect_greeting=expect_greeting, collect_ice=collect_ice)
+    deadline = time.monotonic() + timeout
+    async with _agent_call(url, token, ca_bundle=ca_bundle, rtc_config=rtc_config, timeout=timeout,
+                           deadline=deadline, gate=gate) as call:
+        heard = await _converse(call, pcm, rate, deadline, expect_greeting=expect_greeting,
+                                collect_ice=collect_ice)
     greeting = await speech.transcribe(wav_bytes(heard.greeting_pcm, RECORD_RATE)) if heard.greeting_pcm else ""
     answer_wav = wav_bytes(heard.answer_pcm, RECORD_RATE)
     answer = await speech.transcribe(answer_wav)
     return RoundTripResult(
-        greeting=greeting, answer=answer, latency_s=heard.latency_s, agent_join_s=heard.agent_join_s,
+        greeting=greeting, answer=answer, latency_s=heard.latency_s, agent_join_s=call.agent_join_s,
         greeting_audio_s=heard.greeting_s, answer_audio_s=heard.answer_s, answer_wav=answer_wav, ice=heard.ice,
     )
 
@@ -335,61 +339,82 @@ class _Heard:
     answer_pcm: bytes
     answer_s: float
     latency_s: float
-    agent_join_s: float
     ice: dict | None
 
 
-async def _call(url: str, token: str, pcm: bytes, rate: int, *, ca_bundle: str | None,
-                rtc_config: rtc.RtcConfiguration | None, deadline: float, timeout: float,
-                expect_greeting: bool, collect_ice: bool) -> _Heard:
-    """Join, hear the greeting, speak `pcm`, record the answer, leave."""
-    room, rec, options = _agent_room(timeout, rtc_config)
-    t_connect = time.monotonic()
-    with _trusting(ca_bundle):
-        await room.connect(url, token, options)
-    speaker: asyncio.Task[None] | None = None
-    try:
-        await asyncio.wait_for(rec.track_ready.wait(), max(0.1, deadline - time.monotonic()))
-        agent_join_s = time.monotonic() - t_connect
+@dataclass
+class _Call:
+    """A joined room with the agent's audio track arriving (what _agent_call yields)."""
+    room: rtc.Room
+    rec: _Recorder
+    t_connect: float
+    agent_join_s: float
+    #: Tasks of the caller's that must stop before the room is left (e.g. a mic feeding silence).
+    tasks: list[asyncio.Future[None]]
 
-        # A deep queue rides out CPU stalls of this process: an underrun would put a gap in the
-        # phrase, and the agent's VAD would end the turn in the middle of it.
-        source = rtc.AudioSource(rate, 1, queue_size_ms=1000)
-        track = rtc.LocalAudioTrack.create_audio_track("roundtrip-mic", source)
-        await room.local_participant.publish_track(
-            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
 
-        greeting_pcm, greeting_s = b"", 0.0
-        if expect_greeting:
-            g0, g1 = await _utterance(rec, t_connect, deadline, "greeting")
-            greeting_pcm, greeting_s = rec.audio_between(g0 - 0.3, g1 + 0.3)
+@contextlib.asynccontextmanager
+async def _agent_call(url: str, token: str, *, ca_bundle: str | None, rtc_config: rtc.RtcConfiguration | None,
+                      timeout: float, deadline: float,
+                      gate: contextlib.AbstractContextManager[object] | None) -> AsyncIterator[_Call]:
+    """Behind `gate` (entered in a thread: it may wait), join the token's room and wait (until
+    `deadline`) for the agent's audio track; on the way out stop the recorder and the caller's
+    tasks, leave the room, then the gate. The one opening and closing of every client call."""
+    with contextlib.ExitStack() as held:
+        if gate is not None:
+            await asyncio.to_thread(held.enter_context, gate)
+        room, rec, options = _agent_room(timeout, rtc_config)
+        call = _Call(room, rec, time.monotonic(), 0.0, [])
+        with _trusting(ca_bundle):
+            await room.connect(url, token, options)
+        try:
+            await asyncio.wait_for(rec.track_ready.wait(), max(0.1, deadline - time.monotonic()))
+            call.agent_join_s = time.monotonic() - call.t_connect
+            yield call
+        finally:
+            for task in (*call.tasks, rec.task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            await room.disconnect()
 
-        silence = bytes(2 * rate // 2)  # 0.5 s
-        await _speak(source, silence + pcm, rate)
-        await source.wait_for_playout()
-        t_end_of_speech = time.monotonic()
-        # Keep the mic open with silence so the agent's VAD sees the pause that ends the turn.
-        speaker = asyncio.ensure_future(_speak(source, bytes(2 * rate * 3), rate))
 
-        a0, a1 = await _utterance(rec, t_end_of_speech, deadline, "answer")
-        ice = None
-        if collect_ice:  # while media still flows: the selected pairs are the ones that carried it
-            stats = await room.get_rtc_stats()
-            # With LiveKit's single-PeerConnection mode one connection carries both directions and
-            # the other reports nothing: only connections that gathered candidates are listed.
-            summaries = {"publisher": ice_summary(stats.publisher_stats),
-                         "subscriber": ice_summary(stats.subscriber_stats)}
-            ice = {pc: got for pc, got in summaries.items() if got["local"] or got["remote"]}
-        answer_pcm, answer_s = rec.audio_between(a0 - 0.3, a1 + 0.3)
-        return _Heard(greeting_pcm=greeting_pcm, greeting_s=greeting_s, answer_pcm=answer_pcm, answer_s=answer_s,
-                      latency_s=a0 - t_end_of_speech, agent_join_s=agent_join_s, ice=ice)
-    finally:
-        for task in (speaker, rec.task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        await room.disconnect()
+async def _converse(call: _Call, pcm: bytes, rate: int, deadline: float, *, expect_greeting: bool,
+                    collect_ice: bool) -> _Heard:
+    """In a joined call: hear the greeting, speak `pcm`, record the answer."""
+    room, rec = call.room, call.rec
+    # A deep queue rides out CPU stalls of this process: an underrun would put a gap in the
+    # phrase, and the agent's VAD would end the turn in the middle of it.
+    source = rtc.AudioSource(rate, 1, queue_size_ms=1000)
+    track = rtc.LocalAudioTrack.create_audio_track("roundtrip-mic", source)
+    await room.local_participant.publish_track(
+        track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+
+    greeting_pcm, greeting_s = b"", 0.0
+    if expect_greeting:
+        g0, g1 = await _utterance(rec, call.t_connect, deadline, "greeting")
+        greeting_pcm, greeting_s = rec.audio_between(g0 - 0.3, g1 + 0.3)
+
+    silence = bytes(2 * rate // 2)  # 0.5 s
+    await _speak(source, silence + pcm, rate)
+    await source.wait_for_playout()
+    t_end_of_speech = time.monotonic()
+    # Keep the mic open with silence so the agent's VAD sees the pause that ends the turn.
+    call.tasks.append(asyncio.ensure_future(_speak(source, bytes(2 * rate * 3), rate)))
+
+    a0, a1 = await _utterance(rec, t_end_of_speech, deadline, "answer")
+    ice = None
+    if collect_ice:  # while media still flows: the selected pairs are the ones that carried it
+        stats = await room.get_rtc_stats()
+        # With LiveKit's single-PeerConnection mode one connection carries both directions and
+        # the other reports nothing: only connections that gathered candidates are listed.
+        summaries = {"publisher": ice_summary(stats.publisher_stats),
+                     "subscriber": ice_summary(stats.subscriber_stats)}
+        ice = {pc: got for pc, got in summaries.items() if got["local"] or got["remote"]}
+    answer_pcm, answer_s = rec.audio_between(a0 - 0.3, a1 + 0.3)
+    return _Heard(greeting_pcm=greeting_pcm, greeting_s=greeting_s, answer_pcm=answer_pcm, answer_s=answer_s,
+                  latency_s=a0 - t_end_of_speech, ice=ice)
 
 
 async def join_until(url: str, token: str, leave: Callable[[], Awaitable[object]], *, ca_bundle: str | None = None,
@@ -400,25 +425,11 @@ async def join_until(url: str, token: str, leave: Callable[[], Awaitable[object]
     call `on_joined(seconds it took)`, then stay until `leave()` returns and disconnect. No
     speech: for checks that only need a caller and the agent in a room (the admin CLI's). `gate`
     as for round_trip. Returns the seconds until the agent joined."""
-    with contextlib.ExitStack() as held:
-        if gate is not None:
-            await asyncio.to_thread(held.enter_context, gate)
-        room, rec, options = _agent_room(timeout, rtc_config)
-        t_connect = time.monotonic()
-        with _trusting(ca_bundle):
-            await room.connect(url, token, options)
-        try:
-            await asyncio.wait_for(rec.track_ready.wait(), timeout)
-            joined = time.monotonic() - t_connect
-            on_joined(joined)
-            await leave()
-            return joined
-        finally:
-            if rec.task is not None:
-                rec.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await rec.task
-            await room.disconnect()
+    async with _agent_call(url, token, ca_bundle=ca_bundle, rtc_config=rtc_config, timeout=timeout,
+                           deadline=time.monotonic() + timeout, gate=gate) as call:
+        on_joined(call.agent_join_s)
+        await leave()
+        return call.agent_join_s
 
 
 def run(url: str, token: str, **kwargs: object) -> RoundTripResult:

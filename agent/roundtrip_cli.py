@@ -8,7 +8,8 @@ candidates seen), relay_only plus ice_servers [{urls, username, password}] (ICE 
 these TURN servers: the SFU's own list is ignored), or turn_tls {host, port, server_name,
 username, password}: ICE may only use that TURN server over TLS, through agent.tls_tunnel
 (libwebrtc cannot be told to trust a local CA for TURN/TLS); slot {dir, slots, worker}: hold one
-of the call slots in `dir` (agent.locks.slot) from the connect until the client left each room.
+of the call slots in `dir` (agent.locks.slot) from the connect until the client left each room
+(with `niced`: the client was started at that niceness and runs at 0 while it holds the slot).
 With join_only the client speaks no phrase and loads no speech models: it joins the one token's
 room, waits until the agent's audio arrives, prints {"joined": ...}, and stays until its stdin
 closes (the arguments are then one JSON line on stdin).
@@ -29,7 +30,7 @@ from typing import Any, Iterator
 
 from livekit import rtc
 
-from agent.locks import WAITING_NICE, slot
+from agent.locks import slot
 from agent.roundtrip import join_until, round_trip
 from agent.speech.stt import SttConfig, Transcriber
 from agent.speech.tts import Synthesizer, TtsConfig
@@ -91,24 +92,25 @@ def _set_nice(value: int) -> None:
 
 
 @contextlib.contextmanager
-def _in_call_priority(inner: contextlib.AbstractContextManager[object]) -> Iterator[None]:
+def _in_call_priority(inner: contextlib.AbstractContextManager[object], waiting: int) -> Iterator[None]:
     with inner:
         _set_nice(0)
         try:
             yield
         finally:
-            _set_nice(WAITING_NICE)
+            _set_nice(waiting)
 
 
 def gate(args: dict[str, Any]) -> contextlib.AbstractContextManager[object] | None:
     """The call slot the arguments name, entered anew for each call (None: no slot). A client that
-    was started niced (agent.locks.WAITING_NICE, by a caller running as root) runs at normal
-    priority while it holds the slot."""
+    was started niced (the slot's `niced`: its caller, running as root, started it so) runs at
+    normal priority while it holds the slot and goes back to that niceness after."""
     spec = args.get("slot")
     if not spec:
         return None
     held = slot(Path(spec["dir"]), int(spec["slots"]), worker=spec.get("worker") or None)
-    return _in_call_priority(held) if os.getpriority(os.PRIO_PROCESS, 0) == WAITING_NICE else held
+    niced = spec.get("niced")
+    return _in_call_priority(held, int(niced)) if niced is not None else held
 
 
 async def _trips(args: dict[str, Any], config: rtc.RtcConfiguration | None) -> dict[str, Any]:
@@ -142,9 +144,16 @@ async def _stdin_closed() -> None:
 def main() -> int:
     # One line: a caller of join_only keeps stdin open after it (its end means "leave").
     raw = sys.stdin.readline() if sys.argv[1:] == ["-"] else sys.argv[1]
-    print(json.dumps(asyncio.run(main_async(json.loads(raw)))))
+    print(json.dumps(asyncio.run(main_async(json.loads(raw)))), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Every room is left and the result is out: end here, without the interpreter's teardown. The
+    # SDK's atexit hook disposes its native runtime while libwebrtc's threads may still call back
+    # into it; a client once aborted with no Python traceback ("tokio-rt-worker panicked … panic in
+    # a function that cannot unwind"), and this teardown is the one native step left after the
+    # result. The kernel closes the sockets either way.
+    sys.stderr.flush()
+    os._exit(code)

@@ -31,13 +31,17 @@ def round_trips(outputs: Outputs, count: int, condition: str = "normal", timeout
     # The arguments hold tokens (and TURN credentials): stdin, never argv.
     client = [str(AGENT_PY), "-m", "agent.roundtrip_cli", "-"]
     if options.get("slot") and os.geteuid() == 0:
-        # Niced until it holds its call slot (only root may take the priority back for the call).
+        # Niced until it holds its call slot (only root may take the priority back for the call);
+        # the slot argument tells the client so.
         client = ["nice", "-n", str(WAITING_NICE), *client]
+        args["slot"] = {**options["slot"], "niced": WAITING_NICE}
     argv = in_client_side(outputs, client, condition)
     proc = subprocess.run(argv, cwd=ROOT, input=json.dumps(args), capture_output=True, text=True,
                           timeout=120 + len(rooms) * timeout)
     if proc.returncode != 0:
-        raise AssertionError(f"round-trip client crashed: {proc.stderr[-2000:]}")
+        # Whether it got as far as its result tells a crash in a call from one at its exit.
+        stage = "after printing its result" if proc.stdout.strip() else "before any result"
+        raise AssertionError(f"round-trip client crashed (exit {proc.returncode}, {stage}): {proc.stderr[-2000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     for result in out["results"]:
         result["turn_tls_connections"] = out.get("turn_tls_connections")

@@ -7,8 +7,14 @@ environment builds (LIVEKIT_SERVER_BIN, else `python -m infra.local livekit-bin`
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -154,6 +160,50 @@ def test_agent_roundtrip_reports_the_ice_candidates_the_client_saw(stack: Stack)
         assert selected["remote"] == {"address": "127.0.0.1", "port": stack.udp_port, "protocol": "udp",
                                       "type": "host"}, selected
         assert selected["local"]["type"] == "host"
+
+
+def _nice_of_threads(pid: int) -> set[int]:
+    """The niceness of every thread of `pid` (/proc/<pid>/task/*/stat, field 19)."""
+    out = set()
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(FileNotFoundError):
+            out.add(int(stat.read_text().rsplit(")", 1)[1].split()[16]))
+    return out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may take a niced process back to 0")
+def test_agent_roundtrip_cli_holds_its_slot_at_normal_priority_and_exits_cleanly(stack: Stack,
+                                                                                 tmp_path: Path) -> None:
+    """The client as the verify suite starts it (infra/probes/roundtrip.py): niced, with a call
+    slot that says so. While it is in the call every thread runs at nice 0 and the slot is held;
+    when its stdin closes it leaves, prints its result and exits 0 (no native teardown abort)."""
+    slots = tmp_path / "slots"
+    slots.mkdir()
+    args = {"url": stack.url, "tokens": [token("cli-join")], "timeout": 60, "join_only": True,
+            "slot": {"dir": str(slots), "slots": 1, "worker": "w", "niced": 10}}
+    proc = subprocess.Popen(["nice", "-n", "10", sys.executable, "-m", "agent.roundtrip_cli", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(args) + "\n")
+        proc.stdin.flush()
+        joined = json.loads(proc.stdout.readline() or "{}")
+        assert joined.get("joined", 0) > 0, proc.stderr.read() if proc.poll() is not None else joined
+        assert _nice_of_threads(proc.pid) == {0}
+        fd = os.open(slots / ".verify-call-0.lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # the one slot is the client's while it is in the call
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        out, err = proc.communicate(timeout=60)  # closes its stdin: time to leave
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    (result,) = json.loads(out.strip().splitlines()[-1])["results"]
+    assert result["ok"] and round(result["agent_join_s"], 3) == joined["joined"]
 
 
 def test_agent_roundtrip_worker_drains_and_exits_on_sigterm(stack: Stack) -> None:
