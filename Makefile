@@ -93,10 +93,13 @@ test-unit: $(VENV_STAMP) $(AGENT_STAMP)
 test-browser: $(VENV_STAMP) $(AGENT_STAMP)
 	@$(PY) -m pytest tests/unit/test_browser_call.py -m loopback_stack
 
-# The shipped n8n workflows against a real, pinned n8n (tests/unit/test_agent_n8n.py): the first
-# run installs n8n 2.41.1 + Node 24 under /var/cache/voicestack/n8n (~1.3 GB, many minutes).
-test-n8n: $(VENV_STAMP) $(AGENT_STAMP)
+# The shipped n8n workflows against a real, pinned n8n: on loopback with the voicestack parts
+# (tests/unit/test_agent_n8n.py), then behind a deployed local environment whose node reaches n8n
+# on the emulated internet (tests/e2e/test_n8n.py, root). The first run installs n8n 2.41.1 +
+# Node 24 under /var/cache/voicestack/n8n (~1.3 GB, many minutes).
+test-n8n: $(VENV_STAMP) $(AGENT_STAMP) deps
 	@export LIVEKIT_SERVER_BIN="$$($(PY) -m infra.local livekit-bin)" && $(APY) -m pytest tests/unit/test_agent_n8n.py -m n8n
+	@$(PY) -m pytest tests/e2e/test_n8n.py -m n8n
 
 # e2e: builds local machines of its own (env names e2e*), needs root.
 # The long e2e modules (the Redis failover on a three-node cluster, the whole chaos suite: ~25 min on

@@ -147,6 +147,9 @@ SETTINGS: tuple[Setting, ...] = (
             "0 = forever", 0, 3650),
     Setting("forwardUrl", "str", "", "Where the webhook receiver forwards LiveKit's events and recording_finished, "
             "signed with forward_secret (e.g. an n8n webhook); empty = nothing is forwarded"),
+    Setting("actionUrl", "str", "", "Where the agent sends the device intents it hears (voice actions), signed "
+            "with forward_secret like forwarded events (e.g. the n8n voice-action webhook); it speaks the "
+            "answer. Empty = the offline responder answers on its own"),
     Setting("acmeCa", "str", "letsencrypt", "letsencrypt | letsencrypt-staging | local | https://<ACME directory>"),
     Setting("acmeEmail", "str", "", "Contact address for the ACME account"),
     Setting("livekitVersion", "str", "1.13.5", "livekit-server release; must be pinned in deploy/artifacts.json"),
@@ -231,6 +234,7 @@ class StackConfig:
     recording: str = "off"
     recording_retention_days: int = 30
     forward_url: str = ""
+    action_url: str = ""
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -572,11 +576,17 @@ def _check_recording(v: V, c: _Checker) -> None:
     v["recording"] = policy
     if policy not in RECORDING_POLICIES:
         c.add("recording", f"{policy!r} is not a recording policy; use one of {', '.join(RECORDING_POLICIES)}")
-    url = v["forward_url"]
-    if url and not (_URL.match(url) and _SHELL_SAFE_URL.match(url)):
-        # It reaches agent.env, which systemd reads back verbatim only without quotes, '$' or '\\'.
-        c.add("forwardUrl", f"{url!r} is not an http(s) URL without spaces, quotes, '$' or '\\'; "
-                            "use e.g. https://n8n.example.com/webhook/livekit")
+
+
+def _check_outgoing_urls(v: V, c: _Checker) -> None:
+    """forwardUrl and actionUrl: where the node posts (signed) to an orchestrator such as n8n."""
+    for key, attr, example in (("forwardUrl", "forward_url", "livekit-events"),
+                               ("actionUrl", "action_url", "voice-action")):
+        url = v[attr]
+        if url and not (_URL.match(url) and _SHELL_SAFE_URL.match(url)):
+            # It reaches agent.env, which systemd reads back verbatim only without quotes, '$' or '\\'.
+            c.add(key, f"{url!r} is not an http(s) URL without spaces, quotes, '$' or '\\'; "
+                       f"use e.g. https://n8n.example.com/webhook/{example}")
 
 
 def _check_versions(v: V, c: _Checker) -> None:
@@ -598,7 +608,8 @@ def _check_call(v: V, c: _Checker) -> None:
 
 CHECKS: tuple[Callable[[V, _Checker], None], ...] = (
     _check_provider, _check_names, _check_ssh, _check_network, _check_cluster, _check_ports, _check_urls,
-    _check_acme, _check_secrets, _check_hosts, _check_network_model, _check_agent, _check_recording, _check_versions,
+    _check_acme, _check_secrets, _check_hosts, _check_network_model, _check_agent, _check_recording,
+    _check_outgoing_urls, _check_versions,
     _check_call)
 
 

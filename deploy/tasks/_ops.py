@@ -7,11 +7,14 @@ config and restarting still restarts on the next run, and a second converge chan
 from __future__ import annotations
 
 import shlex
+from datetime import datetime, timedelta, timezone
+from pathlib import PurePosixPath
 
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.files import Sha256File
+from pyinfra.facts.files import File, Sha256File
+from pyinfra.facts.server import Date
 from pyinfra.operations import files
 
 from deploy.tasks._facts import ServiceState, Sha512File
@@ -92,6 +95,43 @@ def install_validated(src: str, dest: str, check: str | None = None, apply: str 
 
 APT_INSTALL = ("DEBIAN_FRONTEND=noninteractive apt-get -y -o Dpkg::Options::=--force-confdef "
                "-o Dpkg::Options::=--force-confold install --no-install-recommends")
+#: apt's own network timeouts do not cover every stall: in a CI run an `apt-get update` through the
+#: apt proxy hung for 20 minutes with no connection open (apt-get and its http method each waiting
+#: for the other), and the deploy with it. What apt fetches is therefore bounded per attempt (a
+#: first deploy's largest download takes well under a minute here) and tried again: killing a
+#: fetch loses nothing, apt resumes from its partial files. Installing (dpkg) is never killed:
+#: apt_install downloads under the bound first, then installs from the local archive.
+APT_FETCH_TIMEOUT = 300
+APT_FETCH_ATTEMPTS = 3
+APT_UPDATE_STAMP = "/var/lib/apt/periodic/update-success-stamp"   # what pyinfra's apt.update reads too
+
+
+def bounded_fetch(command: str, what: str) -> str:
+    """`command` (an apt fetch) in a shell loop: at most APT_FETCH_TIMEOUT s per attempt (then
+    TERM, KILL 10 s later), APT_FETCH_ATTEMPTS attempts; fails with a line naming `what`."""
+    n, t = APT_FETCH_ATTEMPTS, APT_FETCH_TIMEOUT
+    return (f"for attempt in $(seq 1 {n}); do timeout -k 10 {t} {command} && exit 0; "
+            f"echo \"{what}: attempt $attempt of {n} failed or took over {t} s\" >&2; "
+            f"[ $attempt -lt {n} ] && sleep 5; done; exit 1")
+
+
+@operation()
+def apt_update(cache_time: int = 3600):
+    """
+    Refresh the apt index unless it was refreshed within `cache_time` seconds, each attempt bounded
+    (bounded_fetch).
+
+    + cache_time: seconds an index refresh stays fresh (the stamp pyinfra's apt.update keeps)
+    """
+    stamp = host.get_fact(File, path=APT_UPDATE_STAMP)
+    if stamp and stamp.get("mtime"):
+        # As pyinfra's apt.update: the node's clock, its stamp's mtime read as UTC.
+        now = datetime.fromtimestamp(host.get_fact(Date).timestamp(), timezone.utc).replace(tzinfo=None)
+        if stamp["mtime"] > now - timedelta(seconds=cache_time):
+            host.noop("the apt index is fresh")
+            return
+    yield bounded_fetch("apt-get update", "apt-get update")
+    yield f"mkdir -p {shlex.quote(str(PurePosixPath(APT_UPDATE_STAMP).parent))} && touch {APT_UPDATE_STAMP}"
 
 
 @operation()
@@ -112,7 +152,11 @@ def apt_install(packages: list[str], block_starts: bool = True, extra_install_ar
     if not missing:
         return
     q = shlex.quote
-    install = " ".join([APT_INSTALL, *([extra_install_args] if extra_install_args else []), *map(q, missing)])
+    extra = [extra_install_args] if extra_install_args else []
+    # The download is the part that can stall (bounded_fetch); the install then reads the archive.
+    yield bounded_fetch(" ".join(["apt-get -y -q --download-only install --no-install-recommends", *extra,
+                                  *map(q, missing)]), f"downloading {' '.join(missing)}")
+    install = " ".join([APT_INSTALL, *extra, *map(q, missing)])
     if not block_starts:
         yield install
         return

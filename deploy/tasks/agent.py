@@ -169,6 +169,7 @@ def agent_env(vs: NodeVars) -> dict[str, str]:
         "RECORDING_POLICY": cfg.recording,
         **_recording_env(vs),
         **_forward_env(vs),
+        **_action_env(vs),
         "HF_HUB_OFFLINE": "1",
         "HF_HOME": f"{CACHE_DIR}/huggingface",
         "XDG_CACHE_HOME": CACHE_DIR,
@@ -208,6 +209,17 @@ def _forward_env(vs: NodeVars) -> dict[str, str]:
     if len(vs.secrets.forward_secret) < 32:
         raise DeployInputError("forwardUrl is set but the forward secret is missing; re-run the provisioner")
     return {"FORWARD_URL": vs.cfg.forward_url, "FORWARD_SECRET": vs.secrets.forward_secret, "OUTBOX_DIR": OUTBOX_DIR}
+
+
+def _action_env(vs: NodeVars) -> dict[str, str]:
+    """ACTION_URL and its signing key: the speech server's responder (offline intents) and the
+    worker (a real LLM's set_device tool) post device intents there and speak the answer. One
+    signing secret for both directions to n8n (README "n8n": its one Crypto credential checks both)."""
+    if not vs.cfg.action_url:
+        return {}
+    if len(vs.secrets.forward_secret) < 32:
+        raise DeployInputError("actionUrl is set but the signing secret is missing; re-run the provisioner")
+    return {"ACTION_URL": vs.cfg.action_url, "ACTION_SECRET": vs.secrets.forward_secret}
 
 
 def services(vs: NodeVars) -> dict[str, tuple[str, str]]:

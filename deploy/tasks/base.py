@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, server, systemd
+from pyinfra.operations import server, systemd
 
 from deploy.inventory import NodeVars
 from deploy.tasks._facts import IsContainer
 from deploy.tasks._lifecycle import WAIT_ADDRESS
-from deploy.tasks._ops import allow_daemon_starts, install_packages, put_rendered, service_current
+from deploy.tasks._ops import allow_daemon_starts, apt_update, install_packages, put_rendered, service_current
 
 PACKAGES = ["openssh-server", "unattended-upgrades", "apt-listchanges", "fail2ban", "python3-systemd",
             "nftables", "systemd-timesyncd", "curl", "ca-certificates"]
@@ -63,7 +63,7 @@ def base():
     if vs.apt_proxy:
         put_rendered(name=f"Render {APT_PROXY}", service="base", template="apt-proxy.conf.j2", dest=APT_PROXY,
                      mode="644", variables=v)
-    apt.update(name="Refresh the apt index (at most hourly)", cache_time=3600)
+    apt_update(name="Refresh the apt index (at most hourly)", cache_time=3600)
     install_packages(PACKAGES, name="Install baseline packages")
     # Units that bind a non-loopback address wait for it with this (deploy/tasks/_lifecycle.py).
     put_rendered(name=f"Install {WAIT_ADDRESS}", service="base", template="wait-address.sh.j2", dest=WAIT_ADDRESS,

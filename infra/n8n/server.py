@@ -48,12 +48,21 @@ def free_port() -> int:
 
 
 class N8nServer:
-    """One n8n instance bound to 127.0.0.1; `env` adds variables the workflows read ($env)."""
+    """One n8n instance bound to 127.0.0.1; `env` adds variables the workflows read ($env).
+
+    With `netns` (a network namespace of the local cloud, e.g. its client namespace) the server
+    runs inside it, bound to `host` there: a local environment's nodes reach it as they would
+    an n8n on the internet, across the same cloud firewall. Its CLI runs on the host as ever
+    (it only touches the user folder's database)."""
 
     def __init__(self, inst: N8nInstall, folder: Path, env: Mapping[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, host: str = "127.0.0.1", netns: str | None = None) -> None:
+        if netns is not None and port is None:
+            raise N8nError("an n8n in a network namespace needs an explicit port (free on the host says nothing there)")
         self.inst = inst
         self.folder = folder
+        self.host = host
+        self.netns = netns
         self.port = port or free_port()
         self.broker_port = free_port()
         self.extra_env = dict(env or {})
@@ -64,7 +73,7 @@ class N8nServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def webhook_url(self, path: str) -> str:
         return f"{self.url}/webhook/{path.lstrip('/')}"
@@ -75,8 +84,8 @@ class N8nServer:
             "PATH": self.inst.env_path(),
             "N8N_USER_FOLDER": str(self.folder),
             "N8N_ENCRYPTION_KEY": self.encryption_key,
-            "N8N_LISTEN_ADDRESS": "127.0.0.1",
-            "N8N_HOST": "127.0.0.1",
+            "N8N_LISTEN_ADDRESS": self.host,
+            "N8N_HOST": self.host,
             "N8N_PORT": str(self.port),
             "N8N_PROTOCOL": "http",
             "N8N_WEBHOOK_URL": f"{self.url}/",
@@ -151,7 +160,10 @@ class N8nServer:
             return
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(self.inst.argv("start"), env=self.env(), cwd=self.folder,
+            argv = self.inst.argv("start")
+            if self.netns is not None:
+                argv = ["ip", "netns", "exec", self.netns, *argv]
+            self.proc = subprocess.Popen(argv, env=self.env(), cwd=self.folder,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             log.close()

@@ -13,7 +13,8 @@ are with n8n's own CLI (`import:workflow`, `import:credentials`, `publish:workfl
 - meeting notes: a queued recording_finished becomes a mail (a stand-in SMTP server) and a stored file;
 - spoken: "turn on the lights in the kitchen" through the agent's own loopback stack (livekit-server,
   speech server, worker) reaches the workflow, and the agent speaks the workflow's sentence.
-Marked `n8n` (`-m "not n8n"` skips it); `make test` runs it.
+Marked `n8n`: off by default (pytest.ini, for CI's budget); `make test-n8n` runs it, with
+tests/e2e/test_n8n.py (the same workflow behind a deployed local environment).
 """
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -43,60 +43,24 @@ from agent.outbox import Outbox, sign
 from agent.roundtrip import HttpSpeech, round_trip
 from infra.n8n.install import N8nInstall, install
 from infra.n8n.server import N8nServer
+from tests import n8n_shipped as shipped
 from tests.conftest import LOOPBACK_KEY, LOOPBACK_SECRET, free_port, livekit_binary, participant, wait_until
+from tests.home_assistant import HomeAssistant
 from tests.unit.test_agent_roundtrip import Stack as VoiceStack
 from tests.unit.test_agent_roundtrip import token as voice_token
 
 pytestmark = pytest.mark.n8n
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples" / "n8n"
+EXAMPLES = shipped.EXAMPLES
 SIGNING_SECRET = "n8n-signing-secret-0123456789abcdef0123"   # ACTION_SECRET = FORWARD_SECRET here
 TOKEN_KEY = "token-key-for-n8n-0123456789abcdef"
 HA_TOKEN = "ha-long-lived-token-0123456789"
 HOOKS = ("call-me", "voice-action", "livekit-events")
-WORKFLOWS = {"call-me.json": "vsCallMe00000001", "voice-action.json": "vsVoiceAction001",
-             "room-events.json": "vsRoomEvents0001", "meeting-notes.json": "vsMeetingNotes01"}
+WORKFLOWS = shipped.WORKFLOWS
 
 
 # --- the parts around n8n ---------------------------------------------------------------------
-class HomeAssistant:
-    """A stand-in Home Assistant REST API: records POST /api/services/<domain>/<service>, answers like HA."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                outer.calls.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                if self.headers.get("Authorization") != f"Bearer {HA_TOKEN}":
-                    self._send(401, {"message": "Invalid authentication"})
-                    return
-                # HA answers with the states that changed.
-                self._send(200, [{"entity_id": body.get("entity_id"), "state": "on", "attributes": {}}])
-
-            def _send(self, status: int, obj: Any) -> None:
-                raw = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 class Mailbox:
     """A stand-in SMTP server (plain, no auth): enough of RFC 5321 for n8n's mailer; keeps each message."""
 
@@ -183,18 +147,8 @@ class Stack:
 
 
 def credentials(ha_port: int, smtp_port: int) -> list[dict[str, Any]]:
-    """What README "n8n" tells an operator to create, with the ids the workflow files reference."""
-    return [
-        {"id": "vsSignSecret0001", "name": "Voicestack signing secret", "type": "crypto",
-         "data": {"hmacSecret": SIGNING_SECRET}},
-        {"id": "vsTokenKey000001", "name": "Voicestack token key", "type": "httpBearerAuth",
-         "data": {"token": TOKEN_KEY}},
-        {"id": "vsHomeAssist0001", "name": "Home Assistant", "type": "homeAssistantApi",
-         "data": {"host": "127.0.0.1", "port": ha_port, "ssl": False, "accessToken": HA_TOKEN}},
-        {"id": "vsSmtp0000000001", "name": "SMTP (meeting notes)", "type": "smtp",
-         "data": {"user": "", "password": "", "host": "127.0.0.1", "port": smtp_port, "secure": False,
-                  "disableStartTls": True}},
-    ]
+    return [shipped.signing_secret(SIGNING_SECRET), shipped.token_key(TOKEN_KEY),
+            shipped.home_assistant(ha_port, HA_TOKEN), shipped.smtp(smtp_port)]
 
 
 def livekit_config(port: int, webhook_port: int) -> str:
@@ -217,7 +171,7 @@ def n8n_install() -> N8nInstall:
 @pytest.fixture(scope="module")
 def stack(n8n_install: N8nInstall, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("n8n-stack")
-    ha, mailbox = HomeAssistant(), Mailbox()
+    ha, mailbox = HomeAssistant(HA_TOKEN), Mailbox()
     notes_dir = tmp / "files" / "meeting-notes"
     notes_dir.mkdir(parents=True)
     lk_port, token_port, receiver_port = free_port(), free_port(), free_port()

@@ -83,3 +83,58 @@ def test_fact_parsing(path: Path) -> None:
     case = json.loads(path.read_text())
     fact = _resolve(path.parent.name)()
     assert fact.process(case["output"]) == case["value"]
+
+
+# --- apt fetches: bounded and tried again (deploy/tasks/_ops.py bounded_fetch) -------------------
+class _ClockHost(FakeHost):
+    """A FakeHost that also takes pyinfra's host.noop (an operation that decided nothing is due)."""
+
+    def __init__(self, facts: list[dict[str, Any]]) -> None:
+        super().__init__(facts)
+        self.noops: list[str] = []
+
+    def noop(self, message: str) -> None:
+        self.noops.append(message)
+
+
+@pytest.mark.parametrize("age_s, refreshes", [(600, False), (7200, True)], ids=["fresh", "stale"])
+def test_apt_update_refreshes_only_an_index_older_than_cache_time(age_s: int, refreshes: bool) -> None:
+    from datetime import datetime, timedelta
+
+    from deploy.tasks import _ops
+
+    now = datetime(2026, 12, 2, 12, 0, 0)
+    fake = _ClockHost([{"fact": "files.File", "args": {"path": _ops.APT_UPDATE_STAMP},
+                        "value": {"mtime": now - timedelta(seconds=age_s)}},
+                       {"fact": "server.Date", "args": {}, "value": now}])
+    with ctx_host.use(fake):
+        commands = [str(c) for c in _ops.apt_update._inner(cache_time=3600)]
+    assert bool(commands) is refreshes and bool(fake.noops) is not refreshes, (commands, fake.noops)
+
+
+def _run_bounded(command: str, monkeypatch: pytest.MonkeyPatch, timeout: int = 1) -> tuple[int, str, float]:
+    import subprocess
+    import time
+
+    from deploy.tasks import _ops
+
+    monkeypatch.setattr(_ops, "APT_FETCH_TIMEOUT", timeout)
+    script = _ops.bounded_fetch(command, "the fetch").replace("sleep 5", "sleep 0.1")  # the pause between tries
+    started = time.monotonic()
+    proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    return proc.returncode, proc.stderr, time.monotonic() - started
+
+
+def test_a_hung_apt_fetch_is_killed_and_tried_again_then_fails_with_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    code, err, seconds = _run_bounded("sleep 30", monkeypatch)
+    assert code == 1
+    assert [line for line in err.splitlines() if line.startswith("the fetch: attempt")] == [
+        f"the fetch: attempt {i} of 3 failed or took over 1 s" for i in (1, 2, 3)]
+    assert seconds < 20   # three bounded attempts, not one 30 s hang
+
+
+def test_an_apt_fetch_that_fails_once_succeeds_on_the_next_attempt(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    marker = tmp_path / "tried"
+    code, err, _ = _run_bounded(f"sh -c 'test -e {marker} || {{ touch {marker}; exit 1; }}'", monkeypatch, timeout=30)
+    assert code == 0 and err.strip() == "the fetch: attempt 1 of 3 failed or took over 30 s", err

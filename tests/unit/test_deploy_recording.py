@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from agent.actions import ActionConfig
 from agent.outbox import ForwardConfig
 from agent.recording_config import POLICIES, RecordingConfig
 from deploy import fastpath
@@ -17,6 +18,7 @@ from infra.spec import RECORDINGS_PATH, Role, Scope
 from tests.unit.support import SECRET, TOKEN_KEY, TURN_SECRET, agent_unit, env_lines, node, outputs_for
 
 N8N = "https://n8n.example.net/webhook/livekit"
+N8N_ACTION = "https://n8n.example.net/webhook/voice-action"
 
 
 def unit(vs, name: str) -> str:
@@ -107,6 +109,21 @@ def test_forwarding_gets_a_derived_secret_of_its_own() -> None:
     assert "forward_secret" not in repr(vs.secrets) and secret not in repr(vs)
 
 
+def test_voice_actions_go_to_action_url_signed_with_the_same_derived_secret() -> None:
+    """actionUrl reaches the speech server and the worker as ACTION_URL/ACTION_SECRET, in the form
+    the agent's own parser (agent.actions.ActionConfig) accepts; one signing secret towards n8n."""
+    _, vs = node(actionUrl=N8N_ACTION, forwardUrl=N8N)
+    env = env_lines(vs)
+    assert (env["ACTION_URL"], env["ACTION_SECRET"]) == (N8N_ACTION, forward_secret(SECRET))
+    action = ActionConfig.from_env(env)
+    assert action is not None and (action.url, action.secret) == (N8N_ACTION, env["FORWARD_SECRET"])
+    for name in agent.services(vs):
+        assert env["ACTION_SECRET"] not in unit(vs, name)   # in the 0640 env file only, never in a unit
+    _, without = node(forwardUrl=N8N)
+    assert not {"ACTION_URL", "ACTION_SECRET"} & set(env_lines(without))
+    assert ActionConfig.from_env(env_lines(without)) is None   # the responder answers on its own
+
+
 def test_caddy_routes_downloads_to_the_recordings_api() -> None:
     spec, vs = node(recording="rooms")
     text = render("caddy", "Caddyfile.j2", caddy.caddy_vars(vs))
@@ -122,7 +139,9 @@ def test_caddy_routes_downloads_to_the_recordings_api() -> None:
     ({"forwardUrl": "n8n.example.net/hook"}, "forwardUrl"),
     ({"forwardUrl": "https://n8n.example.net/hook?a=$HOME"}, "forwardUrl"),
     ({"forwardUrl": "https://n8n.example.net/a b"}, "forwardUrl"),
-], ids=["policy", "retention", "not-a-url", "dollar", "space"])
+    ({"actionUrl": "n8n.example.net/webhook/voice-action"}, "actionUrl"),
+    ({"actionUrl": "https://n8n.example.net/hook?a=`id`"}, "actionUrl"),
+], ids=["policy", "retention", "not-a-url", "dollar", "space", "action-not-a-url", "action-backtick"])
 def test_bad_recording_settings_are_refused_with_their_key(raw: dict, key: str) -> None:
     with pytest.raises(ConfigError) as exc:
         parse({"provider": "local", **raw})

@@ -18,7 +18,8 @@ NOT_STATE = ("/usr/sbin/policy-rc.d", "/var/cache/", "/opt/voicestack/livekit-",
              "/var/lib/voicestack", "/opt/voicestack", "/usr/sbin/nologin", "/var/lib/livekit",
              "/usr/local/share/ca-certificates", "/var/lib/caddy/.local/share/caddy",
              "/etc/ssh/sshd_config",  # read (a restart input), not written
-             "/var/lib/redis")  # Redis' own working directory
+             "/var/lib/redis",  # Redis' own working directory
+             "/var/lib/apt/periodic/")  # when apt last refreshed its index: a clock, not a state
 ROOTS = ("/etc/", "/usr/", "/opt/", "/srv/", "/var/")
 
 
