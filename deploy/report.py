@@ -3,11 +3,44 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from deploy.deploy import TASK_OF
 from infra.outputs import EnvPaths
+
+
+class Heartbeat:
+    """While one step runs longer than `every` seconds, says so every `every` seconds: a first
+    deploy's venv install takes half a minute, and a stalled command must not look like a hang of
+    the deploy itself (a CI deploy once sat silent for 20 minutes on an apt fetch)."""
+
+    def __init__(self, every: float = 30.0, say: Callable[[str], None] = lambda line: print(line, flush=True)):
+        self.every, self.say = every, say
+        self._label: str | None = None
+        self._since = 0.0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, label: str) -> None:
+        with self._lock:
+            self._label, self._since = label, time.monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="deploy-heartbeat", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._label = None
+
+    def _run(self) -> None:
+        while not self._wake.wait(self.every):
+            with self._lock:  # said under the lock: once stop() returns, nothing more of that step
+                if self._label is not None and time.monotonic() - self._since >= self.every:
+                    self.say(f"      ... still running: {self._label} ({time.monotonic() - self._since:.0f} s)")
 
 
 @dataclass
@@ -21,6 +54,7 @@ class Report:
     count: int = 0
     total: int = 0
     seen: set = field(default_factory=set)
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)
 
     def handler(self) -> Any:
         from pyinfra.api.state import BaseStateCallback
@@ -31,6 +65,10 @@ class Report:
             @staticmethod
             def host_connect_error(state, host, error):
                 report.connect_errors[host.name] = str(error)
+
+            @staticmethod
+            def operation_start(state, op_hash):
+                report.operation_start(state, op_hash)
 
             @staticmethod
             def operation_end(state, op_hash):
@@ -80,7 +118,13 @@ class Report:
                 result = self.record(state, op_hash)
                 self.show("  -", {k: v for k, v in result.items() if v["failed"]})
 
+    def operation_start(self, state, op_hash) -> None:
+        names = {f"{TASK_OF.get((h.name, op_hash), '?')}: {d.global_arguments.get('name') or '?'}"
+                 for h in state.inventory if (d := state.ops.get(h, {}).get(op_hash)) is not None}
+        self.heartbeat.start(f"[{self.count + 1:3d}/{self.total}] {' / '.join(sorted(names)) or '?'}")
+
     def operation_end(self, state, op_hash) -> None:
+        self.heartbeat.stop()
         self.count += 1
         self.show(f"{self.count:3d}", self.record(state, op_hash))
 

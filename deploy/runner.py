@@ -102,8 +102,12 @@ def _run_phase(phase: Phase, state: Any, kwargs: dict[str, Any], report: Report)
     from pyinfra.api.exceptions import PyinfraError
     from pyinfra.api.operations import run_ops
 
+    started = time.monotonic()
+    print(f"planning {phase.name}: reading what the nodes have for each operation ...", flush=True)
     add_deploy(state, lambda: phase.run(**kwargs))
-    report.total += len(state.get_op_order())
+    planned = len(state.get_op_order())
+    report.total += planned
+    print(f"planned {phase.name}: {planned} operations ({time.monotonic() - started:.1f}s)", flush=True)
     try:
         run_ops(state)
     except PyinfraError:

@@ -18,9 +18,6 @@ import contextlib
 import json
 import queue
 import re
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,6 +34,7 @@ from infra.probes.roundtrip import round_trips
 from infra.secrets import forward_secret
 from tests import n8n_shipped as shipped
 from tests.e2e import envs
+from tests.e2e.nsprocess import NamespaceProcess
 
 ENV = "e2en8n"
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,40 +46,20 @@ PHRASE = "turn on the lights in the kitchen"
 pytestmark = [pytest.mark.e2e, pytest.mark.n8n]
 
 
-class NamespaceHomeAssistant:
+class NamespaceHomeAssistant(NamespaceProcess):
     """tests/home_assistant.py inside a network namespace: its port, and every call it got."""
 
     def __init__(self, netns: str) -> None:
-        argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "tests.home_assistant"]
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"token": HA_TOKEN}) + "\n")  # stdin, never argv
-        self.proc.stdin.close()
-        self._lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        first = self._lines.get(timeout=30)
-        self.port = int(first["listening"])
+        super().__init__(netns, ["-m", "tests.home_assistant"], {"token": HA_TOKEN})
+        self.port = int(self.ready["listening"])
         self.calls: list[dict[str, Any]] = []
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(json.loads(line))
 
     def calls_so_far(self) -> list[dict[str, Any]]:
         while True:
             try:
-                self.calls.append(self._lines.get_nowait()["call"])
+                self.calls.append(self.lines.get_nowait()["call"])
             except queue.Empty:
                 return list(self.calls)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def perform(url: str, secret: str, action: DeviceAction, timeout: float) -> str:

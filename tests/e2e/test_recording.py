@@ -15,7 +15,6 @@ import queue
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,6 +28,7 @@ from infra.local.names import EnvNames
 from infra.probes.roundtrip import AGENT_PY
 from infra.secrets import forward_secret
 from tests.e2e import envs
+from tests.e2e.nsprocess import NamespaceProcess
 
 ENV = "e2erec"
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,25 +51,14 @@ def ssh(ctx: Any, command: str, timeout: float = 60, stdin: str | None = None) -
     return proc.stdout
 
 
-class Receiver:
+class Receiver(NamespaceProcess):
     """tests/e2e/recording_client.py receive, in the client namespace: every delivery, in order."""
 
     def __init__(self, out: outputsmod.Outputs, host: str) -> None:
-        argv = ["ip", "netns", "exec", out.client_netns, sys.executable, "-m", "tests.e2e.recording_client", "receive"]
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        # The secret goes on stdin, never in argv.
-        self.proc.stdin.write(json.dumps({"host": host, "port": RECEIVER_PORT,
-                                          "secret": forward_secret(out.api_secret)}) + "\n")
-        self.proc.stdin.close()
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        super().__init__(out.client_netns, ["-m", "tests.e2e.recording_client", "receive"],
+                         {"host": host, "port": RECEIVER_PORT, "secret": forward_secret(out.api_secret)})
+        assert self.ready == {"listening": True}, self.ready
         self.seen: list[dict[str, Any]] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        first = self.lines.get(timeout=30)
-        assert first == {"listening": True}, first
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(json.loads(line))
 
     def wait_for(self, event: str, room: str, deadline_s: float) -> dict[str, Any]:
         end = time.monotonic() + deadline_s
@@ -86,14 +75,6 @@ class Receiver:
                 self.seen.append(self.lines.get(timeout=min(left, 2.0)))
             except queue.Empty:
                 pass
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @pytest.fixture(scope="module")

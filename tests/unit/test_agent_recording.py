@@ -329,7 +329,9 @@ MEETING = [  # (speaker, phrase, keyword Whisper must return, seconds after the 
     ("alice", "Good morning everyone, the budget review starts now.", "budget", 0.5),
     ("bob", "I finished the kitchen drawings yesterday.", "kitchen", 4.5),
     ("carol", "The garden party moves to Saturday afternoon.", "garden", 4.0),
-    ("alice", "Please send me the invoice by Friday.", "invoice", 1.2),  # over carol's phrase
+    # Over carol's phrase. Its keyword is "friday": tiny.en once heard "invoice" as "end voice"
+    # (in a CI run), and what this test checks is who said what when, not Whisper's vocabulary.
+    ("alice", "Please send me the invoice by Friday.", "friday", 1.2),
 ]
 
 
