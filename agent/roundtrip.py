@@ -490,7 +490,9 @@ class Turn:
 @dataclass
 class BargeIn:
     into_s: float            # how far into the agent's utterance our voice started
-    stop_s: float | None     # our voice starts -> the agent's last voiced frame; None: it kept talking
+    # our voice starts -> the last voiced frame of the interrupted utterance (its voice up to
+    # the first STOPPED_QUIET_S of silence); None: it never went quiet before the deadline
+    stop_s: float | None
     played_s: float          # voiced seconds of the interrupted utterance that reached us
     interrupted_text: str    # what the agent's transcript says it got to say
     turn: Turn               # the answer to what we said over it
@@ -629,10 +631,13 @@ class Conversation:
         s0, s1 = await self.speak(pcm, rate)
         return await self._answer(phrase, s0, s1, deadline)
 
-    async def _answer(self, phrase: str, s0: float, s1: float, deadline: float) -> Turn:
+    async def _answer(self, phrase: str, s0: float, s1: float, deadline: float,
+                      after: float | None = None) -> Turn:
+        """The agent's answer to what we said in [s0, s1]: its first utterance after `after`
+        (default s1); the latency is counted from s1 either way."""
         overlap = self.rec.voiced_seconds_between(s0, s1)
         try:
-            a0, a1 = await self._agent_utterance(s1, deadline, "answer")
+            a0, a1 = await self._agent_utterance(s1 if after is None else after, deadline, "answer")
         except TimeoutError as exc:
             return Turn(phrase, None, self._user_text(s0), "", 0.0, overlap, s1 - s0, error=str(exc))
         # The agent closes its transcript stream once the audio has played out.
@@ -648,10 +653,19 @@ class Conversation:
                     self.rec.voiced_seconds_between(a0, a1), overlap, s1 - s0,
                     agent_metrics=self._metrics_after(a0, take=True) or {})
 
+    def _quiet_since(self, t0: float) -> float | None:
+        """The last voiced frame after `t0` if the agent has been silent STOPPED_QUIET_S since."""
+        last = self.rec.last_voiced_after(t0)
+        return last if last is not None and time.monotonic() - last >= STOPPED_QUIET_S else None
+
     async def barge_in(self, pcm: bytes, rate: int, *, phrase: str = "", after_s: float = 0.5,
                        trigger: tuple[bytes, int] | None = None, timeout: float = 40.0) -> BargeIn:
         """Speak `pcm` `after_s` seconds into the agent's next utterance: its answer to the
-        `trigger` clip if given, else whatever it says next (its greeting, on a fresh join)."""
+        `trigger` clip if given, else whatever it says next (its greeting, on a fresh join).
+
+        The interrupted utterance ends at its first STOPPED_QUIET_S of silence, however long
+        after our voice that comes (a loaded host stops late, which is a figure, not a failure);
+        the answer is the agent's next utterance after that."""
         deadline = time.monotonic() + timeout
         since = time.monotonic()
         if trigger is not None:
@@ -662,11 +676,17 @@ class Conversation:
         # Not a readiness wait: this picks the moment, inside the agent's speech, we talk over it.
         await asyncio.sleep(max(0.0, a0 + after_s - time.monotonic()))
         s0, s1 = await self.speak(pcm, rate)
-        stop = self.rec.last_voiced_between(a0, s1)
-        stopped = stop is None or s1 - stop >= STOPPED_QUIET_S
-        stop_s = max(0.0, stop - s0) if stopped and stop is not None else (0.0 if stopped else None)
-        played = self.rec.voiced_seconds_between(a0, stop if stop is not None else s0)
-        turn = await self._answer(phrase, s0, s1, deadline)
+        stop: float | None = None
+        with contextlib.suppress(TimeoutError):
+            # The utterance's voice joined across pauses shorter than STOPPED_QUIET_S: its end.
+            await _poll(lambda: self._quiet_since(a0) is not None or
+                        len(self.rec.voiced_runs(a0, time.monotonic(), gap=STOPPED_QUIET_S)) > 1,
+                        deadline, "the agent to stop talking")
+            stop = self.rec.voiced_runs(a0, time.monotonic(), gap=STOPPED_QUIET_S)[0][1]
+        stop_s = None if stop is None else max(0.0, stop - s0)
+        played = self.rec.voiced_seconds_between(a0, stop if stop is not None else s1)
+        turn = await self._answer(phrase, s0, s1, deadline, after=None if stop is None else
+                                  max(s1, stop + 1e-3))
         cut = self._agent_text(since, s1 + 1.0)
         end = s1 + (turn.latency_s or 0.0) + turn.answer_audio_s + 0.5
         timeline = [(a - s0, b - s0) for a, b in self.rec.voiced_runs(a0, end)]
