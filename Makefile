@@ -14,7 +14,7 @@ CONFIG_ARG = $(if $(CONFIG),--config "$(CONFIG)")
 ROOM ?= voice-test
 USER_ID ?=
 
-.PHONY: prereqs help up down deploy verify validate preflight shell test test-unit test-e2e test-browser test-n8n test-e2e-long lint bench token deps venv
+.PHONY: prereqs n8n help up down deploy verify validate preflight shell test test-unit test-e2e test-browser test-n8n test-e2e-long lint bench token deps venv
 
 help:
 	@echo "make up [ENV=local|<stack>] [CONFIG=<stack file>]   validate, provision, deploy, verify, summary"
@@ -23,9 +23,9 @@ help:
 	@echo "make validate CONFIG=Pulumi.<stack>.yaml   check a stack file, create nothing"
 	@echo "make shell [ENV=local]        a shell on a local environment's emulated internet (its names, its CA)"
 	@echo "make token [ROOM=voice-test] [USER_ID=..]  mint a LiveKit token"
-	@echo "make test                     everything CI runs (lint, unit, e2e)"
+	@echo "make test                     everything CI runs (lint, unit, e2e; installs n8n for its tests the first time)"
 	@echo "make test-browser             the voice page in Chromium against a loopback stack (~3 min)"
-	@echo "make test-n8n                 the examples/n8n workflows in a real n8n (installs it the first time)"
+	@echo "make test-n8n                 only the tests of the examples/n8n workflows in a real n8n"
 	@echo "make test-e2e-long            Redis failover on three nodes, whole chaos suite (~25 min)"
 	@echo "make bench                    benchmarks (print figures)"
 
@@ -93,13 +93,21 @@ test-unit: $(VENV_STAMP) $(AGENT_STAMP)
 test-browser: $(VENV_STAMP) $(AGENT_STAMP)
 	@$(PY) -m pytest tests/unit/test_browser_call.py -m loopback_stack
 
-# The shipped n8n workflows against a real, pinned n8n: on loopback with the voicestack parts
-# (tests/unit/test_agent_n8n.py), then behind a deployed local environment whose node reaches n8n
-# on the emulated internet (tests/e2e/test_n8n.py, root). The first run installs n8n 2.41.1 +
-# Node 24 under /var/cache/voicestack/n8n (~1.3 GB, many minutes).
-test-n8n: $(VENV_STAMP) $(AGENT_STAMP) deps
+# The pinned n8n the tests of the shipped workflows run (infra/n8n: n8n 2.41.1 + Node 24 from npm,
+# cached under /var/cache/voicestack/n8n, ~1.3 GB; minutes the first time, then nothing). make test
+# installs it beside the venvs and host packages; it needs npm (Debian's, from `make deps`, when the
+# host has none).
+N8N_NEEDS := $(if $(shell command -v npm),,deps)
+n8n: $(N8N_NEEDS)
+	@echo "==> n8n for the workflow tests (infra/n8n/install.py)"
+	@python3 -m infra.n8n.install >/dev/null
+
+# Only the tests of the shipped n8n workflows (make test runs them too): on loopback with the
+# voicestack parts (tests/unit/test_agent_n8n.py), then behind a deployed local environment whose
+# node reaches n8n on the emulated internet (tests/e2e/test_recording.py, root).
+test-n8n: $(VENV_STAMP) $(AGENT_STAMP) deps n8n
 	@export LIVEKIT_SERVER_BIN="$$($(PY) -m infra.local livekit-bin)" && $(APY) -m pytest tests/unit/test_agent_n8n.py -m n8n
-	@$(PY) -m pytest tests/e2e/test_n8n.py -m n8n
+	@$(PY) -m pytest tests/e2e/test_recording.py -m n8n
 
 # e2e: builds local machines of its own (env names e2e*), needs root.
 # The long e2e modules (the Redis failover on a three-node cluster, the whole chaos suite: ~25 min on
@@ -112,7 +120,8 @@ test-e2e: $(VENV_STAMP) deps
 test-e2e-long: $(VENV_STAMP) deps
 	@$(PY) -m pytest $(E2E_LONG)
 
-test: prereqs
+test:
+	@$(MAKE) --no-print-directory -j4 --output-sync=line $(VENV_STAMP) $(AGENT_STAMP) deps n8n
 	@$(MAKE) --no-print-directory DEPS_DONE=1 lint test-unit test-e2e
 
 # Figures, not pass/fail: provisioning, speech backends, deploy/verify/voice-to-voice latency.

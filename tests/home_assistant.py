@@ -5,7 +5,7 @@ In-process (tests/unit/test_agent_n8n.py, an n8n on loopback):
 
     ha = HomeAssistant(token); ha.port; ha.calls; ha.close()
 
-Or as a process inside a network namespace next to an n8n that runs there (tests/e2e/test_n8n.py):
+Or as a process inside a network namespace next to an n8n that runs there (tests/e2e/test_recording.py):
 
     ip netns exec <ns> python -m tests.home_assistant      # stdin: {"token": ...} (never argv)
 

@@ -1,7 +1,7 @@
 """What README "n8n" tells an operator to create for the shipped workflows (examples/n8n): the
 credentials, under the fixed ids and names the workflow files reference (imported so, the files run
 untouched), and the workflows' own ids. Shared by tests/unit/test_agent_n8n.py (n8n on loopback)
-and tests/e2e/test_n8n.py (n8n on the emulated internet, behind a deployed environment)."""
+and tests/e2e/test_recording.py (n8n on the emulated internet, behind a deployed environment)."""
 from __future__ import annotations
 
 from pathlib import Path

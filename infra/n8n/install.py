@@ -23,10 +23,12 @@ Standard library only, so the operator host's system python3 can run it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import locks
 from infra.npmlock import LockfileError, locked_versions
 
 HERE = Path(__file__).resolve().parent
@@ -95,20 +98,37 @@ def check_lockfile(root: Path = HERE) -> dict[str, str]:
     return versions
 
 
+HEARTBEAT_S = 30.0          # a step that runs longer says so this often
+
+
 def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None, what: str = "") -> None:
-    """Run one step, streaming npm's own progress lines to stderr (a cold install takes minutes)."""
+    """Run one step, its errors to stderr and a line every HEARTBEAT_S while it runs (a cold install
+    takes minutes; npm's own per-package lines were thousands of lines of a CI log)."""
     started = time.monotonic()
+    name = what or argv[0]
     try:
-        proc = subprocess.run(argv, cwd=cwd, env=env, stdout=sys.stderr, stderr=sys.stderr, timeout=STEP_TIMEOUT)
+        # Its own process group: npm's children (node-gyp, compilers) go with it on a timeout.
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=sys.stderr, stderr=sys.stderr,
+                                start_new_session=True)
     except FileNotFoundError as exc:
         raise InstallError(f"{argv[0]} not found: install Node.js with npm (Debian: apt-get install nodejs npm)") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise InstallError(f"`{' '.join(argv)}` in {cwd} did not finish in {STEP_TIMEOUT:.0f} s; "
-                           "check the host's npm registry configuration (npm config get registry)") from exc
-    if proc.returncode != 0:
-        raise InstallError(f"failed to run `{' '.join(argv)}` in {cwd} (exit {proc.returncode}); "
+    while True:
+        left = STEP_TIMEOUT - (time.monotonic() - started)
+        try:
+            returncode = proc.wait(timeout=max(0.1, min(HEARTBEAT_S, left)))
+            break
+        except subprocess.TimeoutExpired:
+            if left <= HEARTBEAT_S:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise InstallError(f"`{' '.join(argv)}` in {cwd} did not finish in {STEP_TIMEOUT:.0f} s; "
+                                   "check the host's npm registry configuration (npm config get registry)") from None
+            log(f"{name} still running ({time.monotonic() - started:.0f} s)")
+    if returncode != 0:
+        raise InstallError(f"failed to run `{' '.join(argv)}` in {cwd} (exit {returncode}); "
                            "its output is above")
-    log(f"{what or argv[0]} done in {time.monotonic() - started:.0f} s")
+    log(f"{name} done in {time.monotonic() - started:.0f} s")
 
 
 def installed(root: Path, digest: str, version: str) -> N8nInstall | None:
@@ -126,6 +146,17 @@ def install(root: Path = DEFAULT_ROOT, here: Path = HERE) -> N8nInstall:
         log(f"n8n {version} already installed for these inputs: {done.root}")
         return done
     root.mkdir(parents=True, exist_ok=True)
+    # One install at a time per cache (make's and a test's, or two test workers): a second caller
+    # waits for the first and then finds its install, instead of downloading 1.3 GB beside it.
+    with locks.exclusive(root / f".install-{version}-{digest}.lock"):
+        done = installed(root, digest, version)
+        if done is not None:
+            log(f"n8n {version} installed meanwhile by another process: {done.root}")
+            return done
+        return _install(root, here, version, digest, versions)
+
+
+def _install(root: Path, here: Path, version: str, digest: str, versions: dict[str, str]) -> N8nInstall:
     final = root / f"{version}-{digest}"
     work = Path(tempfile.mkdtemp(prefix=f".install-{version}-{digest}-", dir=root))
     started = time.monotonic()
@@ -134,7 +165,7 @@ def install(root: Path = DEFAULT_ROOT, here: Path = HERE) -> N8nInstall:
         shutil.copy2(here / "package-lock.json", work)
         log(f"npm ci --ignore-scripts: n8n {version} with Node.js {versions[NODE_PACKAGE]} "
             "(~2,400 packages, ~1.3 GB; minutes when cold)")
-        run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=http"], work, what="npm ci")
+        run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"], work, what="npm ci")
         scratch = N8nInstall(work, version)
         nodedir = work / "node_modules" / NODE_PACKAGE
         if not (nodedir / "include" / "node" / "node_api.h").is_file() or not os.access(scratch.node, os.X_OK):
@@ -142,7 +173,7 @@ def install(root: Path = DEFAULT_ROOT, here: Path = HERE) -> N8nInstall:
                                "the package layout changed: pin another version")
         env = {**os.environ, "PATH": scratch.env_path()}
         log(f"compiling sqlite3 against Node.js {versions[NODE_PACKAGE]} (about a minute)")
-        run(["npm", "rebuild", "sqlite3", "--build-from-source", f"--nodedir={nodedir}", "--loglevel=http"],
+        run(["npm", "rebuild", "sqlite3", "--build-from-source", f"--nodedir={nodedir}", "--loglevel=error"],
             work, env=env, what="sqlite3 build")
         check_runs(scratch, env)
         (work / STAMP).write_text(json.dumps({"inputs": digest, "packages": versions,

@@ -24,6 +24,13 @@ def in_client_side(outputs: Outputs, argv: list[str], condition: str = "normal")
     return ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
 
 
+def agent_dispatch(outputs: Outputs) -> str | None:
+    """The agent a probe's token dispatches to its room: the stack's `agentName` when set (the agent
+    then joins only rooms that ask for it, so a call without it would wait for an agent forever),
+    else None (the agent joins every room)."""
+    return outputs.spec.config.agent_name or None
+
+
 #: Seconds a probe process may take in all (its own `timeout` argument bounds each network wait).
 PROBE_DEADLINE = 120
 

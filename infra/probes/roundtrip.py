@@ -10,7 +10,7 @@ from typing import Any
 from agent.locks import WAITING_NICE
 from agent.tokens import mint
 from infra.outputs import ROOT, Outputs
-from infra.probes import in_client_side
+from infra.probes import agent_dispatch, in_client_side
 from infra.probes.turn import rest_credentials
 
 AGENT_PY = ROOT / ".venv-agent" / "bin" / "python"
@@ -25,7 +25,7 @@ def round_trips(outputs: Outputs, count: int, condition: str = "normal", timeout
     as they are: collect_ice, relay_only, ice_servers, turn_tls (see turn_tls())."""
     rooms = rooms or [f"verify-{label or condition}-{secrets.token_hex(4)}" for _ in range(count)]
     tokens = [mint(outputs.api_key, outputs.api_secret, f"verify-{secrets.token_hex(3)}", room, preset="speaker",
-                   ttl=600) for room in rooms]
+                   ttl=600, agent_name=agent_dispatch(outputs)) for room in rooms]
     args = {"url": outputs.livekit_url, "tokens": tokens, "ca_bundle": outputs.ca_bundle, "timeout": timeout,
             "phrase": phrase, **options}
     # The arguments hold tokens (and TURN credentials): stdin, never argv.
@@ -128,7 +128,7 @@ class CallSession:
         """(token, room) for a fresh room."""
         room = f"{prefix}-{secrets.token_hex(4)}"
         return mint(self.outputs.api_key, self.outputs.api_secret, f"{prefix}-{secrets.token_hex(3)}", room,
-                    preset="speaker", ttl=3600), room
+                    preset="speaker", ttl=3600, agent_name=agent_dispatch(self.outputs)), room
 
     def _target(self) -> dict[str, Any]:
         return {"url": self.outputs.livekit_url, "ca_bundle": self.outputs.ca_bundle}

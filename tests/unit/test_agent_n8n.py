@@ -13,8 +13,8 @@ are with n8n's own CLI (`import:workflow`, `import:credentials`, `publish:workfl
 - meeting notes: a queued recording_finished becomes a mail (a stand-in SMTP server) and a stored file;
 - spoken: "turn on the lights in the kitchen" through the agent's own loopback stack (livekit-server,
   speech server, worker) reaches the workflow, and the agent speaks the workflow's sentence.
-Marked `n8n`: off by default (pytest.ini, for CI's budget); `make test-n8n` runs it, with
-tests/e2e/test_n8n.py (the same workflow behind a deployed local environment).
+Marked `n8n`: part of `make test` (which installs n8n beside the venvs); `make test-n8n` runs only
+these and tests/e2e/test_recording.py's (the same workflow behind a deployed local environment).
 """
 from __future__ import annotations
 
