@@ -653,10 +653,15 @@ class Conversation:
                     self.rec.voiced_seconds_between(a0, a1), overlap, s1 - s0,
                     agent_metrics=self._metrics_after(a0, take=True) or {})
 
-    def _quiet_since(self, t0: float) -> float | None:
-        """The last voiced frame after `t0` if the agent has been silent STOPPED_QUIET_S since."""
-        last = self.rec.last_voiced_after(t0)
-        return last if last is not None and time.monotonic() - last >= STOPPED_QUIET_S else None
+    def _ended_voice(self, t0: float) -> float | None:
+        """The end of the agent's voice from `t0` (pauses under STOPPED_QUIET_S joined) once
+        STOPPED_QUIET_S of silence followed it; None while it may still be talking."""
+        now = time.monotonic()
+        runs = self.rec.voiced_runs(t0, now, gap=STOPPED_QUIET_S)
+        if not runs:
+            return None
+        end = runs[0][1]
+        return end if len(runs) > 1 or now - end >= STOPPED_QUIET_S else None
 
     async def barge_in(self, pcm: bytes, rate: int, *, phrase: str = "", after_s: float = 0.5,
                        trigger: tuple[bytes, int] | None = None, timeout: float = 40.0) -> BargeIn:
@@ -678,11 +683,8 @@ class Conversation:
         s0, s1 = await self.speak(pcm, rate)
         stop: float | None = None
         with contextlib.suppress(TimeoutError):
-            # The utterance's voice joined across pauses shorter than STOPPED_QUIET_S: its end.
-            await _poll(lambda: self._quiet_since(a0) is not None or
-                        len(self.rec.voiced_runs(a0, time.monotonic(), gap=STOPPED_QUIET_S)) > 1,
-                        deadline, "the agent to stop talking")
-            stop = self.rec.voiced_runs(a0, time.monotonic(), gap=STOPPED_QUIET_S)[0][1]
+            await _poll(lambda: self._ended_voice(a0) is not None, deadline, "the agent to stop talking")
+            stop = self._ended_voice(a0)
         stop_s = None if stop is None else max(0.0, stop - s0)
         played = self.rec.voiced_seconds_between(a0, stop if stop is not None else s1)
         turn = await self._answer(phrase, s0, s1, deadline, after=None if stop is None else
