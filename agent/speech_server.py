@@ -97,8 +97,9 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
         })
     text = result.text
     # What was said stays out of the INFO log (it is the user's speech); DEBUG shows it.
-    log.info("stt %.2f s of audio in %.3f s (window %g s%s)", result.audio_s, result.seconds,
-             result.window_s, f", fallback: {result.fallback}" if result.fallback else "")
+    log.info("stt %.2f s of audio in %.3f s (window %g s%s%s)", result.audio_s, result.seconds,
+             result.window_s, f", fallback: {result.fallback}" if result.fallback else "",
+             ", repeated text kept once" if result.kept_once else "")
     log.debug("stt heard %r", text)
     if response_format == "text":
         return web.Response(text=text, content_type="text/plain")

@@ -15,11 +15,21 @@ from __future__ import annotations
 # --- turn taking (the worker) ---------------------------------------------------------------
 # AGENT_VAD_MIN_SILENCE: silence (s) after which silero ends a speech segment and the STT
 # request starts. livekit's 0.55 fires END_OF_SPEECH 0.60-0.69 s after the voice ends;
-# 0.30 fires after 0.35-0.43 s. It only segments: committing the turn is min_delay's job.
-VAD_MIN_SILENCE_S = 0.3
+# 0.30 fires after 0.35-0.43 s. It only segments: committing the turn is min_delay's job, but
+# the reply (preemptive generation) waits for this request. Through the deployed stack 0.15
+# brought the transcript from 0.41 s to 0.25 s after the end of speech, voice to voice p50
+# 0.71 -> 0.65 s, intent 100 % (docs/latency.md). A pause inside a sentence then splits the
+# request in two; the turn still waits for min_delay.
+VAD_MIN_SILENCE_S = 0.15
+# AGENT_VAD_PREFIX_PADDING: audio kept before the detected start of speech in each segment
+# (livekit's 0.5, kept). After a split at a pause the next segment starts inside the last word,
+# which Whisper may hear twice ("bed now. Now, so please"; the intent holds). 0.2 s removed that
+# but clipped onsets silero detects late ("lights off" -> "Wipe off"): intent 97.8 % vs 100 %.
+VAD_PREFIX_PADDING_S = 0.5
 # AGENT_ENDPOINT_MIN_DELAY: the turn commits this long after the VAD's estimate of the end of
-# speech (not after END_OF_SPEECH: the two overlap). With fast STT it is the deciding wait; a
-# pause shorter than it inside a sentence does not end the turn.
+# speech (not after END_OF_SPEECH: the two overlap). With the STT above it is the deciding wait
+# (e2e 0.42 s of which 0.40 s is this); a pause shorter than it inside a sentence does not end
+# the turn. 0.3 answered once at piper's ~0.28 s comma pause, before the user had finished.
 ENDPOINT_MIN_DELAY_S = 0.4
 # AGENT_PREEMPTIVE_TTS: start the LLM *and* TTS on the final transcript before the turn
 # commits (cancelled if the user goes on), so the reply is ready when min_delay ends.
@@ -65,6 +75,7 @@ def env() -> dict[str, str]:
     """The tuned settings as agent.env lines (AGENT_METRICS_HOST/PORT come from the spec)."""
     return {
         "AGENT_VAD_MIN_SILENCE": _text(VAD_MIN_SILENCE_S),
+        "AGENT_VAD_PREFIX_PADDING": _text(VAD_PREFIX_PADDING_S),
         "AGENT_ENDPOINT_MIN_DELAY": _text(ENDPOINT_MIN_DELAY_S),
         "AGENT_PREEMPTIVE_TTS": _text(PREEMPTIVE_TTS),
         "AGENT_INTERRUPT_MIN_SPEECH": _text(INTERRUPT_MIN_SPEECH_S),

@@ -91,6 +91,7 @@ class WorkerConfig:
     greeting: str = GREETING
     # --- turn taking: defaults and their reasons in agent/tuning.py (the deploy writes them) ---
     vad_min_silence: float = tuning.VAD_MIN_SILENCE_S         # AGENT_VAD_MIN_SILENCE
+    vad_prefix_padding: float = tuning.VAD_PREFIX_PADDING_S   # AGENT_VAD_PREFIX_PADDING
     endpoint_min_delay: float = tuning.ENDPOINT_MIN_DELAY_S   # AGENT_ENDPOINT_MIN_DELAY
     preemptive_tts: bool = tuning.PREEMPTIVE_TTS              # AGENT_PREEMPTIVE_TTS
     interrupt_min_speech: float = tuning.INTERRUPT_MIN_SPEECH_S  # AGENT_INTERRUPT_MIN_SPEECH
@@ -123,6 +124,7 @@ class WorkerConfig:
                 max_jobs=int(_env("AGENT_MAX_JOBS", str(d.max_jobs))),
                 greeting=_env("AGENT_GREETING", d.greeting),
                 vad_min_silence=float(_env("AGENT_VAD_MIN_SILENCE", str(d.vad_min_silence))),
+                vad_prefix_padding=float(_env("AGENT_VAD_PREFIX_PADDING", str(d.vad_prefix_padding))),
                 endpoint_min_delay=float(_env("AGENT_ENDPOINT_MIN_DELAY", str(d.endpoint_min_delay))),
                 preemptive_tts=_flag("AGENT_PREEMPTIVE_TTS", d.preemptive_tts),
                 interrupt_min_speech=float(_env("AGENT_INTERRUPT_MIN_SPEECH",
@@ -135,7 +137,7 @@ class WorkerConfig:
             raise SystemExit(
                 f"failed to read the agent worker configuration: {exc} — AGENT_HEALTH_PORT, "
                 "AGENT_METRICS_PORT, AGENT_NUM_IDLE_PROCESSES, AGENT_DRAIN_TIMEOUT and "
-                "AGENT_MAX_JOBS must be whole numbers, AGENT_VAD_MIN_SILENCE, "
+                "AGENT_MAX_JOBS must be whole numbers, AGENT_VAD_MIN_SILENCE, AGENT_VAD_PREFIX_PADDING, "
                 "AGENT_ENDPOINT_MIN_DELAY and AGENT_INTERRUPT_MIN_SPEECH seconds"
             ) from exc
 
@@ -188,7 +190,8 @@ def device_tools(config: ActionConfig | None) -> list[Any]:
 def prewarm(proc: JobProcess) -> None:
     # silero_vad.onnx ships inside livekit-plugins-silero: loading it needs no network.
     config = WorkerConfig.from_env()
-    proc.userdata["vad"] = silero.VAD.load(min_silence_duration=config.vad_min_silence)
+    proc.userdata["vad"] = silero.VAD.load(min_silence_duration=config.vad_min_silence,
+                                           prefix_padding_duration=config.vad_prefix_padding)
     # Built on first use inside a conversation, they blocked the job's event loop (livekit's
     # loop monitor): the transcript synchroniser's hyphenation tables for 0.12-0.34 s on the
     # first answer, and openai's chat-streaming module import for 0.16 s on the first reply.

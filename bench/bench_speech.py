@@ -1,6 +1,10 @@
-"""Speech backend figures: STT latency per phrase, TTS latency, memory at idle.
+"""Speech backend figures: STT latency per phrase, TTS latency, memory at idle; or the STT
+alone over the voice benchmark's phrase set.
 
     python bench/bench_speech.py [--repeat 3] [--beam-sizes 5,1]
+    # every phrase of the sets in piper's and espeak-ng's voice, straight into the Transcriber
+    # (no LiveKit, no VAD): request time, windows and fallbacks, WER and intent accuracy
+    [STT_WINDOW_S=0] python bench/bench_speech.py --phrase-set bench/phrases.yaml bench/phrases-heldout.yaml
 
 Reports numbers, asserts nothing. Runs the same backends as agent.speech_server, in process.
 """
@@ -12,13 +16,16 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.speech.stt import SttConfig, Transcriber  # noqa: E402
 from agent.speech.tts import Synthesizer, TtsConfig  # noqa: E402
+from bench import bench_voice  # noqa: E402
 
 PHRASES = [
     "turn on the lights",
@@ -43,11 +50,48 @@ def timed(fn, *args):  # type: ignore[no-untyped-def]
     return out, time.perf_counter() - start
 
 
+def phrase_set(paths: list[Path], voices: list[str]) -> None:
+    """The Transcriber on every phrase of `paths` in every voice, as the speech server runs it."""
+    from agent.speech.responder import Intent, intent
+
+    phrases = [p for path in paths for p in bench_voice.load_phrases(path)]
+    stt = Transcriber(SttConfig.from_env())
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = bench_voice.synthesize_clips(phrases, voices, Path(tmp))
+        stt.warm_up(Path(clips[0].path).read_bytes())
+        results = [(c, stt.transcribe_detailed(Path(c.path).read_bytes())) for c in clips]
+    print(f"STT window {stt.config.window_s:g} s, beam {stt.config.beam_size}, "
+          f"{stt.config.cpu_threads} threads; {len(clips)} clips ({len(phrases)} phrases x {voices})")
+    print(f"  {'voice':8s} {'clips':>5s} {'WER':>6s} {'intent':>7s} {'p50':>7s} {'p95':>7s} {'max':>7s}")
+    for voice in [*voices, "all"]:
+        mine = [(c, r) for c, r in results if voice in ("all", c.voice)]
+        edits = sum(bench_voice.edit_distance(bench_voice.words(c.phrase), bench_voice.words(r.text))
+                    for c, r in mine)
+        ref = sum(len(bench_voice.words(c.phrase)) for c, _ in mine)
+        right = sum(intent(r.text) == Intent.parse(c.label) for c, r in mine)
+        secs = [r.seconds for _, r in mine]
+        print(f"  {voice:8s} {len(mine):5d} {100 * edits / max(1, ref):5.1f}% "
+              f"{100 * right / len(mine):6.1f}% {statistics.median(secs):6.3f}s "
+              f"{bench_voice.pct(secs, 0.95):6.3f}s {max(secs):6.3f}s")
+    how = Counter(r.fallback or ("kept once" if r.kept_once else f"{r.window_s:g} s window")
+                  for _, r in results)
+    print("  requests: " + ", ".join(f"{n} {k}" for k, n in how.most_common()))
+    for c, r in results:
+        if intent(r.text) != Intent.parse(c.label):
+            print(f"  missed: {c.voice}: {c.phrase!r} heard {r.text!r}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--beam-sizes", default="5,1")
+    parser.add_argument("--phrase-set", type=Path, nargs="+", metavar="YAML",
+                        help="only the STT over these phrase sets (bench/phrases*.yaml)")
+    parser.add_argument("--voices", default=",".join(bench_voice.VOICES))
     args = parser.parse_args()
+    if args.phrase_set:
+        phrase_set(args.phrase_set, args.voices.split(","))
+        return
 
     print(f"cpus={os.cpu_count()} baseline_rss_mb={rss_mb():.0f}")
     tts, load_tts = timed(Synthesizer, TtsConfig.from_env())

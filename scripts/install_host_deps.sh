@@ -4,7 +4,7 @@
 # redis-server and redis-sentinel for the Sentinel failover test; Debian's chromium +
 # chromium-driver for the voice page's browser test, libnss3-tools so that test can make Chromium
 # trust a local environment's CA; nodejs + npm, with which the deploy builds the voice page,
-# web/build.py).
+# web/build.py); espeak-ng for the voice benchmark's second voice (bench/bench_voice.py).
 # Idempotent: only missing packages are installed.
 #
 # The operator host runs no daemon of these packages: Debian's coturn config has no
@@ -14,7 +14,7 @@
 # run (a package upgrade may enable them again).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-read -r -a pkgs <<<"make git openssl coturn redis-server redis-sentinel chromium chromium-driver libnss3-tools nodejs npm $(grep -v '^#' "$here/infra/local/packages.txt" | tr '\n' ' ')"
+read -r -a pkgs <<<"make git openssl coturn redis-server redis-sentinel chromium chromium-driver libnss3-tools nodejs npm espeak-ng $(grep -v '^#' "$here/infra/local/packages.txt" | tr '\n' ' ')"
 no_daemons=(coturn apt-cacher-ng redis-server redis-sentinel)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -6,6 +6,14 @@ encoder on a shorter window (STT_WINDOW_S, whisper.cpp's `audio_ctx` idea, see
 ggml-org/whisper.cpp#137 and #1855) by calling CTranslate2's encode/generate directly, and
 falls back to faster-whisper's full 30 s path when the clip is long or the short-window
 output repeats itself (too short a window makes Whisper loop, SYSTRAN/faster-whisper#1006).
+
+Most short-window loops are Whisper saying the clip again into the zero padding after it
+("What time is it? What time is it?"). Two things keep those on the short window (the 30 s
+retry, 0.2-0.9 s depending on load, took 24 of the 134 phrase-set clips of
+`bench/bench_speech.py --phrase-set`, and now none): the decode predicts timestamps, and
+text in a segment that starts after the audio has ended is dropped; and a transcript that is
+one sentence run again and again is kept once. A loop that is not an exact copy still goes
+to the full window.
 """
 
 from __future__ import annotations
@@ -22,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 from faster_whisper import WhisperModel
-from faster_whisper.audio import decode_audio
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
 from agent import tuning
+from agent.speech import audio_in
 
 log = logging.getLogger("agent.speech.stt")
 
@@ -39,6 +47,11 @@ FULL_WINDOW_S = 30.0
 HEADROOM = 1.25
 # Whisper's own "this decode went wrong" threshold (openai/whisper transcribe.py).
 COMPRESSION_RATIO_LIMIT = 2.4
+# Whisper's timestamp tokens step 20 ms.
+TIMESTAMP_STEP_S = 0.02
+# A segment that starts less than this before the audio's end holds no speech of it: the
+# shortest word of the phrase set lasts ~0.2 s, and VAD segments end in silence anyway.
+TAIL_S = 0.1
 
 
 def bundled_model_dir() -> Path:
@@ -102,6 +115,7 @@ class Transcription:
     audio_s: float       # length of the decoded clip
     seconds: float       # wall time of decode + mel + encoder + decoder
     fallback: str = ""   # why the full window was used after all: "long", "repeats", ""
+    kept_once: bool = False  # the short-window decode said its sentence(s) again; kept once
 
 
 def repeats_itself(text: str) -> bool:
@@ -116,6 +130,30 @@ def repeats_itself(text: str) -> bool:
         if len(set(words[i:i + 4])) == 1:
             return True
     return len(text) > 40 and get_compression_ratio(text) > COMPRESSION_RATIO_LIMIT
+
+
+_SENTENCE = re.compile(r"[^.?!]+(?:[.?!]+|$)")
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def said_once(text: str) -> str | None:
+    """The first copy when `text` is its first sentence(s) said again and again (the last copy
+    may be cut off by the token bound), else None. "Hello? Hello?" -> "Hello?"."""
+    sentences = [m.group(0).strip() for m in _SENTENCE.finditer(text) if m.group(0).strip()]
+    keys = [" ".join(_words(x)) for x in sentences]
+    for period in range(1, len(keys) // 2 + 1):
+        head = keys[:period]
+        if not all(head):
+            continue
+        # Every sentence repeats the one `period` before it; the last one may be cut off by
+        # the token bound (its last word too).
+        copies = all(keys[k] == head[k % period] for k in range(len(keys) - 1))
+        if copies and head[(len(keys) - 1) % period].startswith(keys[-1]):
+            return " ".join(sentences[:period])
+    return None
 
 
 class Transcriber:
@@ -135,13 +173,28 @@ class Transcriber:
         self._lock = threading.Lock()
 
     def _prompt(self) -> list[int]:
-        # The layout faster-whisper builds for initial_prompt (WhisperModel.get_prompt).
+        # The layout faster-whisper builds for initial_prompt (WhisperModel.get_prompt), with
+        # timestamps (no <|notimestamps|>): they say where each piece of text is in the window.
         tok = self._tokenizer
         prompt: list[int] = []
         if self.config.initial_prompt.strip():
             words = tok.encode(" " + self.config.initial_prompt.strip())
             prompt = [tok.sot_prev, *words[-(self.model.max_length // 2 - 1):]]
-        return [*prompt, *tok.sot_sequence, tok.no_timestamps]
+        return [*prompt, *tok.sot_sequence]
+
+    def _text_within(self, tokens: list[int], audio_s: float) -> str:
+        """The text tokens of segments that start inside the audio; timestamps dropped."""
+        begin = self._tokenizer.timestamp_begin
+        text: list[int] = []
+        opening = True   # the next timestamp opens a segment (they come in start/end pairs)
+        for token in tokens:
+            if token < begin:
+                text.append(token)
+                continue
+            if opening and (token - begin) * TIMESTAMP_STEP_S >= audio_s - TAIL_S:
+                break
+            opening = not opening
+        return self._tokenizer.decode(text).strip()
 
     def _short_window(self, samples: np.ndarray, frames: int) -> tuple[str, bool]:
         """(text, ran out of tokens) decoding `samples` on an encoder window of `frames`."""
@@ -152,16 +205,18 @@ class Transcriber:
         padded[:, :n] = features[:, :n]
         encoded = self.model.encode(padded)
         prompt = self._prompt()
-        # ~3 words/s of speech is ~4-5 tokens/s; 8/s plus slack leaves room, and running out
-        # of it means the decode looped.
-        new_tokens = 20 + int(8 * samples.size / SAMPLE_RATE)
+        # Speech is ~5.3 tokens/s with the timestamps (the phrase set, 0.5-3.8 s clips); 7/s
+        # plus 12 leaves room, and running out of it means the decode looped. A loop costs
+        # every token up to the bound (20 + 8/s: 0.2-0.4 s; this bound: <= 0.29 s).
+        new_tokens = 12 + int(7 * samples.size / SAMPLE_RATE)
         max_length = min(self.model.max_length, len(prompt) + new_tokens)
         result = self.model.model.generate(
             encoded, [prompt], beam_size=self.config.beam_size, max_length=max_length,
             suppress_blank=True, suppress_tokens=self._suppress,
         )[0]
         tokens = result.sequences_ids[0]
-        return self._tokenizer.decode(tokens).strip(), len(prompt) + len(tokens) >= max_length
+        text = self._text_within(tokens, samples.size / SAMPLE_RATE)
+        return text, len(prompt) + len(tokens) >= max_length
 
     def _full_window(self, samples: np.ndarray, language: str | None) -> str:
         segments, _info = self.model.transcribe(
@@ -180,7 +235,7 @@ class Transcriber:
         window that produced it."""
         with self._lock:
             started = time.perf_counter()
-            samples = decode_audio(io.BytesIO(audio), sampling_rate=SAMPLE_RATE)
+            samples = audio_in.samples(audio, SAMPLE_RATE)
             audio_s = samples.size / SAMPLE_RATE
             window = self.config.window_s
             fallback = ""
@@ -191,6 +246,10 @@ class Transcriber:
                     text, ran_out = self._short_window(samples, frames)
                     if not ran_out and not repeats_itself(text):
                         return Transcription(text, window, audio_s, time.perf_counter() - started)
+                    once = said_once(text)
+                    if once and not repeats_itself(once):
+                        return Transcription(once, window, audio_s, time.perf_counter() - started,
+                                             kept_once=True)
                     fallback = "repeats"
                     log.info("short-window transcript %r repeats itself: retrying on 30 s", text)
                 else:
@@ -208,7 +267,7 @@ class Transcriber:
         which made the first request after a start several times slower than the rest."""
         self.transcribe_detailed(audio)
         with self._lock:
-            self._full_window(decode_audio(io.BytesIO(audio), sampling_rate=SAMPLE_RATE), None)
+            self._full_window(audio_in.samples(audio, SAMPLE_RATE), None)
 
     def transcribe_segments(self, audio: bytes, language: str | None = None,
                             prompt: str | None = None) -> tuple[list[dict], float]:

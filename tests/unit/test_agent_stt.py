@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.speech.stt import FULL_WINDOW_S, SttConfig, Transcriber, repeats_itself
+from agent.speech.stt import FULL_WINDOW_S, SttConfig, Transcriber, repeats_itself, said_once
 from agent.speech.tts import OUTPUT_SAMPLE_RATE, Synthesizer, TtsConfig, wav_bytes
 
 
@@ -57,6 +57,32 @@ def test_agent_stt_window_zero_is_the_plain_faster_whisper_path(tts: Synthesizer
 ], ids=["phrase-twice", "word-four-times", "sentence-loop", "command", "long-command", "word-twice"])
 def test_agent_stt_detects_a_decode_that_repeats_itself(text: str, loops: bool) -> None:
     assert repeats_itself(text) is loops
+
+
+@pytest.mark.parametrize(("text", "once"), [
+    ("What time is it? What time is it?", "What time is it?"),
+    ("How can you help me? How can you help me? How can you he", "How can you help me?"),
+    ("Hello. Goodbye. Hello. Goodbye. Hel", "Hello. Goodbye."),
+    ("Turn on the lights.", None),
+    ("Hello? Hello? Goodbye.", None),
+    ("No, no, no, no.", None),
+    ("Set the thermostat to 21. Set the thermostat to 22.", None),
+], ids=["twice", "cut-off-third", "two-sentences", "once-already", "then-other", "in-one-sentence",
+        "different-numbers"])
+def test_agent_stt_keeps_a_repeated_sentence_once(text: str, once: str | None) -> None:
+    assert said_once(text) == once
+
+
+@pytest.mark.parametrize("phrase", ["what time is it", "how can you help me", "switch on the lamp",
+                                    "what's the time"])
+def test_agent_stt_short_clip_that_whisper_repeats_stays_on_the_short_window(
+        stt: Transcriber, tts: Synthesizer, phrase: str) -> None:
+    # On the 10 s window tiny.en says these again into the padding after the voice (the text
+    # twice, or until the token bound); the 30 s retry cost ~0.6 s each.
+    result = stt.transcribe_detailed(wav_bytes(tts.pcm(phrase)))
+    assert (result.window_s, result.fallback) == (stt.config.window_s, "")
+    words = [w.strip("?.,!").replace("’", "'") for w in result.text.lower().split()]
+    assert words == phrase.split()
 
 
 def test_agent_stt_window_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:

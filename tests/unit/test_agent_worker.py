@@ -95,6 +95,7 @@ def test_agent_worker_defaults_generate_speech_before_the_turn_commits() -> None
 
 
 @pytest.mark.parametrize(("key", "value"), [("AGENT_VAD_MIN_SILENCE", "short"),
+                                            ("AGENT_VAD_PREFIX_PADDING", "some"),
                                             ("AGENT_PREEMPTIVE_TTS", "maybe"),
                                             ("AGENT_METRICS_PORT", "http")])
 def test_agent_worker_rejects_bad_turn_settings(monkeypatch: pytest.MonkeyPatch, key: str,
@@ -106,13 +107,15 @@ def test_agent_worker_rejects_bad_turn_settings(monkeypatch: pytest.MonkeyPatch,
 
 def test_agent_worker_prewarm_loads_vad_with_the_configured_silence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENT_VAD_MIN_SILENCE", "0.35")
+    monkeypatch.setenv("AGENT_VAD_PREFIX_PADDING", "0.25")
 
     class Proc:  # the one attribute livekit's JobProcess hands to setup_fnc
         userdata: dict[str, Any] = {}
 
     proc = Proc()
     worker.prewarm(proc)  # type: ignore[arg-type]
-    assert proc.userdata["vad"]._opts.min_silence_duration == 0.35
+    opts = proc.userdata["vad"]._opts
+    assert (opts.min_silence_duration, opts.prefix_padding_duration) == (0.35, 0.25)
 
 
 def test_agent_worker_never_preloads_hub_or_cloud_models() -> None:
