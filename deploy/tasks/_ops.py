@@ -102,14 +102,20 @@ APT_INSTALL = ("DEBIAN_FRONTEND=noninteractive apt-get -y -o Dpkg::Options::=--f
 #: fetch loses nothing, apt resumes from its partial files. Installing (dpkg) is never killed:
 #: apt_install downloads under the bound first, then installs from the local archive.
 APT_FETCH_TIMEOUT = 300
+#: The index alone is a few MB (a fresh node's refresh took ~1 s through the local apt proxy).
+#: In a later CI run one of three nodes refreshing at once got a 235-byte answer for one
+#: InRelease from apt-cacher-ng and hung until the bound; its second attempt took 1 s. A
+#: shorter bound for the index turns that 5 min stall into 1.5 min.
+APT_UPDATE_TIMEOUT = 90
 APT_FETCH_ATTEMPTS = 3
 APT_UPDATE_STAMP = "/var/lib/apt/periodic/update-success-stamp"   # what pyinfra's apt.update reads too
 
 
-def bounded_fetch(command: str, what: str) -> str:
-    """`command` (an apt fetch) in a shell loop: at most APT_FETCH_TIMEOUT s per attempt (then
-    TERM, KILL 10 s later), APT_FETCH_ATTEMPTS attempts; fails with a line naming `what`."""
-    n, t = APT_FETCH_ATTEMPTS, APT_FETCH_TIMEOUT
+def bounded_fetch(command: str, what: str, timeout: int | None = None) -> str:
+    """`command` (an apt fetch) in a shell loop: at most `timeout` (default APT_FETCH_TIMEOUT) s
+    per attempt (then TERM, KILL 10 s later), APT_FETCH_ATTEMPTS attempts; fails with a line
+    naming `what`."""
+    n, t = APT_FETCH_ATTEMPTS, APT_FETCH_TIMEOUT if timeout is None else timeout
     return (f"for attempt in $(seq 1 {n}); do timeout -k 10 {t} {command} && exit 0; "
             f"echo \"{what}: attempt $attempt of {n} failed or took over {t} s\" >&2; "
             f"[ $attempt -lt {n} ] && sleep 5; done; exit 1")
@@ -130,7 +136,7 @@ def apt_update(cache_time: int = 3600):
         if stamp["mtime"] > now - timedelta(seconds=cache_time):
             host.noop("the apt index is fresh")
             return
-    yield bounded_fetch("apt-get update", "apt-get update")
+    yield bounded_fetch("apt-get update", "apt-get update", APT_UPDATE_TIMEOUT)
     yield f"mkdir -p {shlex.quote(str(PurePosixPath(APT_UPDATE_STAMP).parent))} && touch {APT_UPDATE_STAMP}"
 
 
