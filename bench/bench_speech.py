@@ -52,8 +52,6 @@ def timed(fn, *args):  # type: ignore[no-untyped-def]
 
 def phrase_set(paths: list[Path], voices: list[str]) -> None:
     """The Transcriber on every phrase of `paths` in every voice, as the speech server runs it."""
-    from agent.speech.responder import Intent, intent
-
     phrases = [p for path in paths for p in bench_voice.load_phrases(path)]
     stt = Transcriber(SttConfig.from_env())
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,22 +61,20 @@ def phrase_set(paths: list[Path], voices: list[str]) -> None:
     print(f"STT window {stt.config.window_s:g} s, beam {stt.config.beam_size}, "
           f"{stt.config.cpu_threads} threads; {len(clips)} clips ({len(phrases)} phrases x {voices})")
     print(f"  {'voice':8s} {'clips':>5s} {'WER':>6s} {'intent':>7s} {'p50':>7s} {'p95':>7s} {'max':>7s}")
+    misses: list[str] = []
     for voice in [*voices, "all"]:
         mine = [(c, r) for c, r in results if voice in ("all", c.voice)]
-        edits = sum(bench_voice.edit_distance(bench_voice.words(c.phrase), bench_voice.words(r.text))
-                    for c, r in mine)
-        ref = sum(len(bench_voice.words(c.phrase)) for c, _ in mine)
-        right = sum(intent(r.text) == Intent.parse(c.label) for c, r in mine)
+        acc = bench_voice.accuracy([(c.phrase, c.label, r.text) for c, r in mine])
         secs = [r.seconds for _, r in mine]
-        print(f"  {voice:8s} {len(mine):5d} {100 * edits / max(1, ref):5.1f}% "
-              f"{100 * right / len(mine):6.1f}% {statistics.median(secs):6.3f}s "
-              f"{bench_voice.pct(secs, 0.95):6.3f}s {max(secs):6.3f}s")
+        print(f"  {voice:8s} {acc.n:5d} {100 * acc.wer:5.1f}% {100 * acc.intent_accuracy:6.1f}% "
+              f"{statistics.median(secs):6.3f}s {bench_voice.pct(secs, 0.95):6.3f}s {max(secs):6.3f}s")
+        if voice != "all":
+            misses += [f"{voice}: {phrase!r} heard {heard!r}" for phrase, heard, _ in acc.misses]
     how = Counter(r.fallback or ("kept once" if r.kept_once else f"{r.window_s:g} s window")
                   for _, r in results)
     print("  requests: " + ", ".join(f"{n} {k}" for k, n in how.most_common()))
-    for c, r in results:
-        if intent(r.text) != Intent.parse(c.label):
-            print(f"  missed: {c.voice}: {c.phrase!r} heard {r.text!r}")
+    for m in misses:
+        print(f"  missed: {m}")
 
 
 def main() -> None:

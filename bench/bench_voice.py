@@ -235,6 +235,26 @@ def summary(values: list[float]) -> str:
             f"mean {statistics.fmean(values):5.3f}s  min {min(values):5.3f}s  max {max(values):5.3f}s")
 
 
+@dataclass
+class Accuracy:
+    n: int
+    wer: float
+    intent_accuracy: float
+    misses: list[tuple[str, str, str]]   # (phrase, what was heard, the intent that was heard)
+
+
+def accuracy(said: list[tuple[str, str, str]]) -> Accuracy:
+    """Word error rate and intent accuracy of (phrase, its intent label, what was heard)."""
+    from agent.speech.responder import Intent, intent
+
+    edits = sum(edit_distance(words(phrase), words(heard)) for phrase, _, heard in said)
+    ref_words = sum(len(words(phrase)) for phrase, _, _ in said)
+    misses = [(phrase, heard, got.label) for phrase, label, heard in said
+              if (got := intent(heard)) != Intent.parse(label)]
+    return Accuracy(len(said), edits / max(1, ref_words), (len(said) - len(misses)) / max(1, len(said)),
+                    misses)
+
+
 def report_condition(condition: str, rooms: list[dict[str, Any]]) -> dict[str, Any]:
     from agent.speech.responder import Intent, intent
 
@@ -270,29 +290,13 @@ def report_condition(condition: str, rooms: list[dict[str, Any]]) -> dict[str, A
     print("   accuracy (what the agent heard):")
     print(f"     {'voice':8s} {'turns':>5s} {'WER':>7s} {'intent':>8s}")
     misses: list[str] = []
-    for voice, vt in by_voice.items():
-        edits = sum(edit_distance(words(t["phrase"]), words(t["heard"])) for t in vt)
-        ref_words = sum(len(words(t["phrase"])) for t in vt)
-        right = 0
-        for t in vt:
-            got = intent(t["heard"])
-            if got == Intent.parse(t["label"]):
-                right += 1
-            else:
-                misses.append(f"{voice}: {t['phrase']!r} heard {t['heard']!r} -> {got.label}")
-        wer = edits / max(1, ref_words)
-        acc = right / max(1, len(vt))
-        result["accuracy"][voice] = {"turns": len(vt), "wer": wer, "intent_accuracy": acc}
-        print(f"     {voice:8s} {len(vt):5d} {100 * wer:6.1f}% {100 * acc:7.1f}%")
-    if by_voice:
-        all_t = [t for vt in by_voice.values() for t in vt]
-        right = sum(intent(t["heard"]) == Intent.parse(t["label"]) for t in all_t)
-        edits = sum(edit_distance(words(t["phrase"]), words(t["heard"])) for t in all_t)
-        ref_words = sum(len(words(t["phrase"])) for t in all_t)
-        result["accuracy"]["all"] = {"turns": len(all_t), "wer": edits / max(1, ref_words),
-                                     "intent_accuracy": right / max(1, len(all_t))}
-        print(f"     {'all':8s} {len(all_t):5d} {100 * edits / max(1, ref_words):6.1f}% "
-              f"{100 * right / max(1, len(all_t)):7.1f}%")
+    groups = {**by_voice, "all": [t for vt in by_voice.values() for t in vt]} if by_voice else {}
+    for voice, vt in groups.items():
+        acc = accuracy([(t["phrase"], t["label"], t["heard"]) for t in vt])
+        if voice != "all":
+            misses += [f"{voice}: {phrase!r} heard {heard!r} -> {got}" for phrase, heard, got in acc.misses]
+        result["accuracy"][voice] = {"turns": acc.n, "wer": acc.wer, "intent_accuracy": acc.intent_accuracy}
+        print(f"     {voice:8s} {acc.n:5d} {100 * acc.wer:6.1f}% {100 * acc.intent_accuracy:7.1f}%")
     for m in misses:
         print(f"     missed: {m}")
 

@@ -17,18 +17,18 @@ import av
 import numpy as np
 from faster_whisper.audio import decode_audio
 
+from agent.wav import read_wav
+
 
 def _pcm16_mono_wav(audio: bytes) -> tuple[np.ndarray, int] | None:
     """(int16 samples, rate) of a mono 16-bit PCM WAV, else None."""
     if audio[:4] != b"RIFF" or audio[8:12] != b"WAVE":
         return None
     try:
-        with wave.open(io.BytesIO(audio)) as w:
-            if w.getnchannels() != 1 or w.getsampwidth() != 2 or w.getcomptype() != "NONE":
-                return None
-            return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"), w.getframerate()
-    except (wave.Error, EOFError):
+        pcm, rate = read_wav(audio)   # wave reads only uncompressed PCM
+    except (ValueError, wave.Error, EOFError):
         return None
+    return np.frombuffer(pcm, dtype="<i2"), rate
 
 
 def _resample(pcm: np.ndarray, rate: int, target: int) -> np.ndarray:

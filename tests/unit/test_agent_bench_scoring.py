@@ -30,3 +30,10 @@ def test_agent_bench_percentiles_are_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert (bench_voice.pct(values, 0.5), bench_voice.pct(values, 0.95)) == (50.0, 95.0)
     assert bench_voice.pct([3.0], 0.95) == 3.0
+
+
+def test_accuracy_scores_words_and_intents_of_what_was_heard() -> None:
+    acc = bench_voice.accuracy([("turn on the lights", "lights state=on", "Turn on the lights."),
+                                ("lights off", "lights state=off", "Wipe off.")])
+    assert (acc.n, acc.wer, acc.intent_accuracy) == (2, 1 / 6, 0.5)
+    assert acc.misses == [("lights off", "Wipe off.", "other")]
