@@ -107,6 +107,18 @@ class NodeVars:
             raise DeployInputError(f"{self.node.name}: {exc}") from exc
         return art, arch, url, digest
 
+    @property
+    def balancer_address(self) -> str | None:
+        """The private address the load balancer reaches this node on (None: no balancer, or a
+        node it does not target); DeployInputError when the node has no private address."""
+        lb = self.spec.balancer
+        if lb is None or self.node.name not in lb.targets:
+            return None
+        if not self.private_ip:
+            raise DeployInputError(f"node {self.node.name} has no private address, which the load balancer "
+                                   "reaches it on; re-run the provisioner (make up)")
+        return self.private_ip
+
     def bind_address(self, scope: Scope) -> str:
         """The address a listener of this scope binds on this node."""
         if scope is Scope.LOOPBACK:

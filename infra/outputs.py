@@ -143,6 +143,12 @@ class Outputs:
                                f"{condition!r} (written by an older voicestack): re-run 'make up ENV={self.env}'")
         return netns
 
+    @property
+    def balancer_ip(self) -> str | None:
+        """The load balancer's public address (what the LiveKit name publishes), None without one."""
+        record = next((r for r in self.spec.dns_records if r.balancer), None)
+        return self.dns[record.name][0] if record is not None and self.dns.get(record.name) else None
+
     def node(self, name: str) -> NodeOut:
         for n in self.nodes:
             if n.name == name:
@@ -176,26 +182,31 @@ def _checked_dns(spec: specmod.EnvSpec, dns: Mapping[str, list[str]]) -> dict[st
     want = {r.name: r for r in spec.dns_records}
     if sorted(dns) != sorted(want):
         raise OutputsError(f"the provisioner published DNS names {sorted(dns)} but the spec has {sorted(want)}")
-    short = [name for name, ips in dns.items() if len(ips) != len(want[name].nodes)]
+    short = [name for name, ips in dns.items() if len(ips) != want[name].address_count]
     if short:
-        raise OutputsError(f"DNS names {short} carry another number of addresses than the nodes that serve them")
+        raise OutputsError(f"DNS names {short} carry another number of addresses than the nodes (or the load "
+                           "balancer) that serve them")
     return {name: list(ips) for name, ips in dns.items()}
 
 
 def assemble(spec: specmod.EnvSpec, nodes: list[NodeOut], *, api_secret: str, turn_secret: str, token_key: str,
              call_password: str, dns: Mapping[str, list[str]] | None = None, deploy: DeployInputs | None = None,
              ca_bundle: str | None = None, dns_server: str | None = None, client_netns: str | None = None,
-             local: LocalInfo | None = None) -> Outputs:
+             local: LocalInfo | None = None, balancer_ip: str | None = None) -> Outputs:
     """The outputs of an environment, the same way for every provisioner.
 
-    dns: what the provisioner published (default: every record at its nodes' public addresses)."""
+    dns: what the provisioner published (default: every record at its nodes' public addresses, a
+    balanced record at `balancer_ip`)."""
     have = sorted(n.name for n in nodes)
     want = sorted(n.name for n in spec.nodes)
     if have != want:
         raise OutputsError(f"the provisioner reports nodes {have} but the spec has {want}")
     nodes = [_checked_node(spec, n) for n in nodes]
     if dns is None:
-        dns = spec.dns_addresses({n.name: n.public_ip for n in nodes})
+        try:
+            dns = spec.dns_addresses({n.name: n.public_ip for n in nodes}, balancer_ip)
+        except ValueError as e:
+            raise OutputsError(str(e)) from None
     missing = [k for k, v in (("api_secret", api_secret), ("turn_secret", turn_secret), ("token_key", token_key),
                               ("call_password", call_password)) if not v]
     if missing:

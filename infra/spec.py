@@ -26,6 +26,26 @@ CALL_PATH = "/call/"
 #: the agent's ports: nothing outside the private network uses it).
 SENTINEL_PORT = 26379
 
+# ---- the cluster's load balancer (clusters on a cloud, the local cloud included) -------------
+#: Node-side ports the balancer forwards to, on each LiveKit node's private address. Separate from
+#: 80/443 because the balancer prepends a PROXY v2 header (the client's address) that a direct
+#: client does not send; a listener is either PROXY or plain, never both.
+LB_HTTPS_PORT = 8843
+LB_HTTP_PORT = 8880
+#: The health check: Caddy answers it on the private address, 200 while LiveKit answers and the
+#: node is not draining, 503 while the drain flag exists (deploy/tasks/caddy.py).
+LB_HEALTH_PORT = 8882
+LB_HEALTH_PATH = "/lb-health"
+#: While this file exists on a node the health check fails, so the balancer sends no new
+#: connections there (the rolling deploy sets it before touching a node).
+DRAIN_FLAG = "/run/voicestack/draining"
+#: Check every 3 s, 3 s to answer, out after 2 failures: a lost node stops receiving new calls
+#: within about 6-9 s. The smallest values DigitalOcean accepts (check interval and response
+#: timeout 3-300 s, thresholds 2-10); Hetzner takes them too.
+HEALTH_INTERVAL_S = 3
+HEALTH_TIMEOUT_S = 3
+HEALTH_RETRIES = 2
+
 
 class Scope(str, Enum):
     PUBLIC = "public"    # anyone on the internet: cloud + host firewall open it
@@ -99,9 +119,50 @@ class DnsRecord:
     name: str                 # fully qualified
     type: str                 # "A"
     nodes: tuple[str, ...]    # node names whose public IPv4 the record points at
+    #: The record points at the balancer's one address instead (its targets are `nodes`).
+    balancer: bool = False
+
+    @property
+    def address_count(self) -> int:
+        """How many addresses the published record holds."""
+        return 1 if self.balancer else len(self.nodes)
 
     def relative_to(self, zone: str) -> str:
         return "@" if self.name == zone else self.name.removesuffix("." + zone)
+
+
+@dataclass(frozen=True)
+class BalancerService:
+    """One TCP forward: the balancer's `listen_port` to `target_port` on every target's private
+    address, with a PROXY v2 header. TCP, not HTTP: TLS passes through to each node's Caddy/SNI
+    router, so certificates stay on the nodes and TURN/TLS on 443 keeps working."""
+
+    name: str
+    listen_port: int
+    target_port: int
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """HTTP GET `path` on `port` of each target; `retries` failures in a row take it out."""
+
+    port: int
+    path: str
+    interval_s: int
+    timeout_s: int
+    retries: int
+
+
+@dataclass(frozen=True)
+class Balancer:
+    """The health-checked entry for signalling/HTTPS: the LiveKit name points at it."""
+
+    name: str
+    services: tuple[BalancerService, ...]
+    health: HealthCheck
+    targets: tuple[str, ...]          # node names, reached on their private addresses
+    #: Its address on the private network where the cloud lets us choose it (Hetzner, local).
+    private_ip: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +186,8 @@ class EnvSpec:
     #: Flows between the environment's own nodes (sources: the nodes themselves), for a cloud
     #: firewall that also filters traffic between its servers (DigitalOcean, VPC included).
     node_firewall: tuple[FirewallRule, ...] = ()
+    #: The load balancer in front of the LiveKit name (clusters on a cloud); None: DNS lists nodes.
+    balancer: Balancer | None = None
 
     # ---- convenience views --------------------------------------------------------------
     @property
@@ -212,9 +275,13 @@ class EnvSpec:
         """The (emulated) provider drops UDP from the internet: media must use ICE/TCP or TURN over TCP/TLS."""
         return self.config.block_udp
 
-    def dns_addresses(self, ip_of: Mapping[str, str]) -> dict[str, list[str]]:
-        """Each record's name -> the addresses of the nodes it points at (`ip_of`: node name -> address)."""
-        return {r.name: [ip_of[n] for n in r.nodes] for r in self.dns_records}
+    def dns_addresses(self, ip_of: Mapping[str, str], balancer_ip: str | None = None) -> dict[str, list[str]]:
+        """Each record's name -> the addresses it publishes (`ip_of`: node name -> address; a
+        balanced record publishes `balancer_ip`)."""
+        if self.balancer is not None and balancer_ip is None:
+            raise ValueError(f"{self.env} has a load balancer: its address is needed for the LiveKit name")
+        return {r.name: [balancer_ip] if r.balancer else [ip_of[n] for n in r.nodes]  # type: ignore[list-item]
+                for r in self.dns_records}
 
     @property
     def cloud_firewall_managed(self) -> bool:
@@ -322,6 +389,16 @@ def _ports(cfg: StackConfig, multi: bool) -> tuple[Port, ...]:
     else:
         ports.append(P("turn-tls", "coturn", "tcp", cfg.turn_tls_port, cfg.turn_tls_port, S.PUBLIC,
                        "TURN over TLS", R.TURN))
+    if multi and _balanced(cfg):
+        # The balancer's forwards and health check, on each LiveKit node's private address.
+        ports += [
+            P("lb-http", "caddy", "tcp", LB_HTTP_PORT, LB_HTTP_PORT, S.PRIVATE,
+              "HTTP from the load balancer (PROXY v2): ACME HTTP-01 and redirect", R.LIVEKIT),
+            P("lb-https", "edge" if cfg.turn_tls_port == 443 else "caddy", "tcp", LB_HTTPS_PORT, LB_HTTPS_PORT,
+              S.PRIVATE, "HTTPS from the load balancer (PROXY v2)", R.LIVEKIT),
+            P("lb-health", "caddy", "tcp", LB_HEALTH_PORT, LB_HEALTH_PORT, S.PRIVATE,
+              "load balancer health check (503 while draining)", R.LIVEKIT),
+        ]
     if multi:
         ports += [
             P("redis", "redis", "tcp", cfg.redis_port, cfg.redis_port, S.PRIVATE,
@@ -330,6 +407,26 @@ def _ports(cfg: StackConfig, multi: bool) -> tuple[Port, ...]:
               "Redis Sentinel: LiveKit finds the current primary here; Sentinels fail over", R.REDIS),
         ]
     return tuple(ports)
+
+
+def _balanced(cfg: StackConfig) -> bool:
+    """Clusters the project provisions get a load balancer; bring-your-own hosts keep DNS listing
+    every node (their entry, if any, is the operator's)."""
+    return cfg.node_count > 1 and cfg.provider_info.kind != "existing"
+
+
+def _balancer(cfg: StackConfig, nodes: tuple[Node, ...]) -> Balancer | None:
+    if not _balanced(cfg):
+        return None
+    net = ipaddress.ip_network(cfg.private_network) if cfg.private_network else None
+    return Balancer(
+        name="livekit",
+        services=(BalancerService("https", 443, LB_HTTPS_PORT), BalancerService("http", 80, LB_HTTP_PORT)),
+        health=HealthCheck(LB_HEALTH_PORT, LB_HEALTH_PATH, HEALTH_INTERVAL_S, HEALTH_TIMEOUT_S, HEALTH_RETRIES),
+        targets=tuple(n.name for n in nodes if n.has(Role.LIVEKIT)),
+        # .5: below the nodes (.10 on), above Hetzner's gateway (.1).
+        private_ip=str(net.network_address + 5) if net is not None else None,
+    )
 
 
 def _check_ports(ports: tuple[Port, ...]) -> list[tuple[str, str]]:
@@ -403,7 +500,7 @@ def _dns(cfg: StackConfig, nodes: tuple[Node, ...]) -> tuple[DnsRecord, ...]:
     livekit_nodes = tuple(n.name for n in nodes if n.has(Role.LIVEKIT))
     turn_nodes = tuple(n.name for n in nodes if n.has(Role.TURN))
     records = [
-        DnsRecord(cfg.livekit_host, "A", livekit_nodes),
+        DnsRecord(cfg.livekit_host, "A", livekit_nodes, balancer=_balanced(cfg)),
         # One TURN name, one certificate: the first TURN node answers for it.
         DnsRecord(cfg.turn_host, "A", turn_nodes[:1]),
     ]
@@ -428,6 +525,7 @@ def derive(cfg: StackConfig) -> EnvSpec:
         dns_records=_dns(cfg, nodes),
         turn_servers=tuple(turn_servers),
         node_firewall=_node_firewall(ports, len(nodes) > 1),
+        balancer=_balancer(cfg, nodes),
     )
 
 

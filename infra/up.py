@@ -100,8 +100,9 @@ def summary(out: outputs.Outputs, progress: Progress) -> None:
     if out.client_netns:
         print(f"  try it:          make shell ENV={out.env}   (a shell on the emulated internet), then")
         print(f"                   curl --cacert {out.ca_bundle} https://{out.livekit_domain}/")
-        # This machine reaches the nodes directly; a browser here needs the name and the local CA.
-        first = out.nodes[0].public_ip
+        # This machine reaches the nodes (and a cluster's balancer) directly; a browser here needs
+        # the name and the local CA.
+        first = out.balancer_ip or out.nodes[0].public_ip
         print(f"  page from here:  chromium --host-resolver-rules='MAP {out.livekit_domain} {first}' "
               f"{out.spec.call_url}   (trust {out.ca_bundle} first: README, 'The voice page')")
 

@@ -50,8 +50,17 @@ def inbound_rules(resource_type: str, props: Mapping[str, Any]) -> list[tuple[st
     return [(proto, *_port_range(proto, ports), tuple(sources)) for proto, ports, sources in rules]
 
 
+def balancer_only(resource_type: str, props: Mapping[str, Any]) -> bool:
+    """A DigitalOcean firewall that only lets the environment's load balancer in (no outbound rule):
+    it adds to the droplets' main firewall (DigitalOcean applies the union of a droplet's
+    firewalls), so media and egress rules are the main firewall's to have."""
+    inbound = props.get("inboundRules") or []
+    return (resource_type == DO_FIREWALL and bool(inbound) and not props.get("outboundRules")
+            and all(r.get("sourceLoadBalancerUids") and not r.get("sourceAddresses") for r in inbound))
+
+
 def _firewalls(args: ResourceValidationArgs) -> bool:
-    return args.resource_type in (HCLOUD_FIREWALL, DO_FIREWALL)
+    return args.resource_type in (HCLOUD_FIREWALL, DO_FIREWALL) and not balancer_only(args.resource_type, args.props)
 
 
 def _no_public_internal_ports(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -78,7 +87,7 @@ def _egress(rules: Iterable[Mapping[str, Any]]) -> set[str]:
 
 
 def _do_egress(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type != DO_FIREWALL:
+    if args.resource_type != DO_FIREWALL or balancer_only(args.resource_type, args.props):
         return
     missing = {"tcp", "udp", "icmp"} - _egress(args.props.get("outboundRules") or [])
     if missing:

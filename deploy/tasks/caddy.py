@@ -35,7 +35,7 @@ from deploy.inventory import DeployInputError, NodeVars
 from deploy.tasks import certificates, web
 from deploy.tasks._lifecycle import lifecycle
 from deploy.tasks._ops import extract_once, fetch_verified, install_validated, put_rendered, service_current, unmask
-from infra.spec import CALL_PATH, RECORDINGS_PATH, TOKEN_PATH, Role, Scope
+from infra.spec import CALL_PATH, DRAIN_FLAG, RECORDINGS_PATH, TOKEN_PATH, Role, Scope
 
 USER = "caddy"
 HOME = "/var/lib/caddy"          # Debian's caddy user has this home; certificates.STORAGE lives under it
@@ -91,6 +91,40 @@ def proxy_protocol_sources(vs: NodeVars) -> list[str]:
     return [str(ipaddress.ip_network(a)) for a in dict.fromkeys(addrs)]
 
 
+def balancer_vars(vs: NodeVars) -> dict | None:
+    """The load balancer's side of Caddy (None: no balancer, or a node it does not target).
+
+    The balancer connects from the private network with a PROXY v2 header (the client's address)
+    to ports of their own, bound to the node's private address: port 80's twin (ACME HTTP-01 and
+    the redirect), without the SNI router also 443's, and the health check, which is 503 while the
+    drain flag exists and otherwise LiveKit's own answer (a 502 when LiveKit is down)."""
+    lb = vs.spec.balancer
+    if vs.balancer_address is None or lb is None:
+        return None
+    spec = vs.spec
+    http, health = spec.port("lb-http"), spec.port("lb-health")
+    https = spec.port("lb-https")
+    drain_dir, drain_file = DRAIN_FLAG.rsplit("/", 1)
+    # Without the SNI router the LiveKit site also takes the balancer's HTTPS; like its 443, on
+    # every address (the host firewall lets only the private network in).
+    https_port = None if spec.sni_split else https.start
+    listeners = [{"address": f"{vs.private_ip}:{http.start}", "tls": False}]
+    if https_port:
+        listeners.append({"address": f":{https_port}", "tls": True})
+    return {
+        "bind": vs.private_ip,
+        "listeners": listeners,
+        "http_port": http.start,
+        "https_port": https_port,
+        "health_port": health.start,
+        "health_path": lb.health.path,
+        "allow": [spec.config.private_network],
+        "drain_dir": drain_dir,
+        "drain_file": "/" + drain_file,
+        "timeout": PROXY_PROTOCOL_TIMEOUT,
+    }
+
+
 def caddy_vars(vs: NodeVars) -> dict:
     """Template variables of the Caddyfile (pure: used by the task and the tests)."""
     spec, cfg = vs.spec, vs.cfg
@@ -122,6 +156,7 @@ def caddy_vars(vs: NodeVars) -> dict:
         "livekit_tls": ({"cert": certificates.LIVEKIT_CERT, "key": certificates.LIVEKIT_KEY}
                         if vs.certificate_relay else None),
         "acme_relay": vs.certificate_relay,
+        "balancer": balancer_vars(vs),
         "env": spec.env,
     }
 
@@ -182,7 +217,8 @@ def _install_binary(vs: NodeVars):
 
 def caddy_lifecycle(vs: NodeVars):
     """Restart policy and boot order of caddy.service (waits for its internal HTTPS address)."""
-    return lifecycle("caddy.service", binds=(caddy_vars(vs)["https_bind"] or "",))
+    v = caddy_vars(vs)
+    return lifecycle("caddy.service", binds=(v["https_bind"] or "", v["balancer"]["bind"] if v["balancer"] else ""))
 
 
 @deploy("Install and configure Caddy")

@@ -53,6 +53,19 @@ PROXY_TIMEOUT = "10m"
 NOFILE = 65536
 
 
+def balancer_listen(vs: NodeVars) -> dict | None:
+    """The load balancer's HTTPS entry on this node (None: no balancer, or not one of its targets).
+
+    The balancer's connections start with a PROXY v2 header; nginx reads it (`listen ...
+    proxy_protocol`) and, with the stream realip module (in Debian's libnginx-mod-stream), takes
+    the client's address from it for `limit_conn` and for the PROXY v1 header sent on to Caddy,
+    but only from the private network (`set_real_ip_from`)."""
+    if vs.balancer_address is None:
+        return None
+    return {"listen": f"{vs.private_ip}:{vs.spec.port('lb-https').start}", "bind": vs.private_ip,
+            "trusted": vs.cfg.private_network}
+
+
 def edge_vars(vs: NodeVars, hard_limit: int | None = None) -> dict:
     """Template variables of the SNI router and its drop-in (pure: used by the task and the tests).
 
@@ -74,6 +87,7 @@ def edge_vars(vs: NodeVars, hard_limit: int | None = None) -> dict:
         "nofile": nofile,
         "worker_connections": nofile // 4,
         "dropin_name": DROPIN_NAME,
+        "balancer": balancer_listen(vs),
         "env": spec.env,
     }
 
@@ -88,7 +102,8 @@ def edge():
     files.directory(name=f"Create {DROPIN_DIR}", path=DROPIN_DIR, mode="755")
     limits = put_rendered(name=f"Render {DROPIN}", service="edge", template="nginx-limits.conf.j2", dest=DROPIN,
                           mode="644", variables=v)
-    lc = lifecycle("nginx.service")  # listens on every address: nothing to wait for
+    # 443 is on every address; the balancer's entry is on the private one, which may come late.
+    lc = lifecycle("nginx.service", binds=(v["balancer"]["bind"] if v["balancer"] else "",))
     dropin = put_dropin(lc)
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(limits, dropin))
     put_rendered(name=f"Render {STAGED}", service="edge", template="nginx.conf.j2", dest=STAGED, mode="644",

@@ -6,12 +6,16 @@ import pulumi_hcloud as hcloud
 
 from infra.cloud.components import NodeAddresses, ProgramArgs, ProviderComponent, cloud_name, dns_slug, dns_targets
 from infra.cloudinit import render_user_data
+from infra.spec import EnvSpec
 
 IMAGE = "debian-12"
 #: The network zone a location's servers can join (Hetzner networks are per zone).
 NETWORK_ZONES = {"nbg1": "eu-central", "fsn1": "eu-central", "hel1": "eu-central",
                  "ash": "us-east", "hil": "us-west", "sin": "ap-southeast"}
 DNS_TTL = 300
+#: The smallest Hetzner load balancer (25 services, 25 targets, 10,000 connections): enough for
+#: signalling, since media and TURN go to the nodes directly.
+LB_TYPE = "lb11"
 
 
 class HetznerStack(ProviderComponent):
@@ -72,13 +76,17 @@ class HetznerStack(ProviderComponent):
             self.nodes.append(NodeAddresses(node=node, public_ip=ip.ip_address, private_ip=node.private_ip,
                                             server_id=server.id))
 
+        self.load_balancer = None
+        if spec.balancer is not None:
+            self._balancer(name, spec, labels)
+
         self.zone = hcloud.Zone(f"{name}-zone", name=cfg.domain, mode="primary", ttl=3600, labels=labels,
                                 opts=self._child())
         self.rrsets = [
             hcloud.ZoneRrset(f"{name}-dns-{dns_slug(rel)}", zone=self.zone.name, name=rel, type=rec.type,
                              ttl=DNS_TTL, records=[hcloud.ZoneRrsetRecordArgs(value=ip) for ip in ips],
                              labels=labels, opts=self._child())
-            for rel, rec, ips in dns_targets(spec, self.nodes)]
+            for rel, rec, ips in dns_targets(spec, self.nodes, self.dns_overrides)]
 
         # Delegate the zone to these (docs/cloud.md).
         self.info.update({
@@ -86,3 +94,34 @@ class HetznerStack(ProviderComponent):
                 lambda ns: list(ns.assigneds or []) if ns else []),
         })
         self._finish()
+
+    def _balancer(self, name: str, spec: EnvSpec, labels: dict[str, str]) -> None:
+        """The spec's balancer: TCP services with PROXY v2 and HTTP health checks, the servers as
+        targets on their private addresses (the nodes' balancer ports listen only there)."""
+        lb = spec.balancer
+        assert lb is not None and self.network is not None
+        cfg = spec.config
+        self.load_balancer = hcloud.LoadBalancer(
+            f"{name}-lb", name=cloud_name(spec), load_balancer_type=LB_TYPE, location=cfg.region, labels=labels,
+            # Calls last long: the target with the fewest connections gets the next one.
+            algorithm=hcloud.LoadBalancerAlgorithmArgs(type="least_connections"), opts=self._child())
+        lb_id = self.load_balancer.id.apply(int)
+        attached = hcloud.LoadBalancerNetwork(
+            f"{name}-lb-network", load_balancer_id=lb_id, network_id=self.network.id.apply(int), ip=lb.private_ip,
+            opts=self._child(depends_on=[self.subnet] if self.subnet else []))
+        hc = lb.health
+        self.lb_services = [
+            hcloud.LoadBalancerService(
+                f"{name}-lb-{svc.name}", load_balancer_id=self.load_balancer.id, protocol="tcp",
+                listen_port=svc.listen_port, destination_port=svc.target_port, proxyprotocol=True,
+                health_check=hcloud.LoadBalancerServiceHealthCheckArgs(
+                    protocol="http", port=hc.port, interval=hc.interval_s, timeout=hc.timeout_s, retries=hc.retries,
+                    http=hcloud.LoadBalancerServiceHealthCheckHttpArgs(path=hc.path, status_codes=["200"])),
+                opts=self._child())
+            for svc in lb.services]
+        self.lb_targets = [
+            hcloud.LoadBalancerTarget(f"{name}-lb-target-{node}", load_balancer_id=lb_id, type="server",
+                                      server_id=self.servers[node].id.apply(int), use_private_ip=True,
+                                      opts=self._child(depends_on=[attached]))
+            for node in lb.targets]
+        self.dns_overrides[cfg.livekit_host] = [self.load_balancer.ipv4]

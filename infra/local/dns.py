@@ -1,6 +1,7 @@
 """The env's DNS: dnsmasq on the host's gateway address, authoritative for `<env>.test` only.
 
-It answers `spec.dns_records` (names -> nodes' public addresses) plus `acme.<domain>` (the
+It answers `spec.dns_records` (names -> nodes' public addresses, the LiveKit name of a cluster
+-> the load balancer's) plus `acme.<domain>` (the
 local ACME server); every other name gets no answer, since nothing is forwarded anywhere.
 Records live in a hosts file that dnsmasq re-reads on SIGHUP, so an `up` with other nodes
 updates them without a restart.
@@ -10,14 +11,16 @@ from __future__ import annotations
 import os
 import signal
 
-from infra.local import host
+from infra.local import balancer, host
 from infra.local.names import DNS_PORT, EnvNames
 from infra.spec import EnvSpec
 
 
 def records(names: EnvNames, spec: EnvSpec) -> dict[str, list[str]]:
     ip_of = {n.name: names.node_public_ip(n.index) for n in spec.nodes}
-    out = {r.name: [ip_of[n] for n in r.nodes] for r in spec.dns_records if r.type == "A"}
+    lb = balancer.public_ip(names) if spec.balancer is not None else None
+    out = {name: ips for name, ips in spec.dns_addresses(ip_of, lb).items()
+           if next(r for r in spec.dns_records if r.name == name).type == "A"}
     out[f"acme.{spec.config.domain}"] = [names.gateway]
     return out
 

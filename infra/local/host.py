@@ -27,6 +27,7 @@ TOOLS = {
     "pebble": "pebble",
     "apt-cacher-ng": "apt-cacher-ng",
     "dnsmasq": "dnsmasq-base",
+    "haproxy": "haproxy",
     "go": "golang (or a Go toolchain in PATH / /usr/local/go/bin)",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",

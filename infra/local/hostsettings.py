@@ -25,7 +25,7 @@ from infra.local.names import RUN, STATE, EnvNameError, EnvNames
 HOST_DIR_NAME = ".host"   # under /run/voicestack: the record and the lock (not an env name)
 PROC_SYS = Path("/proc/sys")
 FORWARD_KEY = "net.ipv4.ip_forward"
-PACKAGED_DAEMONS = ("coturn.service", "apt-cacher-ng.service")
+PACKAGED_DAEMONS = ("coturn.service", "apt-cacher-ng.service", "haproxy.service")
 #: `systemctl is-enabled` answers that mean the unit starts at boot (or with what wants it).
 STARTS_AT_BOOT = frozenset({"enabled", "enabled-runtime", "alias", "indirect", "linked", "linked-runtime"})
 

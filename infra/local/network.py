@@ -232,6 +232,18 @@ def ensure_machine_links(names: EnvNames, spec: EnvSpec, index: int) -> str:
     return ns
 
 
+def ensure_namespace_on(ns: str, host_end: str, bridge: str, inner: str, cidr: str, gateway: str | None = None) -> None:
+    """`ns` with `inner` on `bridge`, holding exactly `cidr` (a cloud appliance such as the load
+    balancer, infra/local/balancer.py); `gateway`: its default route."""
+    _ensure_netns(ns)
+    _ensure_veth(host_end, ns, inner)
+    _ip("link", "set", host_end, "master", bridge)
+    _sysctl(f"net.ipv6.conf.{host_end}.disable_ipv6", "1")
+    _set_only_addr(cidr, inner, ns)
+    if gateway:
+        _ip("-n", ns, "route", "replace", "default", "via", gateway)
+
+
 def remove_machine(names: EnvNames, node_name: str, spec: EnvSpec) -> None:
     """The namespace and links of a machine that left the spec (its index is unknown now)."""
     ns = names.node_netns(node_name)

@@ -19,6 +19,7 @@ from infra.local import (
     aptproxy,
     artifacts,
     background,
+    balancer,
     dns,
     down,
     firewall,
@@ -65,7 +66,7 @@ class Context:
 def check_host(ctx: Context) -> str:
     host.require_root()
     host.require_tools(["systemd-nspawn", "debootstrap", "nft", "ip", "pebble", "apt-cacher-ng", "dnsmasq",
-                        "ssh", "ssh-keygen"])
+                        "ssh", "ssh-keygen"] + (["haproxy"] if ctx.spec.balancer is not None else []))
     network.check_collisions(ctx.names, ctx.spec)
     hostsettings.ensure_private_state(ctx.names)
     disabled = hostsettings.disable_packaged_daemons()
@@ -94,6 +95,12 @@ def cloud_firewall(ctx: Context) -> str:
     extra = "".join([", 1:1 NAT" if network.uses_nat(ctx.spec) else "",
                      ", UDP from the internet dropped (blockUdp)" if ctx.spec.udp_blocked else ""])
     return f"table inet {ctx.names.nft_table}: {len(ctx.spec.cloud_firewall)} allow rules, default deny{extra}"
+
+
+def load_balancer(ctx: Context) -> str:
+    if ctx.spec.balancer is None:
+        return "none: one node, DNS points at it"
+    return balancer.ensure(ctx.names, ctx.spec, ctx.log_dir / "haproxy.log")
 
 
 def dns_server(ctx: Context) -> str:
@@ -210,6 +217,7 @@ STEPS: list[tuple[str, Callable[[Context], str]]] = [
     ("base image", base_image),
     ("networks", networks),
     ("cloud firewall", cloud_firewall),
+    ("load balancer", load_balancer),
     ("dns", dns_server),
     ("acme", acme_ca),
     ("apt proxy", apt_proxy),
@@ -237,14 +245,16 @@ def make_outputs(ctx: Context) -> outputs.Outputs:
                               netns={n.name: names.node_netns(n.name) for n in ctx.spec.nodes},
                               condition_netns=network.condition_namespaces(names),
                               interface_network=str(names.interface_net) if network.uses_nat(ctx.spec) else None)
-    # What dnsmasq answers (infra/local/dns.py): every spec record at its nodes' public addresses.
+    # What dnsmasq answers (infra/local/dns.py): every spec record at its nodes' public addresses
+    # (a balanced one at the balancer's).
     published = {name: ips for name, ips in dns.records(names, ctx.spec).items()
                  if name in {r.name for r in ctx.spec.dns_records}}
     return outputs.assemble(ctx.spec, nodes, api_secret=ctx.secrets.api_secret, turn_secret=ctx.secrets.turn_secret,
                             token_key=ctx.secrets.token_key, call_password=ctx.secrets.call_password,
                             dns=published, deploy=deploy,
                             ca_bundle=str(ctx.ca_bundle) if ctx.ca_bundle else None,
-                            dns_server=ctx.dns_server or None, client_netns=names.client_netns, local=local)
+                            dns_server=ctx.dns_server or None, client_netns=names.client_netns, local=local,
+                            balancer_ip=balancer.public_ip(names) if ctx.spec.balancer is not None else None)
 
 
 def up(spec: specmod.EnvSpec, progress: steps.Progress | None = None, retain: bool = False) -> Context:

@@ -63,6 +63,11 @@ class CloudMocks(pulumi.runtime.Mocks):
             # The server answers on the primary IP it was created with.
             state["ipv4Address"] = self.by_id[str(int(args.inputs["publicNets"][0]["ipv4"]))]["ipAddress"]
             state["status"] = "running"
+        elif typ == "hcloud:index/loadBalancer:LoadBalancer":
+            state["ipv4"] = f"203.0.113.{200 + n % 50}"
+        elif typ == "digitalocean:index/loadBalancer:LoadBalancer":
+            state["ip"] = f"198.51.100.{200 + n % 50}"
+            state["loadBalancerUrn"] = f"do:loadbalancer:{rid}"
         elif typ == "hcloud:index/zone:Zone":
             state["authoritativeNameservers"] = {"assigneds": ["hydrogen.ns.hetzner.com", "oxygen.ns.hetzner.com"]}
         elif typ == "digitalocean:index/droplet:Droplet":
@@ -165,8 +170,11 @@ def expected_rules(spec: EnvSpec) -> list[tuple]:
     return [r.key for r in spec.cloud_firewall]
 
 
-def expected_dns(spec: EnvSpec, ip_of: Mapping[str, str]) -> dict[tuple[str, str], list[str]]:
-    return {(rel, rec.type): sorted(ip_of[n] for n in rec.nodes) for rel, rec in spec.dns_zone_records()}
+def expected_dns(spec: EnvSpec, ip_of: Mapping[str, str], balancer_ip: str | None = None,
+                 ) -> dict[tuple[str, str], list[str]]:
+    """Each zone record's addresses: its nodes', a balanced record's the balancer's one."""
+    return {(rel, rec.type): [balancer_ip] if rec.balancer else sorted(ip_of[n] for n in rec.nodes)
+            for rel, rec in spec.dns_zone_records()}
 
 
 def assert_same_dns(expected: Mapping[tuple[str, str], list[str]], actual: Mapping[tuple[str, str], list[str]]) -> None:

@@ -18,6 +18,8 @@ CALL_PASSWORD = "p" * 24
 ART = {"livekit": {"version": "1.13.5", "url": "http://198.18.0.1/livekit.tar.gz", "sha256": "ab" * 32},
        "caddy": {"version": "2.11.4", "url": "http://198.18.0.1/caddy.tar.gz", "sha512": "cd" * 64}}
 ACME = "https://198.18.0.1:14000/dir"
+#: The load balancer's public address, for specs that have one (clusters).
+BALANCER = "203.0.113.5"
 
 
 def spec_of(nodes: int = 1, env: str = "t", **changes: Any) -> EnvSpec:
@@ -37,7 +39,7 @@ def outputs_for(spec: EnvSpec, *, token_key: str = TOKEN_KEY, call_password: str
     inputs = outputs.DeployInputs(**{"acme_directory": ACME, "artifacts": ART, **deploy})
     return outputs.assemble(spec, nodes, api_secret=SECRET, turn_secret=TURN_SECRET, token_key=token_key or "x",
                             call_password=call_password or "x",
-                            deploy=inputs)
+                            deploy=inputs, balancer_ip=BALANCER if spec.balancer else None)
 
 
 # ---- one node's deploy variables, and the agent task's files rendered from them ----------------

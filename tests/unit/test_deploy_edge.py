@@ -19,7 +19,7 @@ import pytest
 from deploy.inventory import DeployInputError, node_vars
 from deploy.render import render
 from deploy.tasks import caddy, edge, web
-from infra.spec import CALL_PATH
+from infra.spec import CALL_PATH, DRAIN_FLAG
 from tests.unit.support import CALL_PASSWORD, PUBLIC, TOKEN_KEY, outputs_for, spec_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -259,7 +259,8 @@ def test_the_pinned_caddy_has_the_proxy_protocol_listener_wrapper(caddy_bin: str
 
 
 VARIANTS = {"sni-split-private": {}, "sni-split-public": {"callPublic": True}, "own-443": {"turnTlsPort": 5349},
-            "recording": {"recording": "rooms"}}
+            "recording": {"recording": "rooms"}, "cluster": {"nodes": 3},
+            "cluster-own-443": {"nodes": 3, "turnTlsPort": 5349}}
 
 
 @pytest.mark.parametrize("changes", list(VARIANTS.values()), ids=list(VARIANTS))
@@ -286,6 +287,57 @@ def test_caddy_validates_the_rendered_caddyfile(caddy_bin: str, tmp_path: Path, 
     # /call redirects to /call/ (a redir whose target Caddy took for a matcher would not).
     site = json.dumps(https["routes"])
     assert '"Location": ["/call/"]' in site and '"status_code": 308' in site, site[:2000]
+    if spec.balancer is not None:
+        # The balancer's ports: PROXY v2 from the private network only, TLS only where it is HTTPS.
+        lb = caddy.balancer_vars(vs)
+        for listener in lb["listeners"]:
+            server = next(s for s in servers.values() if listener["address"] in s["listen"])
+            wrappers = server["listener_wrappers"]
+            assert [w["wrapper"] for w in wrappers] == (["proxy_protocol", "tls"] if listener["tls"]
+                                                        else ["proxy_protocol"])
+            assert wrappers[0]["allow"] == [spec.config.private_network]
+            assert wrappers[0]["fallback_policy"].lower() == "reject"
+        health = next(s for s in servers.values() if f"{vs.private_ip}:{spec.balancer.health.port}" in s["listen"])
+        assert "listener_wrappers" not in health, "the health check must answer a plain HTTP GET"
+
+
+# ---- the load balancer's side ------------------------------------------------------------------
+
+def test_a_single_node_has_no_balancer_ports() -> None:
+    _spec, vs = node()
+    assert caddy.balancer_vars(vs) is None and edge.balancer_listen(vs) is None
+    conf = nginx_conf()
+    assert "set_real_ip_from" not in conf and len(re.findall(r"listen [^;]* proxy_protocol;", conf)) == 1  # the TURN hop
+
+
+def test_caddy_answers_the_health_check_on_the_private_address_and_fails_it_while_draining() -> None:
+    spec, vs = node(3, "node-2")
+    text = caddyfile(3, "node-2")
+    health = block(text, f"http://:{spec.balancer.health.port} {{")
+    assert f"bind {vs.private_ip}" in health
+    drain_dir, drain_file = DRAIN_FLAG.rsplit("/", 1)
+    assert f"root {drain_dir}" in health and f"try_files /{drain_file}" in health
+    assert 'respond "draining" 503' in block(health, "handle @draining {")
+    # Otherwise LiveKit's own answer: a LiveKit that is down (502) takes the node out too.
+    assert f"reverse_proxy {caddy.caddy_vars(vs)['livekit_upstream']}" in block(
+        health, f"handle {spec.balancer.health.path} {{")
+    http = block(text, f"http://{spec.config.livekit_host}:{spec.port('lb-http').start} {{")
+    assert f"bind {vs.private_ip}" in http and "redir https://{host}{uri} 308" in http
+    # node-2 is not the certificate node: validations through the balancer go on to it.
+    assert f"reverse_proxy {vs.certificate_relay}" in http
+    assert vs.private_ip in caddy.caddy_lifecycle(vs).wait_addresses
+
+
+def test_nginx_takes_the_balancers_proxy_header_from_the_private_network_only() -> None:
+    spec, vs = node(3, "node-3")
+    conf = render("edge", "nginx.conf.j2", edge.edge_vars(vs))
+    servers = [block(conf, m.group(0), m.start()) for m in re.finditer(r"\tserver \{", conf)]
+    lb = next(s for s in servers if f"listen {vs.private_ip}:{spec.port('lb-https').start} proxy_protocol;" in s)
+    assert f"set_real_ip_from {spec.config.private_network};" in lb
+    # The same route as 443: per-client limits, SNI to Caddy or coturn, PROXY v1 on to Caddy.
+    assert "limit_conn voicestack_per_address" in lb and "ssl_preread on;" in lb and "proxy_protocol on;" in lb
+    assert "proxy_pass $voicestack_upstream;" in lb
+    assert "set_real_ip_from" not in servers[0], "direct clients on 443 send no PROXY header to believe"
 
 
 # ---- make up's summary -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from infra.cloudinit import etc_hosts, render_user_data
-from infra.local import aptproxy, artifacts, dns, firewall, wheelhouse
+from infra.local import aptproxy, artifacts, balancer, dns, firewall, host, wheelhouse
 from infra.local.names import EnvNameError, EnvNames
 from infra.spec import WORLD, FirewallRule
 from tests.conftest import require
@@ -62,8 +62,11 @@ def test_cloud_firewall_splits_sources_by_family_and_sanitises_comments() -> Non
 def test_dns_records_map_every_name_to_node_addresses_and_the_acme_server() -> None:
     names, spec = EnvNames("unit"), spec_of(3, env="unit")
     got = dns.records(names, spec)
-    assert got[spec.config.livekit_host] == [names.node_public_ip(i) for i in range(3)]
+    # A cluster's LiveKit name is the load balancer's (infra/local/balancer.py); TURN stays direct.
+    assert got[spec.config.livekit_host] == [balancer.public_ip(names)]
     assert got[spec.config.turn_host] == [names.node_public_ip(0)]
+    assert got[f"node-3.{spec.config.domain}"] == [names.node_public_ip(2)]
+    assert dns.records(names, spec_of(1, env="unit"))[spec.config.livekit_host] == [names.node_public_ip(0)]
     assert got[f"acme.{spec.config.domain}"] == [names.gateway]
 
 
@@ -178,3 +181,33 @@ def test_client_network_conditions_filter_both_directions() -> None:
         assert "udp dport != 53 drop" in out and "udp sport != 53 drop" in into
     out, into = netcond.RULES["tcp443-only"]
     assert "tcp dport != 443 drop" in out and "tcp sport != 443 drop" in into
+
+
+def test_the_balancer_forwards_each_service_to_every_target_with_proxy_v2_and_health_checks() -> None:
+    names, spec = EnvNames("unit"), spec_of(3, env="unit")
+    text = balancer.render(names, spec)
+    lb = spec.balancer
+    for svc in lb.services:
+        front = text[text.index(f"frontend {svc.name}\n"):text.index(f"backend {svc.name}\n")]
+        assert f"bind {balancer.public_ip(names)}:{svc.listen_port}" in front
+        back = text[text.index(f"backend {svc.name}\n"):].split("\n\n")[0]
+        assert f"http-check send meth GET uri {lb.health.path}" in back and "http-check expect status 200" in back
+        assert (f"default-server check port {lb.health.port} inter {lb.health.interval_s}s fall {lb.health.retries} "
+                f"rise {lb.health.retries} send-proxy-v2") in back
+        servers = [line.split()[1:] for line in back.splitlines() if line.strip().startswith("server ")]
+        assert servers == [[n, f"{spec.node(n).private_ip}:{svc.target_port}"] for n in lb.targets]
+    assert "mode tcp" in text and f"timeout check {lb.health.timeout_s}s" in text
+
+
+def test_haproxy_accepts_the_balancer_config(tmp_path: Path) -> None:
+    names, spec = EnvNames("unit"), spec_of(3, env="unit")
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(balancer.render(names, spec))
+    require("haproxy")
+    proc = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_single_node_env_has_no_balancer_to_render() -> None:
+    with pytest.raises(host.LocalEnvError, match="no load balancer"):
+        balancer.render(EnvNames("unit"), spec_of(1, env="unit"))

@@ -10,7 +10,7 @@ import pytest
 import infra.outputs
 from infra import outputs
 from infra import spec as specmod
-from tests.unit.support import outputs_for, spec_of
+from tests.unit.support import BALANCER, outputs_for, spec_of
 
 
 @pytest.fixture
@@ -97,14 +97,20 @@ def test_a_node_that_contradicts_its_model_is_refused() -> None:
 def test_published_dns_defaults_to_the_nodes_and_must_cover_every_record() -> None:
     spec = spec_of(3, env="unit")
     out = outputs_for(spec)
-    assert out.dns[spec.config.livekit_host] == [n.public_ip for n in out.nodes]
+    # A cluster's LiveKit name is its load balancer's; every other name points at its nodes.
+    assert out.dns[spec.config.livekit_host] == [BALANCER] == [out.balancer_ip]
     assert out.dns[spec.config.turn_host] == [out.nodes[0].public_ip]
-    reserved = {**out.dns, spec.config.livekit_host: ["192.0.2.1", "192.0.2.2", "192.0.2.3"]}
+    assert out.dns[f"node-2.{spec.config.domain}"] == [out.node("node-2").public_ip]
+    other = {**out.dns, spec.config.livekit_host: ["192.0.2.1"]}
     assert outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c", call_password="p" * 16,
-                            dns=reserved).dns == reserved  # a provider may publish other addresses
+                            dns=other).dns == other  # a provider may publish another address
     with pytest.raises(outputs.OutputsError, match="published DNS names"):
         outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c", call_password="p" * 16,
                          dns={k: v for k, v in out.dns.items() if k != spec.config.turn_host})
     with pytest.raises(outputs.OutputsError, match="another number of addresses"):
         outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c", call_password="p" * 16,
-                         dns={**out.dns, spec.config.livekit_host: ["192.0.2.1"]})
+                         dns={**out.dns, spec.config.livekit_host: [n.public_ip for n in out.nodes]})
+    with pytest.raises(outputs.OutputsError, match="load balancer"):
+        outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c", call_password="p" * 16)
+    one = outputs_for(spec_of(1, env="unit"))
+    assert one.balancer_ip is None and one.dns[one.livekit_domain] == [one.nodes[0].public_ip]

@@ -89,6 +89,18 @@ def test_other_resources_are_not_judged():
 def test_the_programs_firewalls_pass_every_policy(config):
     run = run_stack({"domain": "example.com", "adminCidrs": [ADMIN], "sshPublicKey": SSH_KEY, **config})
     firewalls = run.of(vp.HCLOUD_FIREWALL) + run.of(vp.DO_FIREWALL)
-    assert len(firewalls) == 1
-    for policy in vp.POLICIES:
-        assert violations(policy, firewalls[0].typ, firewalls[0].inputs) == [], policy.name
+    main = [f for f in firewalls if not vp.balancer_only(f.typ, f.inputs)]
+    assert len(main) == 1
+    # A DigitalOcean cluster adds its load balancer's firewall, which the policies pass too.
+    assert len(firewalls) == 1 + (config["provider"] == "digitalocean" and config.get("nodeCount", 1) > 1)
+    for fw in firewalls:
+        for policy in vp.POLICIES:
+            assert violations(policy, fw.typ, fw.inputs) == [], policy.name
+
+
+def test_a_balancer_firewall_with_a_rule_from_addresses_is_judged_like_any_firewall():
+    lb_rule = {"protocol": "tcp", "portRange": "8843", "sourceLoadBalancerUids": ["lb-1"]}
+    assert vp.balancer_only(vp.DO_FIREWALL, {"inboundRules": [lb_rule]})
+    world = {"protocol": "tcp", "portRange": "6379", "sourceAddresses": list(WORLD)}
+    assert not vp.balancer_only(vp.DO_FIREWALL, {"inboundRules": [lb_rule, world]})
+    assert violations(vp.ice_udp_open, vp.DO_FIREWALL, {"inboundRules": [lb_rule, world]})

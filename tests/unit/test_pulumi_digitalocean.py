@@ -28,16 +28,26 @@ def shape(request):
     return spec_for(config), run_stack(config)
 
 
+LB = "digitalocean:index/loadBalancer:LoadBalancer"
+
+
+def main_firewall(run):
+    """The environment's firewall (a cluster also has its load balancer's, named <env>-lb)."""
+    found = [f for f in run.of(FIREWALL) if not f.inputs["name"].endswith("-lb")]
+    assert len(found) == 1, [f.inputs["name"] for f in run.of(FIREWALL)]
+    return found[0]
+
+
 def inbound(run) -> list[tuple]:
     """Rules open to addresses (the internet, the admin CIDRs)."""
     return [(r["protocol"], r["portRange"], tuple(r["sourceAddresses"]))
-            for r in run.one(FIREWALL).inputs["inboundRules"] if r.get("sourceAddresses")]
+            for r in main_firewall(run).inputs["inboundRules"] if r.get("sourceAddresses")]
 
 
 def node_to_node(run) -> list[tuple]:
     """Rules open only to droplets by tag: (protocol, port range, tags)."""
     return [(r["protocol"], r["portRange"], tuple(r["sourceTags"]))
-            for r in run.one(FIREWALL).inputs["inboundRules"] if not r.get("sourceAddresses")]
+            for r in main_firewall(run).inputs["inboundRules"] if not r.get("sourceAddresses")]
 
 
 def droplet_ips(run) -> dict[str, str]:
@@ -91,35 +101,96 @@ def test_cluster_nodes_reach_redis_the_relay_range_and_livekit_media_of_each_oth
 def test_outbound_allows_all_egress_because_digitalocean_denies_it_otherwise(shape):
     _, run = shape
     outbound = {(r["protocol"], r.get("portRange"), tuple(r["destinationAddresses"]))
-                for r in run.one(FIREWALL).inputs["outboundRules"]}
+                for r in main_firewall(run).inputs["outboundRules"]}
     assert outbound == {("tcp", "1-65535", WORLD), ("udp", "1-65535", WORLD), ("icmp", None, WORLD)}
 
 
 def test_firewall_covers_every_droplet_by_tag_from_creation(shape):
     spec, run = shape
     tag = run.one("digitalocean:index/tag:Tag").inputs["name"]
-    assert run.one(FIREWALL).inputs["tags"] == [tag]
+    assert main_firewall(run).inputs["tags"] == [tag]
     droplets = run.of(DROPLET)
     assert len(droplets) == len(spec.nodes) and all(d.inputs["tags"] == [tag] for d in droplets)
 
 
-def test_the_livekit_name_points_at_the_reserved_ips_every_other_name_at_the_droplets(shape):
+def balancer_ip(run) -> str | None:
+    found = run.of(LB)
+    return found[0].state["ip"] if found else None
+
+
+def test_the_livekit_name_points_at_the_reserved_ip_or_the_balancer_every_other_name_at_the_droplets(shape):
     spec, run = shape
     domain = run.one("digitalocean:index/domain:Domain")
     assert domain.inputs["name"] == "example.org"
     assert {r.inputs["domain"] for r in run.of(RECORD)} == {domain.id}
-    expected = harness.expected_dns(spec, droplet_ips(run))
+    expected = harness.expected_dns(spec, droplet_ips(run), balancer_ip(run))
     livekit = spec.config.livekit_host.removesuffix(".example.org")
-    expected[(livekit, "A")] = sorted(reserved_ips(run))
+    if spec.balancer is None:
+        expected[(livekit, "A")] = sorted(reserved_ips(run))
     harness.assert_same_dns(expected, records(run))
     # The outputs say what was published, for the verify suite's DNS check.
     livekit_nodes = next(r.nodes for r in spec.dns_records if r.name == spec.config.livekit_host)
-    assert run.outputs["dns"][spec.config.livekit_host] == [reserved_ip_of(spec, run)[n] for n in livekit_nodes]
+    assert run.outputs["dns"][spec.config.livekit_host] == (
+        [balancer_ip(run)] if spec.balancer else [reserved_ip_of(spec, run)[n] for n in livekit_nodes])
     assert run.outputs["dns"][spec.config.turn_host] == [droplet_ips(run)["node-1"]]
 
 
-def test_each_droplet_gets_a_reserved_ip(shape):
-    spec, run = shape
+def test_a_cluster_needs_no_reserved_ips_behind_its_balancer():
+    run = run_stack(CLUSTER)
+    assert not run.of(RESERVED) and not run.of("digitalocean:index/reservedIpAssignment:ReservedIpAssignment")
+
+
+def test_a_single_droplet_has_no_load_balancer():
+    run = run_stack(SINGLE)
+    assert not run.of(LB) and len(run.of(FIREWALL)) == 1
+
+
+def check_balancer(spec, run) -> None:
+    lb = run.one(LB)
+    vpc = run.one("digitalocean:index/vpc:Vpc")
+    assert lb.inputs["region"] == spec.config.region and lb.inputs["vpcUuid"] == vpc.id
+    ids = {d.inputs["name"].removeprefix(f"{harness.STACK}-"): int(d.id) for d in run.of(DROPLET)}
+    assert_same([ids[n] for n in spec.balancer.targets], [int(i) for i in lb.inputs["dropletIds"]], "targets")
+    assert_same([("tcp", s.listen_port, "tcp", s.target_port) for s in spec.balancer.services],
+                [(r["entryProtocol"], r["entryPort"], r["targetProtocol"], r["targetPort"])
+                 for r in lb.inputs["forwardingRules"]], "forwarding rules")
+    assert lb.inputs["enableProxyProtocol"] is True, "the nodes' balancer ports expect a PROXY header"
+    hc = spec.balancer.health
+    assert lb.inputs.get("healthcheck") == {
+        "protocol": "http", "port": hc.port, "path": hc.path, "checkIntervalSeconds": hc.interval_s,
+        "responseTimeoutSeconds": hc.timeout_s, "unhealthyThreshold": hc.retries, "healthyThreshold": hc.retries}
+    # DigitalOcean's documented bounds: interval and timeout 3-300 s, thresholds 2-10.
+    assert 3 <= hc.interval_s <= 300 and 3 <= hc.timeout_s <= 300 and 2 <= hc.retries <= 10
+    # Only this balancer reaches the droplets' balancer ports and the health check.
+    lb_fw = next(f for f in run.of(FIREWALL) if f.inputs["name"].endswith("-lb"))
+    assert lb_fw.inputs["tags"] == main_firewall(run).inputs["tags"]
+    want = sorted({str(s.target_port) for s in spec.balancer.services} | {str(hc.port)})
+    assert sorted(r["portRange"] for r in lb_fw.inputs["inboundRules"]) == want
+    assert all(r["sourceLoadBalancerUids"] == [lb.id] and r["protocol"] == "tcp"
+               for r in lb_fw.inputs["inboundRules"])
+
+
+def test_a_cluster_has_a_health_checked_load_balancer_in_its_vpc():
+    check_balancer(spec_for(CLUSTER), run_stack(CLUSTER))
+
+
+def test_a_load_balancer_without_its_health_check_fails_the_check(monkeypatch):
+    """The check above is strict: the same program with no health check fails it."""
+    from infra.cloud import digitalocean
+
+    real = digitalocean.do.LoadBalancer
+
+    def unchecked(resource_name, **kwargs):
+        kwargs.pop("healthcheck")
+        return real(resource_name, **kwargs)
+
+    monkeypatch.setattr(digitalocean.do, "LoadBalancer", unchecked)
+    with pytest.raises(AssertionError):
+        check_balancer(spec_for(CLUSTER), run_stack(CLUSTER))
+
+
+def test_a_single_droplet_gets_a_reserved_ip():
+    run = run_stack(SINGLE)
     droplet_ids = {int(d.id) for d in run.of(DROPLET)}
     assignments = run.of("digitalocean:index/reservedIpAssignment:ReservedIpAssignment")
     assert {int(a.inputs["dropletId"]) for a in assignments} == droplet_ids
@@ -134,11 +205,12 @@ def test_droplets_are_debian_12_in_the_configured_region(shape):
         assert d.inputs["sshKeys"] == [run.one("digitalocean:index/sshKey:SshKey").state["fingerprint"]]
 
 
-def test_project_holds_droplets_reserved_ips_and_domain(shape):
+def test_project_holds_droplets_reserved_ips_the_balancer_and_domain(shape):
     _, run = shape
     held = set(run.one("digitalocean:index/project:Project").inputs["resources"])
     assert held == {d.state["dropletUrn"] for d in run.of(DROPLET)} | \
-        {r.state["reservedIpUrn"] for r in run.of(RESERVED)} | {"do:domain:example.org"}
+        {r.state["reservedIpUrn"] for r in run.of(RESERVED)} | {r.state["loadBalancerUrn"] for r in run.of(LB)} | \
+        {"do:domain:example.org"}
 
 
 def test_cluster_droplets_share_a_vpc_on_the_private_network():
@@ -219,7 +291,7 @@ def test_rule_comparison_fails_when_any_rule_is_missing(what, index):
 @pytest.mark.parametrize("index", range(len(spec_for(CLUSTER).dns_records)))
 def test_dns_comparison_fails_when_any_record_is_missing(index):
     spec, run = spec_for(CLUSTER), run_stack(CLUSTER)
-    expected = harness.expected_dns(spec, run.ip_of())
+    expected = harness.expected_dns(spec, run.ip_of(), balancer_ip(run))
     del expected[list(expected)[index]]
     with pytest.raises(AssertionError, match="unexpected"):
         harness.assert_same_dns(expected, records(run))

@@ -20,6 +20,8 @@ from .pulumi_harness import ADMIN, SSH_KEY, assert_same, expected_rules, run_sta
 
 FIREWALL, SERVER = "hcloud:index/firewall:Firewall", "hcloud:index/server:Server"
 RRSET, PRIMARY_IP = "hcloud:index/zoneRrset:ZoneRrset", "hcloud:index/primaryIp:PrimaryIp"
+LB, LB_NETWORK = "hcloud:index/loadBalancer:LoadBalancer", "hcloud:index/loadBalancerNetwork:LoadBalancerNetwork"
+LB_SERVICE, LB_TARGET = "hcloud:index/loadBalancerService:LoadBalancerService", "hcloud:index/loadBalancerTarget:LoadBalancerTarget"
 
 SINGLE = {"provider": "hetzner", "domain": "example.com", "adminCidrs": [ADMIN], "sshPublicKey": SSH_KEY}
 CLUSTER = {**SINGLE, "nodeCount": 3, "region": "fsn1", "serverType": "cpx31", "privateNetwork": "10.9.0.0/24"}
@@ -57,10 +59,69 @@ def test_every_server_has_the_firewall_attached_at_creation(shape):
     assert all(s.inputs["firewallIds"] == [firewall_id] for s in servers)
 
 
+def balancer_ip(run) -> str | None:
+    found = run.of(LB)
+    return found[0].state["ipv4"] if found else None
+
+
 def test_dns_records_point_at_the_right_nodes(shape):
     config, spec, run = shape
     assert {r.inputs["zone"] for r in run.of(RRSET)} == {config["domain"]}
-    harness.assert_same_dns(harness.expected_dns(spec, run.ip_of()), actual_dns(run))
+    harness.assert_same_dns(harness.expected_dns(spec, run.ip_of(), balancer_ip(run)), actual_dns(run))
+
+
+def test_a_single_server_has_no_load_balancer():
+    run = run_stack(SINGLE)
+    assert not run.of(LB) and not run.of(LB_SERVICE) and not run.of(LB_TARGET)
+
+
+def health_check_of(spec) -> dict:
+    """What Hetzner's health check must be, derived from the spec's (camelCase, as the provider takes it)."""
+    hc = spec.balancer.health
+    return {"protocol": "http", "port": hc.port, "interval": hc.interval_s, "timeout": hc.timeout_s,
+            "retries": hc.retries, "http": {"path": hc.path, "statusCodes": ["200"]}}
+
+
+def check_balancer(spec, run) -> None:
+    lb = run.one(LB)
+    assert lb.inputs["loadBalancerType"] == "lb11" and lb.inputs["location"] == spec.config.region
+    attached = run.one(LB_NETWORK)
+    assert int(attached.inputs["loadBalancerId"]) == int(lb.id)
+    assert int(attached.inputs["networkId"]) == int(run.one("hcloud:index/network:Network").id)
+    assert attached.inputs["ip"] == spec.balancer.private_ip
+    services = run.of(LB_SERVICE)
+    assert_same([(s.listen_port, s.target_port) for s in spec.balancer.services],
+                [(s.inputs["listenPort"], s.inputs["destinationPort"]) for s in services], "balancer services")
+    for svc in services:
+        assert svc.inputs["loadBalancerId"] == lb.id and svc.inputs["protocol"] == "tcp"
+        assert svc.inputs["proxyprotocol"] is True, "the nodes' balancer ports expect a PROXY v2 header"
+        assert svc.inputs.get("healthCheck") == health_check_of(spec), svc.inputs.get("healthCheck")
+    server_ids = {s.inputs["name"].rsplit("-", 2)[-2] + "-" + s.inputs["name"].rsplit("-", 1)[-1]: int(s.id)
+                  for s in run.of(SERVER)}
+    targets = run.of(LB_TARGET)
+    assert_same([server_ids[n] for n in spec.balancer.targets], [int(t.inputs["serverId"]) for t in targets],
+                "balancer targets")
+    assert all(t.inputs["type"] == "server" and t.inputs["usePrivateIp"] is True
+               and int(t.inputs["loadBalancerId"]) == int(lb.id) for t in targets)
+
+
+def test_a_cluster_has_a_health_checked_load_balancer_on_the_private_network():
+    check_balancer(spec_for(CLUSTER), run_stack(CLUSTER))
+
+
+def test_a_load_balancer_without_its_health_check_fails_the_check(monkeypatch):
+    """The check above is strict: the same program with no health check on its services fails it."""
+    from infra.cloud import hetzner
+
+    real = hetzner.hcloud.LoadBalancerService
+
+    def unchecked(resource_name, **kwargs):
+        kwargs.pop("health_check")
+        return real(resource_name, **kwargs)
+
+    monkeypatch.setattr(hetzner.hcloud, "LoadBalancerService", unchecked)
+    with pytest.raises(AssertionError, match="healthCheck|None"):
+        check_balancer(spec_for(CLUSTER), run_stack(CLUSTER))
 
 
 def test_servers_keep_primary_ips_that_outlive_them(shape):
@@ -167,7 +228,8 @@ def test_stack_outputs_assemble_into_the_outputs_contract(shape):
     assert run.outputs["info"]["dns_nameservers"] == ["hydrogen.ns.hetzner.com", "oxygen.ns.hetzner.com"]
     # Primary IPs sit on the servers' interfaces: the direct model, and DNS publishes exactly them.
     assert all(n.network == "direct" and n.interface_ip == n.public_ip for n in out.nodes)
-    assert out.dns == spec.dns_addresses(run.ip_of())
+    assert out.dns == spec.dns_addresses(run.ip_of(), balancer_ip(run))
+    assert out.balancer_ip == balancer_ip(run)
 
 
 def test_no_deploy_runs_inside_pulumi_up_by_default(shape):

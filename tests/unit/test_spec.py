@@ -1,6 +1,7 @@
 """The spec derives ports, both firewalls and DNS from one config; a port change flows everywhere."""
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import pytest
@@ -123,6 +124,38 @@ def test_dns_records_cover_names_and_nodes() -> None:
     assert names["turn.example.com"] == ("node-1",)
     assert names["node-2.example.com"] == ("node-2",)
     assert three.dns_records[0].relative_to("example.com") == "livekit"
+
+
+def test_a_cloud_cluster_puts_the_livekit_name_behind_a_health_checked_balancer() -> None:
+    assert spec_of().balancer is None
+    three = spec_of(nodeCount=3)
+    lb = three.balancer
+    assert lb is not None and lb.targets == ("node-1", "node-2", "node-3")
+    # TCP passthrough of 443 and 80 to the nodes' PROXY-reading ports, health-checked on its own port.
+    assert {(s.listen_port, s.target_port) for s in lb.services} == {
+        (three.port("https").start, three.port("lb-https").start), (three.port("http").start, three.port("lb-http").start)}
+    assert lb.health.port == three.port("lb-health").start and lb.health.path == specmod.LB_HEALTH_PATH
+    for name in ("lb-http", "lb-https", "lb-health"):
+        port = three.port(name)
+        assert port.scope is Scope.PRIVATE and port.role is Role.LIVEKIT
+    net = ipaddress.ip_network(three.config.private_network)
+    assert lb.private_ip == str(net.network_address + 5) and lb.private_ip not in {n.private_ip for n in three.nodes}
+    # The LiveKit name publishes the balancer's one address; TURN and per-node names stay direct.
+    records = {r.name: r for r in three.dns_records}
+    assert records["livekit.example.com"].balancer and records["livekit.example.com"].address_count == 1
+    assert not records["turn.example.com"].balancer and not records["node-2.example.com"].balancer
+    ip_of = {"node-1": "a", "node-2": "b", "node-3": "c"}
+    assert three.dns_addresses(ip_of, "lb")["livekit.example.com"] == ["lb"]
+    assert three.dns_addresses(ip_of, "lb")["node-3.example.com"] == ["c"]
+    with pytest.raises(ValueError, match="load balancer"):
+        three.dns_addresses(ip_of)
+
+
+def test_bring_your_own_hosts_keep_dns_listing_every_node() -> None:
+    hosts = [{"name": f"h{i}", "publicIp": f"203.0.113.{i}", "privateIp": f"10.77.0.{10 + i}"} for i in range(1, 4)]
+    spec = spec_of(provider="existing", hosts=hosts, nodeCount=3)
+    assert spec.balancer is None and not spec.has_port("lb-health")
+    assert spec.dns_records[0].address_count == 3
 
 
 def test_topology_decides_certificate_and_turn_nodes_once() -> None:

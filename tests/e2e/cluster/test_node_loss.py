@@ -1,0 +1,111 @@
+"""The cluster's health-checked entry: the LiveKit name is the load balancer (infra/local/balancer.py,
+HAProxy in TCP mode with PROXY v2 and HTTP health checks, as the cloud programs declare on Hetzner
+and DigitalOcean). A node that drains or loses power leaves the balancer, new calls keep
+succeeding through the others, and a node that comes back rejoins with no operator action.
+
+Runs on the package's three-node cluster (conftest.py), after the cross-node call (the module
+order of the package), and leaves every node running.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from infra import outputs
+from infra.local import balancer, host, power
+from infra.local.names import EnvNames
+from infra.probes.roundtrip import round_trips
+from infra.spec import DRAIN_FLAG
+from tests.e2e import envs, network
+
+ENV = envs.CLUSTER_ENV
+#: Seconds a state change of a target may take to show: the health check's detection time
+#: (interval x retries, plus its timeout) with room for a loaded 2-core machine.
+SETTLE_S = 60
+#: Seconds until new calls must succeed again after a node loses power (the balancer's detection,
+#: LiveKit's and the agent workers' view of the lost node, and a failed call's own timeout).
+RECOVER_S = 240
+#: Seconds a powered-on node may take to boot and answer the health check again.
+REJOIN_S = 240
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def env(nat_cluster):
+    return nat_cluster
+
+
+def states(names: EnvNames) -> dict[str, dict[str, str]]:
+    return balancer.target_states(names)
+
+
+def wait_state(names: EnvNames, node: str, up: bool, deadline_s: float) -> float:
+    """Seconds until every service of the balancer reports `node` UP (or DOWN)."""
+    want = "UP" if up else "DOWN"
+    return host.wait_until(f"the balancer to report {node} {want} (states: {states(names)})",
+                           lambda: all(s[node] == want for s in states(names).values()), deadline_s, interval=0.5)
+
+
+def one_call(out: outputs.Outputs) -> dict:
+    (result,) = round_trips(out, 1, timeout=60)
+    return result
+
+
+def test_01_the_livekit_name_is_the_balancer_and_every_node_is_healthy(env) -> None:
+    out, names = outputs.read(ENV), EnvNames(ENV)
+    assert out.dns[out.livekit_domain] == [balancer.public_ip(names)] == [out.balancer_ip]
+    for node in out.spec.balancer.targets:
+        wait_state(names, node, up=True, deadline_s=SETTLE_S)
+
+
+def test_02_a_draining_node_leaves_the_balancer_and_calls_go_elsewhere(env) -> None:
+    out, names = outputs.read(ENV), EnvNames(ENV)
+    health = out.spec.balancer.health
+    node = out.node("node-2")
+    network.ssh(ENV, node.name, f"mkdir -p {DRAIN_FLAG.rsplit('/', 1)[0]} && touch {DRAIN_FLAG}")
+    try:
+        code = network.ssh(ENV, node.name, f"curl -s -o /dev/null -w '%{{http_code}}' "
+                                           f"http://{node.private_ip}:{health.port}{health.path}")
+        assert code.strip() == "503", code
+        took = wait_state(names, node.name, up=False, deadline_s=SETTLE_S)
+        print(f"drain flag on {node.name}: out of the balancer after {took:.1f}s")
+        result = one_call(out)
+        assert result["ok"], result.get("error")
+    finally:
+        network.ssh(ENV, node.name, f"rm -f {DRAIN_FLAG}")
+    took = wait_state(names, node.name, up=True, deadline_s=SETTLE_S)
+    print(f"drain flag off: {node.name} back in the balancer after {took:.1f}s")
+
+
+def test_03_after_a_power_cut_new_calls_succeed_again_and_the_node_rejoins_by_itself(env) -> None:
+    """A node loses power: new calls through the balancer succeed again within RECOVER_S (the
+    time until they do is printed: the balancer's detection and LiveKit's own view of the node),
+    and from the first success on every new call succeeds; powered on, the node rejoins."""
+    out, names = outputs.read(ENV), EnvNames(ENV)
+    victim = "node-3"
+    t0 = time.monotonic()
+    power.power(ENV, victim, "off")
+    try:
+        calls: list[tuple[float, bool, str | None]] = []
+        while not any(ok for _t, ok, _e in calls):
+            assert time.monotonic() - t0 < RECOVER_S, f"no new call succeeded with {victim} powered off: {calls}"
+            result = one_call(out)
+            calls.append((round(time.monotonic() - t0, 1), result["ok"], result.get("error")))
+            print(f"call ended +{calls[-1][0]}s after the power cut: ok={result['ok']} {result.get('error') or ''}",
+                  flush=True)
+        recovered = calls[-1][0]
+        wait_state(names, victim, up=False, deadline_s=SETTLE_S)
+        for _ in range(2):
+            result = one_call(out)
+            assert result["ok"], f"a new call failed after calls had recovered: {result.get('error')} ({calls})"
+        print(f"{victim} powered off: first new call to succeed ended {recovered}s after the cut "
+              f"({len(calls) - 1} failed before it), the next two succeeded too")
+    finally:
+        t1 = time.monotonic()
+        power.power(ENV, victim, "on")
+    wait_state(names, victim, up=True, deadline_s=REJOIN_S)
+    print(f"{victim}: back in the balancer {time.monotonic() - t1:.1f}s after power on")
+    result = one_call(out)
+    assert result["ok"], result.get("error")
