@@ -72,6 +72,15 @@ def target_states(names: EnvNames) -> dict[str, dict[str, str]]:
     return states
 
 
+def wait_for(names: EnvNames, node: str, up: bool, deadline_s: float) -> float:
+    """Seconds until every service of the balancer reports `node` UP (or DOWN); LocalEnvError
+    after `deadline_s`."""
+    want = "UP" if up else "DOWN"
+    return host.wait_until(f"the balancer to report {node} {want}",
+                           lambda: all(s.get(node) == want for s in target_states(names).values()), deadline_s,
+                           interval=0.5)
+
+
 def config_path(names: EnvNames) -> Path:
     return names.run_dir / "haproxy.cfg"
 

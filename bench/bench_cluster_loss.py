@@ -1,0 +1,135 @@
+"""Benchmark: a three-node cluster behind its load balancer loses a node (figures, not pass/fail).
+
+    python bench/bench_cluster_loss.py [--env benchcluster] [--nodes node-1,node-3] [--reuse] [--keep]
+
+The env is a local three-node cluster behind the emulated 1:1 NAT (as `e2ecluster`), brought up
+and deployed first (`--reuse`: take a deployed env as it is) and removed afterwards unless
+`--keep`. For each node named (default: every node; node-1 is the first Redis primary, the
+certificate node and the TURN name's node):
+
+  drain     the drain flag set -> the balancer reports the node DOWN; removed -> UP again
+  power off the plug pulled -> the balancer reports it DOWN; new spoken calls one after another
+            through the LiveKit name until one succeeds: seconds until the first success and how
+            many failed before it
+  power on  -> SSH -> the balancer reports it UP (no operator action); one more call
+
+Times are seconds from the action. tests/e2e/cluster/test_node_loss.py asserts the behaviour
+on node-2 and node-3 of the CI cluster; this prints the numbers for every node.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from infra import outputs  # noqa: E402
+from infra import up as pipeline  # noqa: E402
+from infra.local import balancer, down, power, up  # noqa: E402
+from infra.local.names import EnvNames  # noqa: E402
+from infra.probes.roundtrip import round_trips  # noqa: E402
+from infra.spec import DRAIN_FLAG  # noqa: E402
+from infra.steps import Progress  # noqa: E402
+from tests.e2e import envs, network  # noqa: E402
+
+#: A node must be out (or back) within this; calls must succeed again within RECOVER_S.
+SETTLE_S = 60
+RECOVER_S = 300
+REJOIN_S = 300
+
+
+def prepare(env: str, reuse: bool) -> None:
+    if reuse and outputs.path_for(env).is_file():
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        config = envs.write_config(Path(tmp) / f"Pulumi.{env}.yaml", {"network": "nat"})
+        t0 = time.monotonic()
+        spec = pipeline.load(env, config, nodeCount=3)
+        up.up(spec, Progress.quiet())
+        result = envs.deploy(env, 2400)
+        if result.returncode != 0:
+            raise SystemExit(f"deploy of {env} failed:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
+        print(f"{env}: three nodes up and deployed in {time.monotonic() - t0:.0f} s", flush=True)
+
+
+def call(out: outputs.Outputs) -> tuple[bool, str]:
+    (result,) = round_trips(out, 1, timeout=60)
+    return bool(result["ok"]), str(result.get("error") or "")
+
+
+def drain(env: str, out: outputs.Outputs, names: EnvNames, node: str) -> str:
+    network.ssh(env, node, f"mkdir -p {DRAIN_FLAG.rsplit('/', 1)[0]} && touch {DRAIN_FLAG}")
+    try:
+        out_s = balancer.wait_for(names, node, up=False, deadline_s=SETTLE_S)
+        ok, error = call(out)
+    finally:
+        network.ssh(env, node, f"rm -f {DRAIN_FLAG}")
+    back_s = balancer.wait_for(names, node, up=True, deadline_s=SETTLE_S)
+    return (f"drain: out of the balancer {out_s:.1f} s after the flag, a new call {'ok' if ok else 'FAILED ' + error}, "
+            f"back {back_s:.1f} s after the flag was removed")
+
+
+def _when_out(names: EnvNames, node: str, t0: float, seen: dict[str, float]) -> None:
+    """Record (in `seen`) the seconds from t0 until the balancer reports `node` DOWN."""
+    try:
+        balancer.wait_for(names, node, up=False, deadline_s=SETTLE_S)
+        seen["out"] = time.monotonic() - t0
+    except Exception as exc:  # noqa: BLE001 - a figure missing is reported, not raised from a thread
+        seen["error"] = str(exc)  # type: ignore[assignment]
+
+
+def power_cut(env: str, out: outputs.Outputs, names: EnvNames, node: str) -> str:
+    t0 = time.monotonic()
+    power.power(env, node, "off")
+    seen: dict[str, float] = {}
+    watcher = threading.Thread(target=_when_out, args=(names, node, t0, seen), daemon=True)
+    watcher.start()
+    failed, first_ok = 0, None
+    try:
+        while first_ok is None and time.monotonic() - t0 < RECOVER_S:
+            ok, _error = call(out)
+            if ok:
+                first_ok = time.monotonic() - t0
+            else:
+                failed += 1
+        watcher.join(SETTLE_S)
+    finally:
+        t1 = time.monotonic()
+        power.power(env, node, "on")
+    balancer.wait_for(names, node, up=True, deadline_s=REJOIN_S)
+    back = time.monotonic() - t1
+    ok_after, _ = call(out)
+    recovered = f"{first_ok:.1f} s" if first_ok is not None else f"not within {RECOVER_S} s"
+    taken_out = f"{seen['out']:.1f} s" if "out" in seen else f"not seen ({seen.get('error')})"
+    return (f"power off: out of the balancer after {taken_out}; first new call to succeed ended {recovered} "
+            f"after the cut ({failed} failed before it); power on: back in the balancer {back:.1f} s after the "
+            f"power button, the next call {'ok' if ok_after else 'FAILED'}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--env", default="benchcluster")
+    ap.add_argument("--nodes", default="node-1,node-2,node-3")
+    ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    prepare(args.env, args.reuse)
+    out, names = outputs.read(args.env), EnvNames(args.env)
+    try:
+        for node in args.nodes.split(","):
+            balancer.wait_for(names, node, up=True, deadline_s=REJOIN_S)
+            print(f"{node}: {drain(args.env, out, names, node)}", flush=True)
+            print(f"{node}: {power_cut(args.env, out, names, node)}", flush=True)
+    finally:
+        if not args.keep:
+            down.down(args.env, Progress.quiet())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
