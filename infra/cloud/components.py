@@ -64,17 +64,26 @@ class ProviderComponent(pulumi.ComponentResource):
     info: dict[str, Any]
 
     #: Addresses a provider publishes for a name instead of its nodes' public ones (DigitalOcean:
-    #: the reserved IPs for the LiveKit name); every other record points at the nodes.
+    #: the reserved IPs for the LiveKit name; a cluster: its balancer's); every other record points
+    #: at the nodes.
     dns_overrides: dict[str, list[pulumi.Input[str]]]
 
     def __init__(self, kind: str, name: str, args: ProgramArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(f"voicestack:cloud:{kind}", name, None, opts)
+        self.spec = args.spec
         self.nodes = []
         self.info = {"provider": args.spec.config.provider}
         self.dns_overrides = {}
 
     def _child(self, **kwargs: Any) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=self, **kwargs)
+
+    def _publish_balancer(self, address: pulumi.Input[str]) -> None:
+        """Point every balanced record of the spec (the LiveKit name) at the balancer's one public
+        address: which names those are is the spec's decision, not the provider's."""
+        for rec in self.spec.dns_records:
+            if rec.balancer:
+                self.dns_overrides[rec.name] = [address]
 
     def _finish(self) -> None:
         self.register_outputs({"nodes": [{"name": n.node.name, "public_ip": n.public_ip} for n in self.nodes]})
@@ -135,6 +144,12 @@ def dns_targets(spec: EnvSpec, nodes: list[NodeAddresses],
     its nodes' public IPs, unless `overrides` (fully qualified name -> addresses) says otherwise."""
     by_name = {n.node.name: n for n in nodes}
     overrides = overrides or {}
+    # A balanced record has no node addresses to fall back to: without the balancer's it would
+    # silently list the nodes, which only the outputs check after `pulumi up` would notice.
+    unpublished = [rec.name for _rel, rec in spec.dns_zone_records() if rec.balancer and not overrides.get(rec.name)]
+    if unpublished:
+        raise ValueError(f"{', '.join(unpublished)} must point at the load balancer, but the provider "
+                         "published no balancer address for it")
     return [(rel, rec, list(overrides.get(rec.name) or [by_name[name].public_ip for name in rec.nodes]))
             for rel, rec in spec.dns_zone_records()]
 
@@ -148,11 +163,14 @@ def published_dns(spec: EnvSpec, nodes: list[NodeAddresses],
 def stack_outputs(spec: EnvSpec, nodes: list[NodeAddresses], secrets: StackSecrets,
                   info: Mapping[str, Any], dns: Mapping[str, list[pulumi.Input[str]]] | None = None) -> dict[str, Any]:
     """The stack outputs: the derived spec, each node's addresses and networking model, the
-    published DNS and the secrets (secret outputs).
+    published DNS, the secrets (secret outputs) and, with a load balancer, its public address.
 
     `infra.cloud.stack_outputs` assembles outputs.json from exactly these, plus the operator's
     private key path, which belongs to the machine that deploys, not to the state."""
     cfg = spec.config
+    published = dict(dns) if dns is not None else published_dns(spec, nodes)
+    # Only clusters get the key: a single node's outputs stay what they were.
+    balancer = {"balancer_ip": balancer_address(spec, published)} if spec.balancer is not None else {}
     return {
         "spec": specmod.to_json(spec),
         "nodes": [{
@@ -165,13 +183,21 @@ def stack_outputs(spec: EnvSpec, nodes: list[NodeAddresses], secrets: StackSecre
             "network": n.node.network,
             "interface_ip": n.interface_ip if n.interface_ip is not None else n.public_ip,
         } for n in nodes],
-        "dns": dict(dns) if dns is not None else published_dns(spec, nodes),
+        "dns": published,
+        **balancer,
         "api_secret": secrets.api_secret,
         "turn_secret": secrets.turn_secret,
         "token_key": secrets.token_key,
         "call_password": secrets.call_password,
         "info": dict(info),
     }
+
+
+def balancer_address(spec: EnvSpec, dns: Mapping[str, list[pulumi.Input[str]]]) -> pulumi.Input[str]:
+    """The balancer's public address: the one address its balanced record publishes."""
+    record = next(r for r in spec.dns_records if r.balancer)
+    (address,) = dns[record.name]
+    return address
 
 
 def export(outputs: Mapping[str, Any]) -> None:

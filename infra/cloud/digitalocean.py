@@ -86,12 +86,12 @@ class DigitalOceanStack(ProviderComponent):
                 private_ip=droplet.ipv4_address_private if self.vpc else None,
                 server_id=droplet.id))
 
-        livekit = next(r for r in spec.dns_records if r.name == cfg.livekit_host)
         self.load_balancer = None
         if spec.balancer is not None:
             self._balancer(name, spec)
-            self.dns_overrides[livekit.name] = [self.load_balancer.ip]
+            self._publish_balancer(self.load_balancer.ip)
         else:
+            livekit = next(r for r in spec.dns_records if r.name == cfg.livekit_host)
             self.dns_overrides[livekit.name] = [self.reserved_ips[n].ip_address for n in livekit.nodes]
         self.domain = do.Domain(f"{name}-domain", name=cfg.domain, opts=self._child())
         self.records = [
@@ -125,6 +125,8 @@ class DigitalOceanStack(ProviderComponent):
             forwarding_rules=[do.LoadBalancerForwardingRuleArgs(entry_protocol="tcp", entry_port=svc.listen_port,
                                                                 target_protocol="tcp", target_port=svc.target_port)
                               for svc in lb.services],
+            # DigitalOcean writes PROXY v1 (its docs), not the v2 the spec names: the nodes' PROXY
+            # listeners (Caddy's wrapper, nginx) read either version.
             enable_proxy_protocol=True,
             healthcheck=do.LoadBalancerHealthcheckArgs(
                 protocol="http", port=hc.port, path=hc.path, check_interval_seconds=hc.interval_s,

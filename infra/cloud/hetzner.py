@@ -124,4 +124,4 @@ class HetznerStack(ProviderComponent):
                                       server_id=self.servers[node].id.apply(int), use_private_ip=True,
                                       opts=self._child(depends_on=[attached]))
             for node in lb.targets]
-        self.dns_overrides[cfg.livekit_host] = [self.load_balancer.ipv4]
+        self._publish_balancer(self.load_balancer.ipv4)

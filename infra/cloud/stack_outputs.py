@@ -4,9 +4,10 @@
     pulumi stack output --json --show-secrets | python -m infra.cloud.stack_outputs -
     python -m infra.cloud.stack_outputs --from-env      # inside `pulumi up` (deployOnUp)
 
-The stack outputs carry the derived spec, each node's addresses and the secrets
-(infra.cloud.components.stack_outputs). The operator's private key path belongs to the machine
-that deploys, not to the state: `--ssh-key`, or $VOICESTACK_SSH_KEY, or ~/.ssh/id_ed25519.
+The stack outputs carry the derived spec, each node's addresses, the published DNS, a cluster's
+load balancer address and the secrets (infra.cloud.components.stack_outputs). The operator's
+private key path belongs to the machine that deploys, not to the state: `--ssh-key`, or
+$VOICESTACK_SSH_KEY, or ~/.ssh/id_ed25519.
 """
 from __future__ import annotations
 
@@ -52,13 +53,29 @@ def to_outputs(data: Mapping[str, Any], ssh_key: str) -> outputs.Outputs:
                              ssh_port=int(n.get("ssh_port", 22)), network=n.get("network", "direct"),
                              interface_ip=n.get("interface_ip"))
              for n in data["nodes"]]
+    balancer_ip = _balancer_ip(spec, data)
     try:
         return outputs.assemble(spec, nodes, api_secret=data["api_secret"], turn_secret=data["turn_secret"],
                                 token_key=data["token_key"], call_password=data["call_password"],
-                                dns=data.get("dns"),
+                                dns=data.get("dns"), balancer_ip=balancer_ip,
                                 deploy=outputs.DeployInputs(known_hosts=str(outputs.EnvPaths(spec.env).known_hosts)))
     except outputs.OutputsError as exc:
         raise StackOutputsError(str(exc)) from exc
+
+
+def _balancer_ip(spec: specmod.EnvSpec, data: Mapping[str, Any]) -> str | None:
+    """The load balancer's address (None: no balancer, or a stack that only published it in `dns`,
+    which assemble then checks), or StackOutputsError when the stack publishes the balanced name
+    elsewhere: that record holds exactly the balancer's address."""
+    address = data.get("balancer_ip")
+    if spec.balancer is None or not address:
+        return None
+    record = next(r for r in spec.dns_records if r.balancer)
+    published = (data.get("dns") or {}).get(record.name)
+    if published is not None and list(published) != [address]:
+        raise StackOutputsError(f"the stack publishes {record.name} at {published}, not at its load balancer "
+                                f"{address}; run \"pulumi up\" with this checkout")
+    return address
 
 
 def read_stack(stack: str) -> Mapping[str, Any]:

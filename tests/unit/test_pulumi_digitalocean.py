@@ -18,7 +18,7 @@ RECORD, RESERVED = "digitalocean:index/dnsRecord:DnsRecord", "digitalocean:index
 
 SINGLE = {"provider": "digitalocean", "domain": "example.org", "adminCidrs": [ADMIN, "2001:db8::/48"],
           "sshPublicKey": SSH_KEY}
-CLUSTER = {**SINGLE, "nodeCount": 2, "region": "ams3", "serverType": "s-4vcpu-8gb"}
+CLUSTER = {**SINGLE, "nodeCount": 3, "region": "ams3", "serverType": "s-4vcpu-8gb"}
 SHAPES = {"single": SINGLE, "cluster": CLUSTER}
 
 
@@ -171,7 +171,9 @@ def check_balancer(spec, run) -> None:
 
 
 def test_a_cluster_has_a_health_checked_load_balancer_in_its_vpc():
-    check_balancer(spec_for(CLUSTER), run_stack(CLUSTER))
+    spec, run = spec_for(CLUSTER), run_stack(CLUSTER)
+    check_balancer(spec, run)
+    assert run.outputs["balancer_ip"] == balancer_ip(run)
 
 
 def test_a_load_balancer_without_its_health_check_fails_the_check(monkeypatch):

@@ -96,8 +96,7 @@ def check_balancer(spec, run) -> None:
         assert svc.inputs["loadBalancerId"] == lb.id and svc.inputs["protocol"] == "tcp"
         assert svc.inputs["proxyprotocol"] is True, "the nodes' balancer ports expect a PROXY v2 header"
         assert svc.inputs.get("healthCheck") == health_check_of(spec), svc.inputs.get("healthCheck")
-    server_ids = {s.inputs["name"].rsplit("-", 2)[-2] + "-" + s.inputs["name"].rsplit("-", 1)[-1]: int(s.id)
-                  for s in run.of(SERVER)}
+    server_ids = {s.inputs["labels"]["voicestack-node"]: int(s.id) for s in run.of(SERVER)}
     targets = run.of(LB_TARGET)
     assert_same([server_ids[n] for n in spec.balancer.targets], [int(t.inputs["serverId"]) for t in targets],
                 "balancer targets")
@@ -122,6 +121,63 @@ def test_a_load_balancer_without_its_health_check_fails_the_check(monkeypatch):
     monkeypatch.setattr(hetzner.hcloud, "LoadBalancerService", unchecked)
     with pytest.raises(AssertionError, match="healthCheck|None"):
         check_balancer(spec_for(CLUSTER), run_stack(CLUSTER))
+
+
+def test_balancer_targets_join_only_after_the_balancer_is_on_the_network(monkeypatch):
+    """Hetzner refuses a private-IP target until the balancer is attached to the targets' network,
+    and the attachment needs the subnet: the program must order both (the mocks see no edges)."""
+    from infra.cloud import hetzner
+
+    seen: dict[str, list] = {}
+
+    def recording(cls_name):
+        real = getattr(hetzner.hcloud, cls_name)
+
+        def make(resource_name, opts=None, **kwargs):
+            resource = real(resource_name, opts=opts, **kwargs)
+            seen.setdefault(cls_name, []).append((resource, list(opts.depends_on or []) if opts else []))
+            return resource
+        return make
+
+    for cls_name in ("NetworkSubnet", "LoadBalancerNetwork", "LoadBalancerTarget"):
+        monkeypatch.setattr(hetzner.hcloud, cls_name, recording(cls_name))
+    spec = spec_for(CLUSTER)
+    run_stack(CLUSTER)
+    [(subnet, _)] = seen["NetworkSubnet"]
+    [(attached, attached_after)] = seen["LoadBalancerNetwork"]
+    assert subnet in attached_after
+    assert len(seen["LoadBalancerTarget"]) == len(spec.balancer.targets)
+    assert all(attached in after for _target, after in seen["LoadBalancerTarget"])
+
+
+def test_a_balanced_name_without_the_balancer_address_is_refused():
+    """A provider that forgot to publish its balancer must fail at preview, not list the nodes."""
+    from infra.cloud.components import NodeAddresses, dns_targets
+
+    spec = spec_for(CLUSTER)
+    nodes = [NodeAddresses(node=n, public_ip=f"203.0.113.{n.index + 1}", private_ip=n.private_ip) for n in spec.nodes]
+    with pytest.raises(ValueError, match=spec.config.livekit_host):
+        dns_targets(spec, nodes, {})
+    assert dns_targets(spec_for(SINGLE), nodes[:1], {})  # no balancer: the node's address is enough
+
+
+def test_stack_outputs_carry_the_balancer_address_only_for_a_cluster(shape):
+    config, spec, run = shape
+    if spec.balancer is None:
+        assert "balancer_ip" not in run.outputs
+        return
+    assert run.outputs["balancer_ip"] == balancer_ip(run) == run.outputs["dns"][spec.config.livekit_host][0]
+    # A stack without its dns output still assembles: the balanced name from balancer_ip.
+    without_dns = {k: v for k, v in run.outputs.items() if k != "dns"}
+    out = stack_outputs.to_outputs(without_dns, "/keys/deploy")
+    assert out.dns == spec.dns_addresses(run.ip_of(), balancer_ip(run))
+
+
+def test_stack_outputs_refuse_a_balanced_name_published_elsewhere():
+    spec, run = spec_for(CLUSTER), run_stack(CLUSTER)
+    dns = {**run.outputs["dns"], spec.config.livekit_host: [run.ip_of()["node-1"]]}
+    with pytest.raises(stack_outputs.StackOutputsError, match="load balancer"):
+        stack_outputs.to_outputs({**run.outputs, "dns": dns}, "/keys/deploy")
 
 
 def test_servers_keep_primary_ips_that_outlive_them(shape):
