@@ -20,13 +20,14 @@ help:
 	@echo "make up [ENV=local|<stack>] [CONFIG=<stack file>]   validate, provision, deploy, verify, summary"
 	@echo "make down [ENV=...]           remove it"
 	@echo "make deploy|verify|preflight  one step on its own, against .stack/\$$ENV/outputs.json"
+	@echo "make deploy ENV=x ROLLING=1    a cluster one node at a time, each out of its load balancer meanwhile"
 	@echo "make validate CONFIG=Pulumi.<stack>.yaml   check a stack file, create nothing"
 	@echo "make shell [ENV=local]        a shell on a local environment's emulated internet (its names, its CA)"
 	@echo "make token [ROOM=voice-test] [USER_ID=..]  mint a LiveKit token"
 	@echo "make test                     everything CI runs (lint, unit, e2e; installs n8n for its tests the first time)"
 	@echo "make test-browser             the voice page in Chromium against a loopback stack (~3 min)"
 	@echo "make test-n8n                 only the tests of the examples/n8n workflows in a real n8n"
-	@echo "make test-e2e-long            Redis failover on three nodes, whole chaos suite (~25 min)"
+	@echo "make test-e2e-long            Redis failover and rolling deploy on three nodes, whole chaos suite (~30 min)"
 	@echo "make bench                    benchmarks (print figures)"
 	@echo "make bench-cluster            a three-node cluster loses each node in turn (~20 min, figures)"
 
@@ -67,7 +68,7 @@ down: $(VENV_STAMP)
 	@$(PY) -m infra.down --env $(ENV) $(CONFIG_ARG)
 
 deploy: $(VENV_STAMP)
-	@$(PY) -m deploy --env $(ENV)
+	@$(PY) -m deploy --env $(ENV)$(if $(ROLLING), --rolling)
 
 verify: $(VENV_STAMP) $(AGENT_STAMP)
 	@$(PY) -m infra.verify --env $(ENV)
@@ -111,13 +112,13 @@ test-n8n: $(VENV_STAMP) $(AGENT_STAMP) deps n8n
 	@$(PY) -m pytest tests/e2e/test_recording.py -m n8n
 
 # e2e: builds local machines of its own (env names e2e*), needs root.
-# The long e2e modules (the Redis failover on a three-node cluster, the whole chaos suite: ~25 min on
-# this 2-core machine) run with `make test-e2e-long`; make test runs the chaos suite's smoke
+# The long e2e modules (the Redis failover and the rolling deploy on a three-node cluster, the whole
+# chaos suite: ~30 min on this 2-core machine) run with `make test-e2e-long`; make test runs the chaos suite's smoke
 # (tests/e2e/heal.py, in test_verify_faults.py), the NAT model on one node (test_edge.py) and the
 # cross-node call on three (tests/e2e/cluster/test_cross_node.py). See README, Tests.
-E2E_LONG := tests/e2e/cluster/test_redis_failover.py tests/e2e/test_chaos.py
+E2E_LONG := tests/e2e/cluster/test_redis_failover.py tests/e2e/cluster/test_rolling.py tests/e2e/test_chaos.py
 test-e2e: $(VENV_STAMP) deps
-	@$(PY) -m pytest tests/e2e $(foreach m,$(E2E_LONG),--ignore=$(m))
+	@$(PY) -m pytest tests/e2e $(foreach m,$(E2E_LONG),--ignore=$(m)) --durations=15
 test-e2e-long: $(VENV_STAMP) deps
 	@$(PY) -m pytest $(E2E_LONG)
 

@@ -1,6 +1,6 @@
 """Benchmark: a three-node cluster behind its load balancer loses a node (figures, not pass/fail).
 
-    python bench/bench_cluster_loss.py [--env benchcluster] [--nodes node-1,node-3] [--reuse] [--keep]
+    python bench/bench_cluster_loss.py [--env benchcluster] [--nodes node-1,node-3] [--rolling N] [--reuse] [--keep]
 
 The env is a local three-node cluster behind the emulated 1:1 NAT (as `e2ecluster`), brought up
 and deployed first (`--reuse`: take a deployed env as it is) and removed afterwards unless
@@ -12,6 +12,11 @@ certificate node and the TURN name's node):
             through the LiveKit name until one succeeds: seconds until the first success and how
             many failed before it
   power on  -> SSH -> the balancer reports it UP (no operator action); one more call
+
+  rolling   (--rolling N, after the nodes' runs; --nodes '' for only this) N rolling deploys, each
+            after a change that restarts LiveKit on every node, while two clients open new calls
+            through the balancer: the deploy's time, each node's out/converge/back figures, calls
+            made and failed
 
 Times are seconds from the action. tests/e2e/cluster/test_node_loss.py asserts the behaviour
 on node-2 and node-3 of the CI cluster; this prints the numbers for every node.
@@ -35,7 +40,7 @@ from infra.local.names import EnvNames  # noqa: E402
 from infra.probes.roundtrip import round_trips  # noqa: E402
 from infra.spec import DRAIN_FLAG  # noqa: E402
 from infra.steps import Progress  # noqa: E402
-from tests.e2e import envs, network  # noqa: E402
+from tests.e2e import callers, envs, network  # noqa: E402
 
 #: A node must be out (or back) within this; calls must succeed again within RECOVER_S.
 SETTLE_S = 60
@@ -111,20 +116,44 @@ def power_cut(env: str, out: outputs.Outputs, names: EnvNames, node: str) -> str
             f"power button, the next call {'ok' if ok_after else 'FAILED'}")
 
 
+def rolling(env: str, out: outputs.Outputs) -> str:
+    nodes = list(out.spec.balancer.targets)
+    callers.drift_livekit_config(env, nodes)
+    stop = threading.Event()
+    running = callers.start_callers(out, stop)
+    t0 = time.monotonic()
+    try:
+        result = envs.deploy(env, 2400, "--rolling")
+    finally:
+        calls = callers.stop_callers(running, stop)
+    seconds = time.monotonic() - t0
+    if result.returncode != 0:
+        raise SystemExit(f"rolling deploy failed:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
+    summary = next((line for line in result.stdout.splitlines() if " rolled in " in line), "(no summary line)")
+    failed = [c for c in calls if not c[1]]
+    return (f"rolling deploy {seconds:.1f} s, {len(calls)} new calls meanwhile, {len(failed)} failed"
+            f"{' ' + str(failed) if failed else ''}\n  {summary}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--env", default="benchcluster")
     ap.add_argument("--nodes", default="node-1,node-2,node-3")
+    ap.add_argument("--rolling", type=int, default=0, metavar="N", help="rolling deploys to measure")
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     prepare(args.env, args.reuse)
     out, names = outputs.read(args.env), EnvNames(args.env)
     try:
-        for node in args.nodes.split(","):
+        for node in filter(None, args.nodes.split(",")):
             balancer.wait_for(names, node, up=True, deadline_s=REJOIN_S)
             print(f"{node}: {drain(args.env, out, names, node)}", flush=True)
             print(f"{node}: {power_cut(args.env, out, names, node)}", flush=True)
+        for i in range(args.rolling):
+            for node in out.spec.balancer.targets:
+                balancer.wait_for(names, node, up=True, deadline_s=REJOIN_S)
+            print(f"rolling {i + 1}: {rolling(args.env, out)}", flush=True)
     finally:
         if not args.keep:
             down.down(args.env, Progress.quiet())

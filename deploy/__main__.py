@@ -3,7 +3,8 @@
 First one SSH command per node compares the node with what the last converge recorded
 (deploy/fastpath.py); when nothing changed, that is the whole deploy. Otherwise (or with
 --full, --plan) the full pyinfra converge runs (deploy/full.py) and restarts exactly what it
-touches. Exit codes are listed in deploy/runner.py.
+touches. With --rolling a cluster converges one node at a time, each drained out of its load
+balancer meanwhile (deploy/rolling.py). Exit codes are listed in deploy/runner.py.
 """
 from __future__ import annotations
 
@@ -24,12 +25,20 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--plan", action="store_true", help="show what would change, change nothing")
     parser.add_argument("--full", action="store_true", help="skip the one-SSH check: always run every operation")
     parser.add_argument("-v", "--verbose", action="store_true", help="also list unchanged operations")
+    parser.add_argument("--rolling", action="store_true",
+                        help="a cluster one node at a time, each out of the load balancer meanwhile (deploy/rolling.py)")
     return parser.parse_known_args(argv)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _arguments(argv)
+    if args.rolling:
+        if args.plan:
+            print("deploy: --plan changes nothing, so it needs no --rolling; run it without", file=sys.stderr)
+            return 2
+        from deploy import rolling
+        return rolling.main(args.env, tuple(args.limit), args.verbose, full=args.full)
     if not (args.full or args.plan):
         started = time.monotonic()
         try:

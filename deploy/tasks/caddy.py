@@ -94,10 +94,15 @@ def proxy_protocol_sources(vs: NodeVars) -> list[str]:
 def balancer_vars(vs: NodeVars) -> dict | None:
     """The load balancer's side of Caddy (None: no balancer, or a node it does not target).
 
-    The balancer connects from the private network with a PROXY v2 header (the client's address)
-    to ports of their own, bound to the node's private address: port 80's twin (ACME HTTP-01 and
-    the redirect), without the SNI router also 443's, and the health check, which is 503 while the
-    drain flag exists and otherwise LiveKit's own answer (a 502 when LiveKit is down)."""
+    The balancer connects from the private network with a PROXY header (the client's address) to
+    ports of their own, bound to the node's private address: port 80's twin (ACME HTTP-01 and the
+    redirect), without the SNI router also 443's, and the health check, which is 503 while the
+    drain flag exists and otherwise LiveKit's own answer (a 502 when LiveKit is down).
+
+    The health port reads PROXY too: DigitalOcean's checks carry the header (v1) whenever the
+    balancer has PROXY protocol on, the local HAProxy's carry v2 like its traffic, and a check
+    without one is still answered (Caddy's wrapper takes the header as optional from allowed
+    sources), so one listener serves every provider's checks."""
     lb = vs.spec.balancer
     if vs.balancer_address is None or lb is None:
         return None
@@ -108,7 +113,8 @@ def balancer_vars(vs: NodeVars) -> dict | None:
     # Without the SNI router the LiveKit site also takes the balancer's HTTPS; like its 443, on
     # every address (the host firewall lets only the private network in).
     https_port = None if spec.sni_split else https.start
-    listeners = [{"address": f"{vs.private_ip}:{http.start}", "tls": False}]
+    listeners = [{"address": f"{vs.private_ip}:{http.start}", "tls": False},
+                 {"address": f"{vs.private_ip}:{health.start}", "tls": False}]
     if https_port:
         listeners.append({"address": f":{https_port}", "tls": True})
     return {

@@ -115,8 +115,11 @@ def render(names: EnvNames, spec: EnvSpec) -> str:
             "    option httpchk",
             f"    http-check send meth GET uri {hc.path}",
             "    http-check expect status 200",
+            # check-send-proxy: the checks carry the PROXY header too, as DigitalOcean's do (HAProxy
+            # leaves it off checks that name their own port), so the nodes' health listener is
+            # proven to read one.
             f"    default-server check port {hc.port} inter {hc.interval_s}s fall {hc.retries} rise {hc.retries} "
-            "send-proxy-v2",
+            "send-proxy-v2 check-send-proxy",
             *(f"    server {name} {ip}:{svc.target_port}" for name, ip in targets),
         ]
     return "\n".join(lines) + "\n"

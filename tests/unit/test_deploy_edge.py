@@ -297,8 +297,9 @@ def test_caddy_validates_the_rendered_caddyfile(caddy_bin: str, tmp_path: Path, 
                                                         else ["proxy_protocol"])
             assert wrappers[0]["allow"] == [spec.config.private_network]
             assert wrappers[0]["fallback_policy"].lower() == "reject"
+        # DigitalOcean's health checks carry a PROXY header: the health port must read one.
         health = next(s for s in servers.values() if f"{vs.private_ip}:{spec.balancer.health.port}" in s["listen"])
-        assert "listener_wrappers" not in health, "the health check must answer a plain HTTP GET"
+        assert [w["wrapper"] for w in health["listener_wrappers"]] == ["proxy_protocol"]
 
 
 # ---- the load balancer's side ------------------------------------------------------------------

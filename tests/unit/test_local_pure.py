@@ -193,7 +193,7 @@ def test_the_balancer_forwards_each_service_to_every_target_with_proxy_v2_and_he
         back = text[text.index(f"backend {svc.name}\n"):].split("\n\n")[0]
         assert f"http-check send meth GET uri {lb.health.path}" in back and "http-check expect status 200" in back
         assert (f"default-server check port {lb.health.port} inter {lb.health.interval_s}s fall {lb.health.retries} "
-                f"rise {lb.health.retries} send-proxy-v2") in back
+                f"rise {lb.health.retries} send-proxy-v2 check-send-proxy") in back
         servers = [line.split()[1:] for line in back.splitlines() if line.strip().startswith("server ")]
         assert servers == [[n, f"{spec.node(n).private_ip}:{svc.target_port}"] for n in lb.targets]
     assert "mode tcp" in text and f"timeout check {lb.health.timeout_s}s" in text

@@ -37,15 +37,8 @@ def env(nat_cluster):
     return nat_cluster
 
 
-def states(names: EnvNames) -> dict[str, dict[str, str]]:
-    return balancer.target_states(names)
-
-
 def wait_state(names: EnvNames, node: str, up: bool, deadline_s: float) -> float:
-    """Seconds until every service of the balancer reports `node` UP (or DOWN)."""
-    want = "UP" if up else "DOWN"
-    return host.wait_until(f"the balancer to report {node} {want} (states: {states(names)})",
-                           lambda: all(s[node] == want for s in states(names).values()), deadline_s, interval=0.5)
+    return balancer.wait_for(names, node, up=up, deadline_s=deadline_s)
 
 
 def one_call(out: outputs.Outputs) -> dict:
@@ -58,6 +51,20 @@ def test_01_the_livekit_name_is_the_balancer_and_every_node_is_healthy(env) -> N
     assert out.dns[out.livekit_domain] == [balancer.public_ip(names)] == [out.balancer_ip]
     for node in out.spec.balancer.targets:
         wait_state(names, node, up=True, deadline_s=SETTLE_S)
+
+
+def test_01b_the_health_check_is_answered_with_a_proxy_v1_header_and_without_one(env) -> None:
+    """The balancer here checks with PROXY v2 (test_01: every node UP); DigitalOcean's checks carry
+    v1, and a provider may send none: each node's health listener answers all three."""
+    out, names = outputs.read(ENV), EnvNames(ENV)
+    health = out.spec.balancer.health
+    for name in out.spec.balancer.targets:
+        url = f"http://{out.node(name).private_ip}:{health.port}{health.path}"
+        for header in ([], ["--haproxy-protocol"]):
+            # From the balancer's own namespace: the private network's .5, as the checks come.
+            proc = host.run(["ip", "netns", "exec", balancer.netns(names), "curl", "-s", "-m", "10",
+                             "-o", "/dev/null", "-w", "%{http_code}", *header, url], check=False)
+            assert proc.stdout.strip() == "200", (name, header, proc.stdout, proc.stderr)
 
 
 def test_02_a_draining_node_leaves_the_balancer_and_calls_go_elsewhere(env) -> None:
