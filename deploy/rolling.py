@@ -6,9 +6,13 @@ For each of the balancer's targets with something to do (the one-SSH check, depl
 1. the drain flag (spec.DRAIN_FLAG) goes on: the node's health check answers 503 at once;
 2. the balancer takes the node out (locally HAProxy says so; a cloud balancer's view is the
    provider's, so its detection window, interval x retries + timeout, is waited out);
-3. the node converges alone (`deploy.full --limit <node>`); a LiveKit restart drains first: no
-   new rooms there, running ones get up to `livekitStopTimeout` seconds (the drain deadline);
-4. LiveKit answers again, the flag comes off, and the balancer takes the node back before the
+3. the node drains: its agent worker and LiveKit stop together (SIGTERM). The worker takes no
+   new job and finishes its running ones (AGENT_DRAIN_TIMEOUT); LiveKit marks itself shutting
+   down in Redis, so the other nodes place no new room on it, and it waits until its rooms are
+   empty, up to `livekitStopTimeout` seconds (the drain deadline). The balancer alone is not
+   enough: rooms are placed, and agent jobs dispatched, across nodes through Redis;
+4. the node converges alone (`deploy.full --limit <node>`), which starts both again;
+5. LiveKit answers again, the flag comes off, and the balancer takes the node back before the
    next node starts (its rise window, or HAProxy's UP).
 
 A node whose converge fails stays out of the balancer (its flag stays on) and the rolling deploy
@@ -28,7 +32,7 @@ from typing import Callable
 
 from deploy import fastpath
 from infra import outputs as outputsmod
-from infra.spec import DRAIN_FLAG
+from infra.spec import DRAIN_FLAG, Role
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Seconds the balancer may take to change its view of a node (its detection is a few checks;
@@ -51,6 +55,7 @@ class NodeResult:
     out_s: float = 0.0       # flag on -> out of the balancer
     converge_s: float = 0.0  # the node's own converge (its LiveKit drain included)
     back_s: float = 0.0      # flag off -> back in the balancer
+    drain_s: float = 0.0     # the agent worker's and LiveKit's stop (their drains)
 
 
 def ssh(out: outputsmod.Outputs, node: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -96,6 +101,25 @@ def set_flag(out: outputsmod.Outputs, node: str, on: bool) -> None:
         raise RuntimeError(f"{node}: could not {'set' if on else 'remove'} the drain flag: {proc.stderr.strip()[-400:]}")
 
 
+#: What drains on a node before its converge, by role: the agent worker (drains its jobs on
+#: SIGTERM) and LiveKit (drains its rooms on SIGTERM); one systemctl transaction stops both.
+DRAIN_UNITS = {Role.AGENT.value: "voicestack-agent.service", Role.LIVEKIT.value: "livekit.service"}
+#: Seconds beyond LiveKit's drain deadline the stop may take (the worker's drain runs alongside).
+DRAIN_MARGIN_S = 120
+
+
+def drain_services(out: outputsmod.Outputs, node: str) -> float:
+    """Seconds until the node's agent worker and LiveKit have stopped (their drains done)."""
+    started = time.monotonic()
+    units = [unit for role, unit in DRAIN_UNITS.items() if role in out.node(node).roles]
+    timeout = out.spec.config.livekit_stop_timeout + DRAIN_MARGIN_S
+    proc = ssh(out, node, "systemctl stop " + " ".join(units), timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{node}: could not stop {', '.join(units)} for the drain: "
+                           f"{proc.stderr.strip()[-400:]}; the node stays out of the balancer")
+    return time.monotonic() - started
+
+
 def converge(env: str, node: str, verbose: bool, timeout: float) -> int:
     argv = [sys.executable, "-m", "deploy.full", "--env", env, "--limit", node, *(["-v"] if verbose else [])]
     return subprocess.run(argv, cwd=ROOT, timeout=timeout).returncode
@@ -121,8 +145,10 @@ def roll_node(out: outputsmod.Outputs, node: str, verbose: bool) -> NodeResult:
     set_flag(out, node, on=True)
     wait(f"{node}'s health check to answer 503 (drain flag on)", lambda: health_code(out, node) == "503", 30)
     out_s = balancer_view(out, node, up=False)
-    print(f"rolling {env}: {node} out of the balancer {out_s:.1f}s after its drain flag; converging it",
+    print(f"rolling {env}: {node} out of the balancer {out_s:.1f}s after its drain flag; draining it",
           flush=True)
+    drain_s = drain_services(out, node)
+    print(f"rolling {env}: {node} drained in {drain_s:.1f}s; converging it", flush=True)
     started = time.monotonic()
     code = converge(env, node, verbose, CONVERGE_BASE_S + out.spec.config.livekit_stop_timeout)
     converge_s = time.monotonic() - started
@@ -135,7 +161,7 @@ def roll_node(out: outputsmod.Outputs, node: str, verbose: bool) -> NodeResult:
     back_s = balancer_view(out, node, up=True)
     print(f"rolling {env}: {node} converged in {converge_s:.1f}s, back in the balancer {back_s:.1f}s after "
           "its flag came off", flush=True)
-    return NodeResult(node, True, out_s, converge_s, back_s)
+    return NodeResult(node, True, out_s, converge_s, back_s, drain_s)
 
 
 def main(env: str, limit: tuple[str, ...], verbose: bool, full: bool = False) -> int:
@@ -164,6 +190,6 @@ def main(env: str, limit: tuple[str, ...], verbose: bool, full: bool = False) ->
         if code != 0:
             return code
     print(f"rolling {env}: {len(results)} node(s) rolled in {time.monotonic() - started:.1f}s "
-          + ", ".join(f"{r.node} (out {r.out_s:.1f}s, converge {r.converge_s:.1f}s, back {r.back_s:.1f}s)"
+          + ", ".join(f"{r.node} (out {r.out_s:.1f}s, drain {r.drain_s:.1f}s, converge {r.converge_s:.1f}s, back {r.back_s:.1f}s)"
                       for r in results), flush=True)
     return 0
