@@ -38,7 +38,7 @@ from infra import up as pipeline  # noqa: E402
 from infra.local import balancer, down, power, up  # noqa: E402
 from infra.local.names import EnvNames  # noqa: E402
 from infra.probes.roundtrip import round_trips  # noqa: E402
-from infra.spec import DRAIN_FLAG  # noqa: E402
+from infra.spec import drain_flag_command  # noqa: E402
 from infra.steps import Progress  # noqa: E402
 from tests.e2e import callers, envs, network  # noqa: E402
 
@@ -68,12 +68,12 @@ def call(out: outputs.Outputs) -> tuple[bool, str]:
 
 
 def drain(env: str, out: outputs.Outputs, names: EnvNames, node: str) -> str:
-    network.ssh(env, node, f"mkdir -p {DRAIN_FLAG.rsplit('/', 1)[0]} && touch {DRAIN_FLAG}")
+    network.ssh(env, node, drain_flag_command(on=True))
     try:
         out_s = balancer.wait_for(names, node, up=False, deadline_s=SETTLE_S)
         ok, error = call(out)
     finally:
-        network.ssh(env, node, f"rm -f {DRAIN_FLAG}")
+        network.ssh(env, node, drain_flag_command(on=False))
     back_s = balancer.wait_for(names, node, up=True, deadline_s=SETTLE_S)
     return (f"drain: out of the balancer {out_s:.1f} s after the flag, a new call {'ok' if ok else 'FAILED ' + error}, "
             f"back {back_s:.1f} s after the flag was removed")

@@ -28,11 +28,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from deploy import fastpath
 from infra import outputs as outputsmod
-from infra.spec import DRAIN_FLAG, Role
+from infra.local.host import LocalEnvError
+from infra.local.host import wait_until as wait
+from infra.spec import DRAIN_FLAG, Role, drain_flag_command
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Seconds the balancer may take to change its view of a node (its detection is a few checks;
@@ -71,16 +72,6 @@ def health_code(out: outputsmod.Outputs, node: str) -> str:
     return proc.stdout.strip()[-3:] or "000"
 
 
-def wait(what: str, ready: Callable[[], bool], deadline_s: float, interval: float = 0.5) -> float:
-    """Seconds until `ready()`; RuntimeError naming `what` after `deadline_s`."""
-    started = time.monotonic()
-    while not ready():
-        if time.monotonic() - started > deadline_s:
-            raise RuntimeError(f"timed out after {deadline_s:.0f}s waiting for {what}")
-        time.sleep(interval)  # poll interval of the deadline loop
-    return time.monotonic() - started
-
-
 def balancer_view(out: outputsmod.Outputs, node: str, up: bool) -> float:
     """Seconds until the balancer has `node` in (up) or out; see the module docstring."""
     if out.spec.config.provider == "local":
@@ -94,9 +85,7 @@ def balancer_view(out: outputsmod.Outputs, node: str, up: bool) -> float:
 
 
 def set_flag(out: outputsmod.Outputs, node: str, on: bool) -> None:
-    folder = DRAIN_FLAG.rsplit("/", 1)[0]
-    command = f"mkdir -p {folder} && touch {DRAIN_FLAG}" if on else f"rm -f {DRAIN_FLAG}"
-    proc = ssh(out, node, command)
+    proc = ssh(out, node, drain_flag_command(on))
     if proc.returncode != 0:
         raise RuntimeError(f"{node}: could not {'set' if on else 'remove'} the drain flag: {proc.stderr.strip()[-400:]}")
 
@@ -181,7 +170,7 @@ def main(env: str, limit: tuple[str, ...], verbose: bool, full: bool = False) ->
     for node in targets:
         try:
             results.append(roll_node(out, node, verbose))
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        except (RuntimeError, LocalEnvError, subprocess.TimeoutExpired) as exc:
             print(f"deploy {env}: {exc}", file=sys.stderr)
             return 1
     if others:

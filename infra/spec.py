@@ -39,6 +39,12 @@ LB_HEALTH_PATH = "/lb-health"
 #: While this file exists on a node the health check fails, so the balancer sends no new
 #: connections there (the rolling deploy sets it before touching a node).
 DRAIN_FLAG = "/run/voicestack/draining"
+
+
+def drain_flag_command(on: bool) -> str:
+    """The shell command on a node that sets (or removes) its drain flag."""
+    return f"mkdir -p {DRAIN_FLAG.rsplit('/', 1)[0]} && touch {DRAIN_FLAG}" if on else f"rm -f {DRAIN_FLAG}"
+
 #: Check every 3 s, 3 s to answer, out after 2 failures: a lost node stops receiving new calls
 #: within about 6-9 s. The smallest values DigitalOcean accepts (check interval and response
 #: timeout 3-300 s, thresholds 2-10); Hetzner takes them too.

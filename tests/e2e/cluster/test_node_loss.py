@@ -16,7 +16,7 @@ from infra import outputs
 from infra.local import balancer, host, power
 from infra.local.names import EnvNames
 from infra.probes.roundtrip import round_trips
-from infra.spec import DRAIN_FLAG
+from infra.spec import drain_flag_command
 from tests.e2e import envs, network
 
 ENV = envs.CLUSTER_ENV
@@ -71,7 +71,7 @@ def test_02_a_draining_node_leaves_the_balancer_and_calls_go_elsewhere(env) -> N
     out, names = outputs.read(ENV), EnvNames(ENV)
     health = out.spec.balancer.health
     node = out.node("node-2")
-    network.ssh(ENV, node.name, f"mkdir -p {DRAIN_FLAG.rsplit('/', 1)[0]} && touch {DRAIN_FLAG}")
+    network.ssh(ENV, node.name, drain_flag_command(on=True))
     try:
         code = network.ssh(ENV, node.name, f"curl -s -o /dev/null -w '%{{http_code}}' "
                                            f"http://{node.private_ip}:{health.port}{health.path}")
@@ -81,7 +81,7 @@ def test_02_a_draining_node_leaves_the_balancer_and_calls_go_elsewhere(env) -> N
         result = one_call(out)
         assert result["ok"], result.get("error")
     finally:
-        network.ssh(ENV, node.name, f"rm -f {DRAIN_FLAG}")
+        network.ssh(ENV, node.name, drain_flag_command(on=False))
     took = wait_state(names, node.name, up=True, deadline_s=SETTLE_S)
     print(f"drain flag off: {node.name} back in the balancer after {took:.1f}s")
 
