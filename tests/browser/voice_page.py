@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -231,7 +232,10 @@ def check_call(call: Call, spoken: str, diag: dict[str, Any], screenshot: Path) 
     assert "voice assistant" in call.greeting.lower()
     assert "light" in call.heard.lower()
     assert "turned on the lights" in call.answer.lower()
-    # The agent's audio track really carried the answer: what the page played, transcribed.
-    assert "lights" in spoken.lower(), f"the recorded agent audio transcribes as {spoken!r}"
+    # The agent's audio track really carried the answer: what the page played, transcribed. The
+    # words, not the exact sentence: tiny.en heard the recorded (Opus, re-encoded) "lights" as
+    # "light" in one CI run; neither word is in the greeting, so the answer's audio is proven.
+    words = set(re.findall(r"[a-z]+", spoken.lower()))
+    assert "turned" in words and words & {"light", "lights"}, f"the recorded agent audio transcribes as {spoken!r}"
     assert diag["agentPeak"] > 0.01 and diag["userPeak"] > 0.01, diag
     assert diag["errors"] == [], diag["errors"]
