@@ -5,7 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.speech.responder import FALLBACK, GREETING, Intent, intent, last_user_text, parse_number, respond
+from agent.speech.responder import (
+    FALLBACK,
+    GREETING,
+    HELP,
+    Intent,
+    heard_greeting,
+    intent,
+    last_user_text,
+    parse_number,
+    respond,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,6 +50,13 @@ FIXED_NOW = datetime(2026, 1, 2, 14, 5)
 )
 def test_agent_responder_answers_intent(said: str, answer: str) -> None:
     assert respond(said, now=lambda: FIXED_NOW) == answer
+
+
+@pytest.mark.parametrize("transcript, greeting", [
+    (GREETING, True), ("Hello. I am your voids assistant. How can I help?", True), ("hello assistant help", True),
+    ("Okay, I turned on the lights.", False), (HELP, False), ("I am your voice assistant.", False), ("", False)])
+def test_a_transcript_of_the_greeting_is_recognised_by_its_words(transcript: str, greeting: bool) -> None:
+    assert heard_greeting(transcript) is greeting
 
 
 def test_agent_responder_time_uses_the_clock_at_answer_time() -> None:
