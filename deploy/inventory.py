@@ -90,9 +90,9 @@ class NodeVars:
         return self.spec.certificate_node == self.node
 
     @property
-    def serves_turn_name(self) -> bool:
-        """This node answers for the TURN name (DNS points at it), so it holds the TURN certificate."""
-        return self.spec.serves_turn_name(self.node)
+    def turn_host(self) -> str | None:
+        """The TURN name this node answers at and obtains the certificate of (None: no coturn here)."""
+        return self.spec.turn_host_of(self.node)
 
     def release(self, name: str, uname_arch: str) -> tuple[artifactsmod.Artifact, str, str, str]:
         """(artifact, Debian arch, url, digest) of the pinned release `name` for a node's `uname -m`;

@@ -22,8 +22,9 @@ from infra.files import write_private
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK_DIR = ROOT / ".stack"
-#: Bumped whenever a reader of an older file would misread it (3: networking models, published DNS).
-SCHEMA = 3
+#: Bumped whenever a reader of an older file would misread it (3: networking models, published DNS;
+#: 4: a TURN name per node in clusters, whose DNS records the provisioner publishes).
+SCHEMA = 4
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,12 @@ def _checked_node(spec: specmod.EnvSpec, node: NodeOut) -> NodeOut:
     return node
 
 
+def _first_turn_host(spec: specmod.EnvSpec) -> str:
+    """The TURN name outputs carry as turn_domain: in a cluster, where every TURN node has its own
+    (spec.turn_hosts()), the first node's."""
+    return next(iter(spec.turn_hosts().values()), spec.config.turn_host)
+
+
 def _checked_dns(spec: specmod.EnvSpec, dns: Mapping[str, list[str]]) -> dict[str, list[str]]:
     want = {r.name: r for r in spec.dns_records}
     if sorted(dns) != sorted(want):
@@ -213,7 +220,7 @@ def assemble(spec: specmod.EnvSpec, nodes: list[NodeOut], *, api_secret: str, tu
         raise OutputsError(f"no {', '.join(missing)}: the provisioner must resolve every secret")
     cfg = spec.config
     return Outputs(env=spec.env, provider=cfg.provider, spec=spec, livekit_url=spec.livekit_url,
-                   livekit_domain=cfg.livekit_host, turn_domain=cfg.turn_host, token_endpoint=spec.token_endpoint,
+                   livekit_domain=cfg.livekit_host, turn_domain=_first_turn_host(spec), token_endpoint=spec.token_endpoint,
                    api_key=cfg.api_key, api_secret=api_secret, turn_secret=turn_secret, token_key=token_key,
                    nodes=list(nodes), call_password=call_password, dns=_checked_dns(spec, dns),
                    deploy=deploy or DeployInputs(), ca_bundle=ca_bundle, dns_server=dns_server,

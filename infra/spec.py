@@ -178,6 +178,8 @@ class TurnServer:
     host: str
     port: int
     protocol: str
+    #: The node whose coturn answers at `host`.
+    node: str
 
 
 @dataclass(frozen=True)
@@ -304,12 +306,24 @@ class EnvSpec:
         return found[0] if found else None
 
     def turn_name_nodes(self) -> tuple[Node, ...]:
-        """Nodes the TURN name's DNS record points at (they obtain or hold its certificate)."""
-        record = next(r for r in self.dns_records if r.name == self.config.turn_host)
-        return tuple(n for n in self.nodes if n.name in record.nodes)
+        """Nodes that serve a TURN name (each obtains its own name's certificate)."""
+        return self.nodes_with(Role.TURN)
 
-    def serves_turn_name(self, node: Node) -> bool:
-        return node in self.turn_name_nodes()
+    def turn_hosts(self) -> dict[str, str]:
+        """Node name -> the TURN name it answers at, for every TURN node: see turn_names()."""
+        return turn_names(self.config, self.nodes)
+
+    def turn_host_of(self, node: Node) -> str | None:
+        """The TURN name `node` answers at (None: it runs no coturn)."""
+        return self.turn_hosts().get(node.name)
+
+    def turn_servers_for(self, node: Node) -> tuple[TurnServer, ...]:
+        """What LiveKit on `node` hands its clients: the node's own TURN name, which lives exactly
+        as long as the rooms it hosts (a client of a room on a node that is gone has no call to
+        relay), so a lost node takes no other node's TURN with it. A LiveKit node without coturn
+        hands out every TURN node's."""
+        own = tuple(t for t in self.turn_servers if t.node == node.name)
+        return own or self.turn_servers   # (no TURN role here: none of the nodes' servers is its own)
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -502,14 +516,28 @@ def _node_firewall(ports: tuple[Port, ...], multi: bool) -> tuple[FirewallRule, 
                  for p in ports if p.scope is Scope.PRIVATE or p.name in _NODE_TO_NODE_PUBLIC)
 
 
+def turn_names(cfg: StackConfig, nodes: tuple[Node, ...]) -> dict[str, str]:
+    """Node name -> the TURN name it answers at. One TURN node: the configured turnHost. More: each
+    its own `<node>.<turnHost>`, pointing at that node alone, so no node holds the others' TURN (a
+    shared name on one node dies with it; one name on every node would need one certificate
+    obtained through every node). Each node obtains its own name's certificate by HTTP-01: the
+    name points at that node only."""
+    turn = [n.name for n in nodes if n.has(Role.TURN)]
+    if len(turn) == 1:
+        return {turn[0]: cfg.turn_host}
+    return {name: f"{name}.{cfg.turn_host}" for name in turn}
+
+
+def _turn_servers(cfg: StackConfig, nodes: tuple[Node, ...]) -> tuple[TurnServer, ...]:
+    return tuple(server for node, host in turn_names(cfg, nodes).items()
+                 for server in (TurnServer(host, cfg.turn_tls_port, "tls", node),
+                                TurnServer(host, cfg.turn_udp_port, "udp", node)))
+
+
 def _dns(cfg: StackConfig, nodes: tuple[Node, ...]) -> tuple[DnsRecord, ...]:
     livekit_nodes = tuple(n.name for n in nodes if n.has(Role.LIVEKIT))
-    turn_nodes = tuple(n.name for n in nodes if n.has(Role.TURN))
-    records = [
-        DnsRecord(cfg.livekit_host, "A", livekit_nodes, balancer=_balanced(cfg)),
-        # One TURN name, one certificate: the first TURN node answers for it.
-        DnsRecord(cfg.turn_host, "A", turn_nodes[:1]),
-    ]
+    records = [DnsRecord(cfg.livekit_host, "A", livekit_nodes, balancer=_balanced(cfg))]
+    records += [DnsRecord(host, "A", (node,)) for node, host in turn_names(cfg, nodes).items()]
     if len(nodes) > 1:
         records += [DnsRecord(f"{n.name}.{cfg.domain}", "A", (n.name,)) for n in nodes]
     return tuple(records)
@@ -520,8 +548,6 @@ def derive(cfg: StackConfig) -> EnvSpec:
     nodes = _nodes(cfg)
     ports = _ports(cfg, len(nodes) > 1)
     cloud, host = _firewalls(cfg, ports)
-    turn_servers = [TurnServer(cfg.turn_host, cfg.turn_tls_port, "tls"),
-                    TurnServer(cfg.turn_host, cfg.turn_udp_port, "udp")]
     return EnvSpec(
         config=cfg,
         nodes=nodes,
@@ -529,7 +555,7 @@ def derive(cfg: StackConfig) -> EnvSpec:
         cloud_firewall=cloud,
         host_firewall=host,
         dns_records=_dns(cfg, nodes),
-        turn_servers=tuple(turn_servers),
+        turn_servers=_turn_servers(cfg, nodes),
         node_firewall=_node_firewall(ports, len(nodes) > 1),
         balancer=_balancer(cfg, nodes),
     )

@@ -84,7 +84,7 @@ def summary(out: outputs.Outputs, progress: Progress) -> None:
     progress.line(f"environment {out.env} is up")
     print(f"  LiveKit URL:     {out.livekit_url}")
     print(f"  token endpoint:  {out.token_endpoint}")
-    print(f"  TURN:            {out.turn_domain}")
+    print(f"  TURN:            {', '.join(out.spec.turn_hosts().values()) or out.turn_domain}")
     print(f"  test token:      make token ENV={out.env} ROOM=voice-test")
     cfg = out.spec.config
     if out.spec.nodes_with(Role.AGENT):

@@ -53,7 +53,7 @@ def summary(spec: EnvSpec) -> str:
     cfg = spec.config
     lines = [f"{cfg.env}: provider {cfg.provider} ({cfg.region}, {cfg.server_type}), "
              f"{len(spec.nodes)} node(s), LiveKit {cfg.livekit_host} {cfg.livekit_version}, Caddy {cfg.caddy_version}, "
-             f"TURN {cfg.turn_host}",
+             f"TURN {', '.join(spec.turn_hosts().values()) or cfg.turn_host}",
              "public ports: " + ", ".join(p.label for p in spec.public_ports())]
     return "\n".join(lines)
 

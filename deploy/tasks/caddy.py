@@ -158,7 +158,7 @@ def caddy_vars(vs: NodeVars) -> dict:
         "call": ({"path": CALL_PATH, "bare": CALL_PATH.rstrip("/"), "public": cfg.call_public, "root": web.CURRENT,
                   "csp": content_security_policy(cfg.livekit_host), "env_token_key": ENV_TOKEN_KEY,
                   "env_user": ENV_CALL_USER, "env_hash": ENV_CALL_HASH} if vs.node.has(Role.AGENT) else None),
-        "turn_host": cfg.turn_host if vs.serves_turn_name else None,
+        "turn_host": vs.turn_host,
         "livekit_tls": ({"cert": certificates.LIVEKIT_CERT, "key": certificates.LIVEKIT_KEY}
                         if vs.certificate_relay else None),
         "acme_relay": vs.certificate_relay,

@@ -2,15 +2,15 @@
 
 One lifecycle, owned here:
   * Caddy obtains the LiveKit name's certificate on the spec's certificate node (ACME HTTP-01
-    validations reach one node; the others relay the challenges to it) and the TURN name's
-    certificate on the node the TURN name points at.
-  * Nodes that serve a name without obtaining it start with a short-lived self-signed
-    placeholder; the deploy's last phase ("share certificates") reads the real certificates on
-    the node that has them and installs them on the others.
-  * coturn reads its TLS certificate from /etc/coturn/tls; on the TURN name's node an hourly
-    timer copies Caddy's renewed certificate there and makes coturn reload it (SIGUSR2).
-Renewals reach the other nodes with the next deploy; Caddy renews 30 days before expiry, so a
-deploy at least monthly keeps them current.
+    validations reach one node; the others relay the challenges to it). Nodes that serve the
+    name without obtaining it start with a short-lived self-signed placeholder; the deploy's last
+    phase ("share certificates") reads the real certificate on the certificate node and installs
+    it on the others. Renewals reach them with the next deploy; Caddy renews 30 days before
+    expiry, so a deploy at least monthly keeps them current.
+  * Every TURN node's Caddy obtains the certificate of its own TURN name (infra.spec.turn_names:
+    the name points at that node alone, so HTTP-01 reaches it) and renews it by itself; coturn
+    reads it from /etc/coturn/tls, where an hourly timer copies Caddy's renewed certificate and
+    makes coturn reload it (SIGUSR2). No TURN certificate travels between nodes.
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from deploy.inventory import NodeVars
 from deploy.tasks._facts import NewestFile
 from deploy.tasks._lifecycle import lifecycle
 from deploy.tasks._ops import put_rendered, service_current
-from infra.spec import Role
 
 #: Where Debian's caddy (User=caddy, HOME=/var/lib/caddy) keeps what it obtains.
 STORAGE = "/var/lib/caddy/.local/share/caddy"
@@ -97,38 +96,40 @@ def for_caddy(vs: NodeVars) -> None:
                                 cert=LIVEKIT_CERT, key=LIVEKIT_KEY, domain=vs.cfg.livekit_host)
 
 
+def turn_sync_vars(turn_host: str) -> dict[str, Any]:
+    """Template variables of the TURN certificate copy script (pure: the task and the tests)."""
+    return {"turn_host": turn_host, "glob": certificate_glob("\"$name\""), "storage": STORAGE, "cert": TURN_CERT,
+            "key": TURN_KEY}
+
+
 def for_coturn(vs: NodeVars) -> list[Any]:
-    """coturn's TLS files: copied from Caddy on the TURN name's node, a placeholder elsewhere.
+    """coturn's TLS files on a TURN node: its own TURN name's certificate, copied from Caddy's storage.
 
     Returns the unit-file operations (the caller reloads systemd when one changed)."""
+    turn_host = vs.turn_host
+    if turn_host is None:   # coturn runs only where the spec gives the node a TURN name
+        raise ValueError(f"{vs.node.name} has no TURN name: coturn's certificate belongs to TURN nodes")
     files.directory(name=f"Create {COTURN_TLS_DIR}", path=COTURN_TLS_DIR, user="root", group="turnserver",
                     mode="750")
-    if not vs.serves_turn_name:
-        placeholder_certificate(name="Create a placeholder TURN certificate (replaced at the end)", cert=TURN_CERT,
-                                key=TURN_KEY, domain=vs.cfg.turn_host, group="turnserver")
-        return []
     put_rendered(name=f"Install {TURN_SYNC}", service="coturn", template="turn-cert.sh.j2", dest=TURN_SYNC, mode="755",
-                 variables={"turn_host": vs.cfg.turn_host, "glob": certificate_glob("\"$name\""),
-                            "storage": STORAGE, "cert": TURN_CERT, "key": TURN_KEY})
+                 variables=turn_sync_vars(turn_host))
     units = [put_rendered(name=f"Render /etc/systemd/system/{unit}", service="coturn", template=f"{unit}.j2",
                           dest=f"/etc/systemd/system/{unit}", mode="644", variables=turn_refresh_vars())
              for unit in TURN_REFRESH_UNITS]
-    sync_turn_certificate(name="Copy the TURN certificate from Caddy's storage", domain=vs.cfg.turn_host)
+    sync_turn_certificate(name=f"Copy the certificate of {turn_host} from Caddy's storage", domain=turn_host)
     return units
 
 
 def enable_turn_refresh(vs: NodeVars) -> None:
-    if vs.serves_turn_name:
-        systemd.service(name="Enable the TURN certificate refresh timer", service="voicestack-turn-cert.timer",
-                        running=True, enabled=True)
+    systemd.service(name="Enable the TURN certificate refresh timer", service="voicestack-turn-cert.timer",
+                    running=True, enabled=True)
 
 
 # ---- the share phase -------------------------------------------------------------------------
 
 def receivers(hosts: list[Any]) -> list[Any]:
-    """Hosts that serve a name whose certificate another node obtains."""
-    return [h for h in hosts if h.data.vs.certificate_relay
-            or (h.data.vs.node.has(Role.TURN) and not h.data.vs.serves_turn_name)]
+    """Hosts that serve the LiveKit name without obtaining its certificate."""
+    return [h for h in hosts if h.data.vs.certificate_relay]
 
 
 def read_certificate(node_host: Any, domain: str, wait_seconds: int = CERT_WAIT_SECONDS) -> tuple[str, str] | None:
@@ -149,34 +150,25 @@ class CertificateMissing(Exception):
 
 
 def collect(hosts: list[Any]) -> dict[str, Any]:
-    """The share phase's arguments: the PEMs, read where they were obtained (raises CertificateMissing)."""
-    lk_leader = next((h for h in hosts if h.data.vs.is_certificate_node), None)
-    turn_leader = next((h for h in hosts if h.data.vs.serves_turn_name), None)
-    pems: dict[str, Any] = {"livekit_pem": None, "turn_pem": None}
-    for arg, leader, domain in (("livekit_pem", lk_leader, lk_leader and lk_leader.data.vs.cfg.livekit_host),
-                                ("turn_pem", turn_leader, turn_leader and turn_leader.data.vs.cfg.turn_host)):
-        if leader is None:
-            continue
-        pems[arg] = read_certificate(leader, domain)
-        if pems[arg] is None:
-            raise CertificateMissing(f"Caddy on {leader.name} has no certificate for {domain} after "
-                                     f"{CERT_WAIT_SECONDS}s; see 'journalctl -u caddy' there")
-    return pems
+    """The share phase's arguments: the LiveKit PEMs, read on the certificate node (raises CertificateMissing)."""
+    leader = next((h for h in hosts if h.data.vs.is_certificate_node), None)
+    if leader is None:
+        return {"livekit_pem": None}
+    domain = leader.data.vs.cfg.livekit_host
+    pem = read_certificate(leader, domain)
+    if pem is None:
+        raise CertificateMissing(f"Caddy on {leader.name} has no certificate for {domain} after "
+                                 f"{CERT_WAIT_SECONDS}s; see 'journalctl -u caddy' there")
+    return {"livekit_pem": pem}
 
 
 @deploy("Share the certificates")
-def share(livekit_pem: tuple[str, str] | None, turn_pem: tuple[str, str] | None):
-    """Install the certificate node's LiveKit and TURN certificates on the other nodes; a service
-    restarts when its certificate is newer than its start (so an interrupted run still restarts)."""
+def share(livekit_pem: tuple[str, str] | None):
+    """Install the certificate node's LiveKit certificate on the other nodes; Caddy restarts when
+    its certificate is newer than its start (so an interrupted run still restarts)."""
     vs: NodeVars = host.data.vs
     if vs.certificate_relay and livekit_pem:
         for pem, dest in zip(livekit_pem, (LIVEKIT_CERT, LIVEKIT_KEY)):
             files.put(name=f"Install {dest}", src=io.StringIO(pem), dest=dest, user="root", group="caddy", mode="640")
         service_current(name="Restart Caddy if its certificate changed", service="caddy.service",
                         paths=(LIVEKIT_CERT, LIVEKIT_KEY))
-    if vs.node.has(Role.TURN) and not vs.serves_turn_name and turn_pem:
-        for pem, dest in zip(turn_pem, (TURN_CERT, TURN_KEY)):
-            files.put(name=f"Install {dest}", src=io.StringIO(pem), dest=dest, user="root", group="turnserver",
-                      mode="640")
-        service_current(name="Restart coturn if its certificate changed", service="coturn.service",
-                        paths=(TURN_CERT, TURN_KEY))

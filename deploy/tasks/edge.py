@@ -76,7 +76,7 @@ def edge_vars(vs: NodeVars, hard_limit: int | None = None) -> dict:
     caddy_https = spec.port("caddy-https")
     return {
         "listen_port": spec.port("https").start,
-        "turn_host": cfg.turn_host,
+        "turn_host": vs.turn_host,
         # Non-loopback on purpose (see the module docstring).
         "turn_upstream": f"{vs.interface_ip}:{turn_tls.start}",
         "https_upstream": f"{vs.bind_address(caddy_https.scope)}:{caddy_https.start}",

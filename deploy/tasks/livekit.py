@@ -55,7 +55,8 @@ def livekit_vars(vs: NodeVars) -> dict:
         "node_ip": vs.public_ip,
         "ice_ips": [f"{vs.interface_ip}/32"],
         "key_file": KEY_FILE,
-        "turn_servers": [{"host": t.host, "port": t.port, "protocol": t.protocol} for t in spec.turn_servers],
+        "turn_servers": [{"host": t.host, "port": t.port, "protocol": t.protocol}
+                         for t in spec.turn_servers_for(vs.node)],
         "turn_secret_file": TURN_SECRET_FILE,
         "turn_ttl": TURN_TTL_SECONDS,
         "redis": redis_client(vs),

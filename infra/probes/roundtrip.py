@@ -48,14 +48,16 @@ def round_trips(outputs: Outputs, count: int, condition: str = "normal", timeout
     return out["results"]
 
 
-def turn_tls(outputs: Outputs, user: str = "verify") -> dict[str, Any]:
-    """The roundtrip option for "ICE only through the TURN name over TLS on its TLS port" (REST
-    credentials of a username of its own: coturn's user-quota counts allocations per username, and
-    concurrent checks must not share one)."""
+def turn_tls(outputs: Outputs, user: str = "verify", node: str | None = None) -> dict[str, Any]:
+    """The roundtrip option for "ICE only through a TURN name over TLS on its TLS port": `node`'s
+    TURN name (default: the first TURN node's). REST credentials of a username of its own:
+    coturn's user-quota counts allocations per username, and concurrent checks must not share one."""
     username, password = rest_credentials(outputs.turn_secret, f"{user}-{secrets.token_hex(4)}")
     spec = outputs.spec
-    return {"host": spec.config.turn_host, "port": spec.config.turn_tls_port, "server_name": spec.config.turn_host,
-            "username": username, "password": password}
+    hosts = spec.turn_hosts()
+    host = hosts[node] if node else next(iter(hosts.values()))
+    return {"host": host, "port": spec.config.turn_tls_port, "server_name": host, "username": username,
+            "password": password}
 
 
 def condition_options(outputs: Outputs, condition: str) -> dict[str, Any]:

@@ -44,6 +44,12 @@ def rendered_lines(env: str, node: str) -> dict[str, list[str]]:
             "turnserver.conf": [line for line in coturn.splitlines() if line.startswith(COTURN_KEYS)]}
 
 
+def turn_server_hosts(env: str, node: str) -> set[str]:
+    """The TURN names LiveKit on a node hands its clients (rtc.turn_servers in its livekit.yaml)."""
+    block = ssh(env, node, "sed -n '/^  turn_servers:/,/^turn:/p' /etc/livekit/livekit.yaml")
+    return set(re.findall(r"^\s*- host: (\S+)$", block, re.MULTILINE))
+
+
 def node_id(env: str, node: str, prometheus_port: int) -> str:
     """LiveKit's id of a node, from the node side: the node_id label of its own Prometheus metrics."""
     metrics = ssh(env, node, f"curl -fsS http://127.0.0.1:{prometheus_port}/metrics")

@@ -185,6 +185,23 @@ def test_turn_tls_on_its_own_port_needs_no_sni_router() -> None:
     assert "https_port 443" in files["Caddyfile"]
 
 
+def test_every_cluster_node_serves_and_obtains_its_own_turn_name_and_hands_out_only_it() -> None:
+    spec = spec_of(3)
+    names = spec.turn_hosts()
+    for node in ("node-1", "node-2", "node-3"):
+        files, own = rendered(3, node), names[node]
+        assert own == f"{node}.{spec.config.turn_host}"
+        # Caddy obtains its certificate (an ACME order of its own, on port 80 of this node)...
+        assert f"\n{own} {{" in files["Caddyfile"] and f"http://{own} {{" in files["Caddyfile"].replace(
+            f"http://{spec.config.livekit_host}, http://{own}", f"http://{own}")
+        # ...the SNI router sends it to coturn, and LiveKit hands out this name and no other.
+        assert f"\t\t{own} turn_hop;" in files["nginx.conf"]
+        assert re.findall(r"- host: (\S+)", files["livekit.yaml"]) == [own, own]
+        for other in set(names.values()) - {own}:
+            assert other not in files["Caddyfile"] and other not in files["nginx.conf"]
+        assert f"\n{spec.config.turn_host} {{" not in files["Caddyfile"]
+
+
 def test_caddyfile_proxies_livekit_and_the_token_endpoint_with_hsts() -> None:
     spec = spec_of()
     cf = rendered()["Caddyfile"]
@@ -208,11 +225,10 @@ def test_acme_directory_follows_the_config(acme: str, directory: str) -> None:
 def test_only_the_certificate_node_asks_acme_others_relay_challenges_to_it() -> None:
     spec = spec_of(3)
     leader = rendered(3, "node-1")["Caddyfile"]
-    assert f"{spec.config.turn_host} {{" in leader and "tls /etc/caddy" not in leader
+    assert "tls /etc/caddy" not in leader
     assert "reverse_proxy" in leader and "acme-challenge" not in leader
     for node in ("node-2", "node-3"):
         other = rendered(3, node)
-        assert f"\n{spec.config.turn_host} {{" not in other["Caddyfile"]
         # The certificate node's certificate, copied by the deploy, instead of an ACME order.
         assert "tls /etc/caddy/tls/livekit.crt /etc/caddy/tls/livekit.key" in other["Caddyfile"]
         relay = f"{spec.nodes[0].private_ip}:{spec.port('http').start}"

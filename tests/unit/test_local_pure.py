@@ -64,7 +64,7 @@ def test_dns_records_map_every_name_to_node_addresses_and_the_acme_server() -> N
     got = dns.records(names, spec)
     # A cluster's LiveKit name is the load balancer's (infra/local/balancer.py); TURN stays direct.
     assert got[spec.config.livekit_host] == [balancer.public_ip(names)]
-    assert got[spec.config.turn_host] == [names.node_public_ip(0)]
+    assert got[f"node-2.{spec.config.turn_host}"] == [names.node_public_ip(1)] and spec.config.turn_host not in got
     assert got[f"node-3.{spec.config.domain}"] == [names.node_public_ip(2)]
     assert dns.records(names, spec_of(1, env="unit"))[spec.config.livekit_host] == [names.node_public_ip(0)]
     assert got[f"acme.{spec.config.domain}"] == [names.gateway]

@@ -99,14 +99,16 @@ def test_published_dns_defaults_to_the_nodes_and_must_cover_every_record() -> No
     out = outputs_for(spec)
     # A cluster's LiveKit name is its load balancer's; every other name points at its nodes.
     assert out.dns[spec.config.livekit_host] == [BALANCER] == [out.balancer_ip]
-    assert out.dns[spec.config.turn_host] == [out.nodes[0].public_ip]
+    for node in out.nodes:  # each node's own TURN name, its own address
+        assert out.dns[f"{node.name}.{spec.config.turn_host}"] == [node.public_ip]
+    assert spec.config.turn_host not in out.dns and out.turn_domain == f"node-1.{spec.config.turn_host}"
     assert out.dns[f"node-2.{spec.config.domain}"] == [out.node("node-2").public_ip]
     other = {**out.dns, spec.config.livekit_host: ["192.0.2.1"]}
     assert outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c", call_password="p" * 16,
                             dns=other).dns == other  # a provider may publish another address
     with pytest.raises(outputs.OutputsError, match="published DNS names"):
         outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c", call_password="p" * 16,
-                         dns={k: v for k, v in out.dns.items() if k != spec.config.turn_host})
+                         dns={k: v for k, v in out.dns.items() if k != f"node-3.{spec.config.turn_host}"})
     with pytest.raises(outputs.OutputsError, match="another number of addresses"):
         outputs.assemble(spec, out.nodes, api_secret="a", turn_secret="b", token_key="c", call_password="p" * 16,
                          dns={**out.dns, spec.config.livekit_host: [n.public_ip for n in out.nodes]})

@@ -132,7 +132,8 @@ def test_the_livekit_name_points_at_the_reserved_ip_or_the_balancer_every_other_
     livekit_nodes = next(r.nodes for r in spec.dns_records if r.name == spec.config.livekit_host)
     assert run.outputs["dns"][spec.config.livekit_host] == (
         [balancer_ip(run)] if spec.balancer else [reserved_ip_of(spec, run)[n] for n in livekit_nodes])
-    assert run.outputs["dns"][spec.config.turn_host] == [droplet_ips(run)["node-1"]]
+    for node, turn_host in spec.turn_hosts().items():   # every TURN node's own name, its droplet's address
+        assert run.outputs["dns"][turn_host] == [droplet_ips(run)[node]]
 
 
 def test_a_cluster_needs_no_reserved_ips_behind_its_balancer():

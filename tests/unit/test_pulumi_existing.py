@@ -62,7 +62,7 @@ def test_a_host_behind_1_to_1_nat_reports_its_interface_address():
     assert (nodes["edge-a"]["network"], nodes["edge-a"]["interface_ip"]) == ("nat", "172.31.5.9")
     assert (nodes["edge-b"]["network"], nodes["edge-b"]["interface_ip"]) == ("direct", "203.0.113.11")
     out = stack_outputs.to_outputs(run.outputs, "/keys/deploy")
-    assert out.node("edge-a").interface_ip == "172.31.5.9" and out.dns["turn.example.net"] == ["203.0.113.10"]
+    assert out.node("edge-a").interface_ip == "172.31.5.9" and out.dns["edge-a.turn.example.net"] == ["203.0.113.10"]
     # Where the operator's own firewall also filters traffic between the hosts: the flows to allow.
     assert {(r["protocol"], r["ports"]) for r in run.outputs["info"]["node_firewall_rules"]} >= {("tcp", "6379")}
 

@@ -121,7 +121,10 @@ def test_dns_records_cover_names_and_nodes() -> None:
     three = spec_of(nodeCount=3)
     names = {r.name: r.nodes for r in three.dns_records}
     assert names["livekit.example.com"] == ("node-1", "node-2", "node-3")
-    assert names["turn.example.com"] == ("node-1",)
+    # Every TURN node its own TURN name, pointing at it alone; no shared TURN name on one node.
+    assert "turn.example.com" not in names
+    assert {n: names[f"{n}.turn.example.com"] for n in ("node-1", "node-2", "node-3")} == {
+        n: (n,) for n in ("node-1", "node-2", "node-3")}
     assert names["node-2.example.com"] == ("node-2",)
     assert three.dns_records[0].relative_to("example.com") == "livekit"
 
@@ -143,7 +146,7 @@ def test_a_cloud_cluster_puts_the_livekit_name_behind_a_health_checked_balancer(
     # The LiveKit name publishes the balancer's one address; TURN and per-node names stay direct.
     records = {r.name: r for r in three.dns_records}
     assert records["livekit.example.com"].balancer and records["livekit.example.com"].address_count == 1
-    assert not records["turn.example.com"].balancer and not records["node-2.example.com"].balancer
+    assert not records["node-2.turn.example.com"].balancer and not records["node-2.example.com"].balancer
     ip_of = {"node-1": "a", "node-2": "b", "node-3": "c"}
     assert three.dns_addresses(ip_of, "lb")["livekit.example.com"] == ["lb"]
     assert three.dns_addresses(ip_of, "lb")["node-3.example.com"] == ["c"]
@@ -160,10 +163,21 @@ def test_bring_your_own_hosts_keep_dns_listing_every_node() -> None:
 
 def test_topology_decides_certificate_and_turn_nodes_once() -> None:
     one, three = spec_of(), spec_of(nodeCount=3)
-    assert one.certificate_node == one.nodes[0] and one.serves_turn_name(one.nodes[0])
+    assert one.certificate_node == one.nodes[0] and one.turn_host_of(one.nodes[0]) == "turn.example.com"
     assert three.certificate_node == three.node("node-1")
-    assert [n.name for n in three.turn_name_nodes()] == ["node-1"]
-    assert not three.serves_turn_name(three.node("node-2"))
+    assert [n.name for n in three.turn_name_nodes()] == ["node-1", "node-2", "node-3"]
+    assert three.turn_hosts() == {n: f"{n}.turn.example.com" for n in ("node-1", "node-2", "node-3")}
+
+
+def test_each_livekit_node_hands_out_its_own_turn_name_only() -> None:
+    one, three = spec_of(), spec_of(nodeCount=3)
+    assert {(t.host, t.protocol, t.port) for t in one.turn_servers_for(one.nodes[0])} == {
+        ("turn.example.com", "tls", 443), ("turn.example.com", "udp", 3478)}
+    for node in three.nodes:
+        assert {(t.host, t.protocol) for t in three.turn_servers_for(node)} == {
+            (f"{node.name}.turn.example.com", "tls"), (f"{node.name}.turn.example.com", "udp")}
+    # Every TURN node's servers are in the spec (what the outputs carry), each with its node.
+    assert {t.node for t in three.turn_servers} == {"node-1", "node-2", "node-3"} and len(three.turn_servers) == 6
 
 
 @pytest.mark.parametrize("changes", [{}, {"nodeCount": 3}, {"iceMode": "mux", "turnTlsPort": 5349}],

@@ -176,7 +176,7 @@ def _lifecycle_units(spec: EnvSpec, node: NodeOut) -> list[str]:
     units = [u for u, role in _services(spec).items() if role is not None and snode.has(role)]
     if spec.sni_split and snode.has(Role.LIVEKIT):
         units.append("nginx.service")
-    if spec.serves_turn_name(snode):
+    if spec.turn_host_of(snode):
         units.append("voicestack-turn-cert.service")
     return units
 

@@ -70,14 +70,17 @@ def test_net_04_ssh_closed_outside_admin_cidrs(spec: EnvSpec, outputs: Outputs, 
 
 @pytest.mark.parametrize("which", ["livekit", "turn"])
 def test_tls_01_certificates_valid(spec: EnvSpec, outputs: Outputs, probe, cafile, which: str) -> None:
-    name = spec.config.livekit_host if which == "livekit" else spec.config.turn_host
+    """The LiveKit name's certificate, and each TURN node's own TURN name's (coturn on 443 by SNI)."""
+    names = [spec.config.livekit_host] if which == "livekit" else list(spec.turn_hosts().values())
     port = spec.port("https").start if which == "livekit" else spec.config.turn_tls_port
-    got = probe("tls", host=name, port=port, server_name=name, cafile=cafile)
-    assert got["ok"], (f"TLS to {name}:{port} failed: {got.get('error')}; check the certificate (Caddy logs: "
-                       "journalctl -u caddy) and that DNS points at the node")
-    assert name in got["san"], f"certificate for {got['san']} does not name {name}"
-    assert got["version"] in ("TLSv1.2", "TLSv1.3")
-    assert got["days_left"] >= 14, f"certificate of {name} expires in {got['days_left']} days: renewal is failing"
+    assert names, "the spec names no TURN node"
+    for name in names:
+        got = probe("tls", host=name, port=port, server_name=name, cafile=cafile)
+        assert got["ok"], (f"TLS to {name}:{port} failed: {got.get('error')}; check the certificate (Caddy logs: "
+                           "journalctl -u caddy) and that DNS points at the node")
+        assert name in got["san"], f"certificate for {got['san']} does not name {name}"
+        assert got["version"] in ("TLSv1.2", "TLSv1.3")
+        assert got["days_left"] >= 14, f"certificate of {name} expires in {got['days_left']} days: renewal is failing"
 
 
 def test_http_01_livekit_answers_ok(spec: EnvSpec, probe, cafile) -> None:

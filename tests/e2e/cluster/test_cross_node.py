@@ -45,6 +45,8 @@ def test_01_every_node_binds_its_interface_and_advertises_its_public_address(env
         # address (NATed to its public one), never the private network's.
         assert f"relay-ip={node.interface_ip}" in turn and f"external-ip={node.public_ip}/{node.interface_ip}" in turn
         assert {f"allowed-peer-ip={n.public_ip}" for n in out.nodes} <= set(turn)
+        # Each node hands out its own TURN name only: losing another node takes none of its TURN.
+        assert network.turn_server_hosts(ENV, node.name) == {f"{node.name}.{out.spec.config.turn_host}"}
 
 
 def test_02_the_verify_suite_passes_unchanged(env) -> None:
@@ -58,7 +60,8 @@ def test_03_turn_on_node_1_carries_a_call_to_a_room_on_another_node(env) -> None
     out = outputs.read(ENV)
     spec = out.spec
     turn_node = spec.turn_name_nodes()[0]
-    assert turn_node.name == "node-1"
+    turn_host = spec.turn_host_of(turn_node)
+    assert turn_node.name == "node-1" and turn_host == f"node-1.{spec.config.turn_host}"
     room_node = out.nodes[1 + secrets.randbelow(NODES - 1)]  # node-2 or node-3
     prometheus = spec.port("livekit-prometheus").start
     room = f"xnode-{secrets.token_hex(4)}"
@@ -69,9 +72,9 @@ def test_03_turn_on_node_1_carries_a_call_to_a_room_on_another_node(env) -> None
 
     # Relay-only ICE with one TURN server: the TURN name over TLS on 443 (agent/tls_tunnel.py does
     # the TLS: the SDK's libwebrtc trusts only its compiled-in roots).
-    (result,) = round_trips(out, 1, rooms=[room], collect_ice=True, turn_tls=turn_tls(out, "xnode"))
+    (result,) = round_trips(out, 1, rooms=[room], collect_ice=True, turn_tls=turn_tls(out, "xnode", "node-1"))
     print(f"cross-node call: room {room} on {room_node.name} ({room_node.public_ip}), TURN/TLS "
-          f"{spec.config.turn_host}:{spec.config.turn_tls_port} on {turn_node.name} "
+          f"{turn_host}:{spec.config.turn_tls_port} on {turn_node.name} "
           f"({out.node('node-1').public_ip}):\n{json.dumps(result, indent=2)}")
     assert result["ok"], f"no spoken round trip across nodes: {result.get('error')}"
     assert result["turn_tls_connections"], "the client never connected to the TURN name over TLS"
