@@ -46,6 +46,10 @@ END_OF_SPEECH_GAP = 2.5
 #: silence closes the utterance: the end of its audio may still be in flight behind the attribute
 #: (signalling and media take different paths). Saves the 2.5 s wait twice per round trip.
 SETTLE_AFTER_SPEAKING = 0.5
+#: While the agent's state still says "speaking", a silence is its next clause being synthesised,
+#: not the end (on a busy 2-core CI machine an answer was cut after "Okay," and heard as "Okay.
+#: Okay."): only this long a gap ends the utterance then, so a stuck attribute cannot hang a call.
+SPEAKING_GAP = 10.0
 AGENT_STATE = "lk.agent.state"
 
 
@@ -188,8 +192,9 @@ async def _utterance(rec: _Recorder, start: float, deadline: float, what: str,
         if last is None:
             return False
         quiet = time.monotonic() - last
-        said_done = rec.stopped_speaking is not None and rec.stopped_speaking > first
-        return quiet > gap or (said_done and quiet > SETTLE_AFTER_SPEAKING)
+        if rec.stopped_speaking is not None and rec.stopped_speaking > first:
+            return quiet > SETTLE_AFTER_SPEAKING   # it said it is done: let the tail arrive
+        return quiet > (max(gap, SPEAKING_GAP) if rec.agent_state == "speaking" else gap)
 
     await _poll(ended, deadline, f"the end of the agent's {what}")
     last = rec.last_voiced_after(first)
