@@ -12,6 +12,7 @@ for running conversations to end (livekit-agents' `start` mode).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from agent.actions import (  # noqa: E402
     from_tool_call,
 )
 from agent.speech.responder import GREETING  # noqa: E402
+
+log = logging.getLogger("agent.worker")
 
 INSTRUCTIONS = (
     "You are a terse voice assistant for a home: you switch lights, set the thermostat and "
@@ -204,6 +207,9 @@ def prewarm(proc: JobProcess) -> None:
 async def entrypoint(ctx: JobContext) -> None:
     """One conversation. Module level because job processes receive it pickled; the
     configuration is re-read from the environment they inherit."""
+    # Which node's worker holds a room's agent (a cluster places jobs on any node's worker):
+    # `journalctl -u voicestack-agent | grep <room>` on each node.
+    log.info("agent job %s for room %s", ctx.job.id, ctx.job.room.name)
     config = WorkerConfig.from_env()
     session = build_session(config, ctx.proc.userdata["vad"])
     turn_metrics.TurnRecorder(ctx.room if config.turn_metrics_to_room else None).attach(session)

@@ -126,9 +126,9 @@ class CallSession:
             elif msg.get("event") == event:
                 return msg
 
-    def _token(self, prefix: str) -> tuple[str, str]:
-        """(token, room) for a fresh room."""
-        room = f"{prefix}-{secrets.token_hex(4)}"
+    def _token(self, prefix: str, room: str | None = None) -> tuple[str, str]:
+        """(token, room) for `room`, else a fresh room."""
+        room = room or f"{prefix}-{secrets.token_hex(4)}"
         return mint(self.outputs.api_key, self.outputs.api_secret, f"{prefix}-{secrets.token_hex(3)}", room,
                     preset="speaker", ttl=3600, agent_name=agent_dispatch(self.outputs)), room
 
@@ -142,8 +142,10 @@ class CallSession:
         self._send({"cmd": "round_trip", "token": token, "timeout": timeout, **self._target(), **options})
         return {**self._wait("round_trip", timeout + 60), "room": room}
 
-    def call(self, timeout: float = 90) -> dict[str, Any]:
-        token, room = self._token("longcall")
+    def call(self, timeout: float = 90, room: str | None = None) -> dict[str, Any]:
+        """Join a call (a fresh room, or `room`, e.g. one created on a chosen node) and wait for
+        the agent's greeting; the call stays up for speak() until hangup()."""
+        token, room = self._token("longcall", room)
         self._send({"cmd": "call", "token": token, "timeout": timeout, **self._target()})
         return {**self._wait("call", timeout + 60), "room": room}
 

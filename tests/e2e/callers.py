@@ -1,13 +1,17 @@
-"""A client that keeps opening new spoken calls through an environment's LiveKit name while
-something else happens (a rolling deploy): tests/e2e/cluster/test_rolling.py and
-bench/bench_cluster_loss.py --rolling count what failed."""
+"""Clients for a cluster while something else happens (a rolling deploy): callers that keep opening
+new spoken calls through the LiveKit name (tests/e2e/cluster/test_rolling.py and
+bench/bench_cluster_loss.py --rolling count what failed), and a long call held on one node."""
 from __future__ import annotations
 
+import queue
+import secrets
+import subprocess
 import threading
 import time
 
 from infra import outputs
-from infra.probes.roundtrip import round_trips
+from infra.local import host
+from infra.probes.roundtrip import CallSession, round_trips
 from tests.e2e import network
 
 #: The second caller starts this many seconds after the first: with two, a new call every few
@@ -59,3 +63,81 @@ def drift_livekit_config(env: str, nodes: list[str]) -> None:
     """A change on each node that the deploy repairs with a LiveKit restart (as an upgrade does)."""
     for node in nodes:
         network.ssh(env, node, "echo '# drift (a test or benchmark of the rolling deploy)' >> /etc/livekit/livekit.yaml")
+
+
+#: Tries to get a long call's agent job onto the node that hosts its room: LiveKit gives a job to
+#: any node's worker (about one chance in three per try on three nodes; 20 tries miss 0.03%).
+COLOCATE_TRIES = 20
+
+
+def agent_node(env: str, nodes: list[str], room: str, deadline_s: float = 30) -> str:
+    """The node whose agent worker runs the job of `room` (agent/worker.py logs each job's room)."""
+    found: list[str] = []
+
+    def probe() -> bool:
+        found[:] = [n for n in nodes if network.ssh(
+            env, n, f"journalctl -u voicestack-agent --no-pager -o cat --since -15min | grep -cF 'for room {room}' "
+                    "|| true").strip() not in ("", "0")]
+        return bool(found)
+
+    host.wait_until(f"the agent job of room {room} in a node's journal", probe, deadline_s, interval=1.0)
+    return found[0]
+
+
+def colocated_call(env: str, out: outputs.Outputs, session: CallSession, node: str) -> tuple[str, list[str]]:
+    """Join a long call whose room and agent both live on `node` (the room created there, then
+    new tries until a job lands on that node's worker). Returns (room, where earlier tries' agents went)."""
+    node_id = network.node_id(env, node, out.spec.port("livekit-prometheus").start)
+    nodes = [n.name for n in out.nodes]
+    missed: list[str] = []
+    for _ in range(COLOCATE_TRIES):
+        room = f"longcall-{secrets.token_hex(4)}"
+        network.create_room(out, room, node_id)
+        joined = session.call(room=room)
+        assert joined["ok"], f"the long call did not start: {joined}"
+        where = agent_node(env, nodes, room)
+        if where == node:
+            return room, missed
+        missed.append(where)
+        session.hangup()
+    raise AssertionError(f"no agent job of {COLOCATE_TRIES} calls landed on {node}: {missed}")
+
+
+class Streamed:
+    """A command whose output lines the test reads while it runs (a rolling deploy's progress)."""
+
+    def __init__(self, argv: list[str], cwd: str) -> None:
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     bufsize=1)
+        self.lines: list[str] = []
+        self._new: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            self._new.put(line)
+        self._new.put(None)
+
+    def wait_line(self, needle: str, deadline_s: float) -> str:
+        end = time.monotonic() + deadline_s
+        while True:
+            try:
+                line = self._new.get(timeout=max(0.1, end - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line with {needle!r} within {deadline_s:.0f}s:\n"
+                                     + "".join(self.lines[-40:])) from None
+            if line is None:
+                raise AssertionError(f"the command ended (exit {self.proc.wait()}) before a line with {needle!r}:\n"
+                                     + "".join(self.lines[-40:]))
+            if needle in line:
+                return line
+
+    def finish(self, timeout_s: float) -> tuple[int, str]:
+        try:
+            rc = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        return rc, "".join(self.lines)
