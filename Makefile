@@ -113,20 +113,21 @@ test-n8n: $(VENV_STAMP) $(AGENT_STAMP) deps n8n
 
 # e2e: builds local machines of its own (env names e2e*), needs root. Two streams at once (their
 # environments are apart: own names, networks, nftables tables; the shared caches are built once
-# under a lock, infra.local.host.cache_lock): the three-node cluster (its modules share one
-# cluster: cross-node call, node loss, rolling deploy) and the single-node modules. Each prints
-# its 15 slowest tests. The long e2e modules (the Redis failover on the cluster, the whole chaos
-# suite: ~20 min on this 2-core machine) run with `make test-e2e-long`; make test runs the chaos
-# suite's smoke (tests/e2e/heal.py, in test_verify_faults.py). See README, Tests.
-E2E_LONG := tests/e2e/cluster/test_redis_failover.py tests/e2e/test_chaos.py
-E2E_CLUSTER := tests/e2e/cluster
+# under a lock, infra.local.host.cache_lock), of about equal length: the three-node cluster (its
+# modules share one cluster: cross-node call, node loss) then the verify faults, and the other
+# single-node modules. Each prints its 15 slowest tests. The long e2e modules (the Redis failover
+# and the rolling deploy on the cluster, the whole chaos suite: ~30 min on this 2-core machine)
+# run with `make test-e2e-long`; make test runs the chaos suite's smoke (tests/e2e/heal.py, in
+# test_verify_faults.py). See README, Tests.
+E2E_LONG := tests/e2e/cluster/test_redis_failover.py tests/e2e/cluster/test_rolling.py tests/e2e/test_chaos.py
+E2E_STREAM := tests/e2e/cluster tests/e2e/test_verify_faults.py
 E2E_ARGS := $(foreach m,$(E2E_LONG),--ignore=$(m)) --durations=15
 test-e2e: $(VENV_STAMP) deps
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-e2e-cluster test-e2e-single
 test-e2e-cluster: $(VENV_STAMP) deps
-	@$(PY) -m pytest $(E2E_CLUSTER) $(E2E_ARGS)
+	@$(PY) -m pytest $(E2E_STREAM) $(E2E_ARGS)
 test-e2e-single: $(VENV_STAMP) deps
-	@$(PY) -m pytest tests/e2e --ignore=$(E2E_CLUSTER) $(E2E_ARGS)
+	@$(PY) -m pytest tests/e2e $(foreach m,$(E2E_STREAM),--ignore=$(m)) $(E2E_ARGS)
 test-e2e-long: $(VENV_STAMP) deps
 	@$(PY) -m pytest $(E2E_LONG)
 
