@@ -310,8 +310,9 @@ class EnvSpec:
         return self.nodes_with(Role.TURN)
 
     def turn_hosts(self) -> dict[str, str]:
-        """Node name -> the TURN name it answers at, for every TURN node: see turn_names()."""
-        return turn_names(self.config, self.nodes)
+        """Node name -> the TURN name it answers at, for every TURN node (turn_names() decided them
+        once, into turn_servers: read back from there, not derived a second time)."""
+        return {t.node: t.host for t in self.turn_servers}
 
     def turn_host_of(self, node: Node) -> str | None:
         """The TURN name `node` answers at (None: it runs no coturn)."""

@@ -76,8 +76,8 @@ def agent_node(env: str, nodes: list[str], room: str, deadline_s: float = 30) ->
 
     def probe() -> bool:
         found[:] = [n for n in nodes if network.ssh(
-            env, n, f"journalctl -u voicestack-agent --no-pager -o cat --since -15min | grep -cF 'for room {room}' "
-                    "|| true").strip() not in ("", "0")]
+            env, n, f"journalctl -u voicestack-agent --no-pager -o cat --since -15min | grep -qF 'for room {room}' "
+                    "&& echo found || true").strip() == "found"]
         return bool(found)
 
     host.wait_until(f"the agent job of room {room} in a node's journal", probe, deadline_s, interval=1.0)
