@@ -194,7 +194,7 @@ class Call:
     greeting: str        # the agent's first final transcript line
     heard: str           # what the page shows the agent heard of PHRASE
     answer: str          # the agent's answer to it
-    recorded: bytes      # the agent's audio as the page played it, from the greeting on (WebM/Opus)
+    recorded: bytes      # the agent's audio as the page played it, from PHRASE heard on (WebM/Opus)
 
 
 def converse(page: Page, timeout_s: float) -> Call:
@@ -203,8 +203,11 @@ def converse(page: Page, timeout_s: float) -> Call:
     page.click("#connect")
     greeting = wait_for_segment(page, "agent", "assistant", timeout_s=timeout_s)
     wait_for_agent_audio(page, timeout_s=timeout_s)
-    start_agent_recording(page)
     heard = wait_for_segment(page, "user", "light", timeout_s=timeout_s)
+    # From here on the agent's track carries the answer only: with the greeting in the same file,
+    # tiny.en once transcribed only the greeting's tail ("It's time to help.") on a busy machine.
+    # The answer's audio follows the user's final transcript (STT, then the reply, then TTS).
+    start_agent_recording(page)
     after = len(transcript(page)) - 1
     answer = wait_for_segment(page, "agent", "lights", timeout_s=timeout_s, after=after)
     page.wait_for_function("() => document.querySelector('#agent-state').dataset.state === 'listening'",
