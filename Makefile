@@ -29,7 +29,7 @@ help:
 	@echo "make test-n8n                 only the tests of the examples/n8n workflows in a real n8n"
 	@echo "make test-e2e-long            Redis failover and rolling deploy on three nodes, whole chaos suite (~30 min)"
 	@echo "make bench                    benchmarks (print figures)"
-	@echo "make bench-cluster            a three-node cluster loses each node in turn (~20 min, figures)"
+	@echo "make bench-cluster            a three-node cluster loses each node in turn, then one rolling deploy (~30 min, figures)"
 
 venv: $(VENV_STAMP) $(AGENT_STAMP)
 $(VENV_STAMP): requirements.txt
@@ -145,7 +145,7 @@ bench: $(VENV_STAMP) $(AGENT_STAMP) deps
 # A three-node cluster behind its load balancer loses each node in turn (~20 min; figures only).
 .PHONY: bench-cluster
 bench-cluster: $(VENV_STAMP) $(AGENT_STAMP) deps
-	@$(PY) bench/bench_cluster_loss.py
+	@$(PY) bench/bench_cluster_loss.py --rolling 1
 
 # Capacity (figures, not pass/fail): the load ramp per room shape and the agent's concurrent
 # conversations against a deployed environment, then a soak at 70 % of the knee.

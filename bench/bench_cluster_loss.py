@@ -4,8 +4,8 @@
 
 The env is a local three-node cluster behind the emulated 1:1 NAT (as `e2ecluster`), brought up
 and deployed first (`--reuse`: take a deployed env as it is) and removed afterwards unless
-`--keep`. For each node named (default: every node; node-1 is the first Redis primary, the
-certificate node and the TURN name's node):
+`--keep`. For each node named (default: every node; node-1 is the first Redis primary and the
+certificate node):
 
   drain     the drain flag set -> the balancer reports the node DOWN; removed -> UP again
   power off the plug pulled -> the balancer reports it DOWN; new spoken calls one after another
@@ -15,11 +15,13 @@ certificate node and the TURN name's node):
 
   rolling   (--rolling N, after the nodes' runs; --nodes '' for only this) N rolling deploys, each
             after a change that restarts LiveKit on every node, while two clients open new calls
-            through the balancer: the deploy's time, each node's out/converge/back figures, calls
-            made and failed
+            through the balancer: the deploy's time, each node's out/drain/converge/back figures
+            (the drain's two steps too), calls made and failed
 
-Times are seconds from the action. tests/e2e/cluster/test_node_loss.py asserts the behaviour
-on node-2 and node-3 of the CI cluster; this prints the numbers for every node.
+Times are seconds from the action. tests/e2e/cluster/test_node_loss.py and test_rolling.py assert
+the behaviour on the CI cluster (a drain of node-2, power cuts of node-3 and node-1, one rolling
+deploy); this prints the numbers for every node. `make bench-cluster` runs every node and one
+rolling deploy.
 """
 from __future__ import annotations
 
@@ -129,10 +131,12 @@ def rolling(env: str, out: outputs.Outputs) -> str:
     seconds = time.monotonic() - t0
     if result.returncode != 0:
         raise SystemExit(f"rolling deploy failed:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
-    summary = next((line for line in result.stdout.splitlines() if " rolled in " in line), "(no summary line)")
+    lines = result.stdout.splitlines()
+    summary = next((line for line in lines if " rolled in " in line), "(no summary line)")
+    drains = [line for line in lines if " drained in " in line]
     failed = [c for c in calls if not c[1]]
     return (f"rolling deploy {seconds:.1f} s, {len(calls)} new calls meanwhile, {len(failed)} failed"
-            f"{' ' + str(failed) if failed else ''}\n  {summary}")
+            f"{' ' + str(failed) if failed else ''}\n  {summary}" + "".join(f"\n  {line}" for line in drains))
 
 
 def main() -> int:

@@ -6,11 +6,17 @@ For each of the balancer's targets with something to do (the one-SSH check, depl
 1. the drain flag (spec.DRAIN_FLAG) goes on: the node's health check answers 503 at once;
 2. the balancer takes the node out (locally HAProxy says so; a cloud balancer's view is the
    provider's, so its detection window, interval x retries + timeout, is waited out);
-3. the node drains: its agent worker and LiveKit stop together (SIGTERM). The worker takes no
-   new job and finishes its running ones (AGENT_DRAIN_TIMEOUT); LiveKit marks itself shutting
-   down in Redis, so the other nodes place no new room on it, and it waits until its rooms are
-   empty, up to `livekitStopTimeout` seconds (the drain deadline). The balancer alone is not
-   enough: rooms are placed, and agent jobs dispatched, across nodes through Redis;
+3. the node drains, the agent services first, LiveKit last (SIGTERM each). The agent worker (and
+   the recorder) take no new job and finish their running ones (AGENT_DRAIN_TIMEOUT), signalling
+   through this node's LiveKit until they are done: their LIVEKIT_URL is local, and LiveKit relays
+   a job's signalling to whichever node hosts its room, so LiveKit must outlive them (systemd's
+   After= gives that order in one transaction too; two steps also time each). Then LiveKit marks
+   itself shutting down in Redis, so the other nodes place no new room on it, and waits until its
+   rooms are empty, up to `livekitStopTimeout` seconds (the drain deadline). LiveKit's drain waits
+   only for the rooms it hosts: a client that joined through this node for a room elsewhere loses
+   its signalling WebSocket here and reconnects through another node (its media goes on). The
+   balancer alone is not enough: rooms are placed, and agent jobs dispatched, across nodes
+   through Redis;
 4. the node converges alone (`deploy.full --limit <node>`), which starts both again;
 5. LiveKit answers again, the flag comes off, and the balancer takes the node back before the
    next node starts (its rise window, or HAProxy's UP).
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import fastpath
+from deploy.tasks.agent import DRAIN_SECONDS, STOP_GRACE_SECONDS
 from infra import outputs as outputsmod
 from infra.local.host import LocalEnvError
 from infra.local.host import wait_until as wait
@@ -56,7 +63,7 @@ class NodeResult:
     out_s: float = 0.0       # flag on -> out of the balancer
     converge_s: float = 0.0  # the node's own converge (its LiveKit drain included)
     back_s: float = 0.0      # flag off -> back in the balancer
-    drain_s: float = 0.0     # the agent worker's and LiveKit's stop (their drains)
+    drain_s: float = 0.0     # the agent services' stop, then LiveKit's (step 3)
 
 
 def ssh(out: outputsmod.Outputs, node: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -90,23 +97,35 @@ def set_flag(out: outputsmod.Outputs, node: str, on: bool) -> None:
         raise RuntimeError(f"{node}: could not {'set' if on else 'remove'} the drain flag: {proc.stderr.strip()[-400:]}")
 
 
-#: What drains on a node before its converge, by role: the agent worker (drains its jobs on
-#: SIGTERM) and LiveKit (drains its rooms on SIGTERM); one systemctl transaction stops both.
-DRAIN_UNITS = {Role.AGENT.value: "voicestack-agent.service", Role.LIVEKIT.value: "livekit.service"}
-#: Seconds beyond LiveKit's drain deadline the stop may take (the worker's drain runs alongside).
+#: The units a node stops first when it drains, by role: LiveKit's own clients on the node (the
+#: recorder only when recording is on). LiveKit itself stops last.
+CLIENT_UNITS = ((Role.AGENT, "voicestack-agent.service"), (Role.AGENT, "voicestack-recorder.service"))
+LIVEKIT_UNIT = "livekit.service"
+#: Seconds beyond a stop's own drain deadline it may take.
 DRAIN_MARGIN_S = 120
 
 
-def drain_services(out: outputsmod.Outputs, node: str) -> float:
-    """Seconds until the node's agent worker and LiveKit have stopped (their drains done)."""
+def stop_units(out: outputsmod.Outputs, node: str, units: list[str], deadline_s: float) -> float:
+    """Seconds until `units` have stopped (their drains done; systemd kills what outlasts them)."""
     started = time.monotonic()
-    units = [unit for role, unit in DRAIN_UNITS.items() if role in out.node(node).roles]
-    timeout = out.spec.config.livekit_stop_timeout + DRAIN_MARGIN_S
-    proc = ssh(out, node, "systemctl stop " + " ".join(units), timeout=timeout)
+    proc = ssh(out, node, "systemctl stop " + " ".join(units), timeout=deadline_s + DRAIN_MARGIN_S)
     if proc.returncode != 0:
         raise RuntimeError(f"{node}: could not stop {', '.join(units)} for the drain: "
                            f"{proc.stderr.strip()[-400:]}; the node stays out of the balancer")
     return time.monotonic() - started
+
+
+def drain_services(out: outputsmod.Outputs, node: str) -> list[tuple[str, float]]:
+    """Drains the node (the module docstring, step 3): (what, seconds) for each step done."""
+    roles = out.node(node).roles
+    took = []
+    clients = [unit for role, unit in CLIENT_UNITS if role.value in roles
+               and (unit != "voicestack-recorder.service" or out.spec.recording)]
+    if clients:
+        took.append(("agent services", stop_units(out, node, clients, DRAIN_SECONDS + STOP_GRACE_SECONDS)))
+    if Role.LIVEKIT.value in roles:
+        took.append(("livekit", stop_units(out, node, [LIVEKIT_UNIT], out.spec.config.livekit_stop_timeout)))
+    return took
 
 
 def converge(env: str, node: str, verbose: bool, timeout: float) -> int:
@@ -136,8 +155,10 @@ def roll_node(out: outputsmod.Outputs, node: str, verbose: bool) -> NodeResult:
     out_s = balancer_view(out, node, up=False)
     print(f"rolling {env}: {node} out of the balancer {out_s:.1f}s after its drain flag; draining it",
           flush=True)
-    drain_s = drain_services(out, node)
-    print(f"rolling {env}: {node} drained in {drain_s:.1f}s; converging it", flush=True)
+    stages = drain_services(out, node)
+    drain_s = sum(seconds for _what, seconds in stages)
+    print(f"rolling {env}: {node} drained in {drain_s:.1f}s ("
+          + ", then ".join(f"{what} {seconds:.1f}s" for what, seconds in stages) + "); converging it", flush=True)
     started = time.monotonic()
     code = converge(env, node, verbose, CONVERGE_BASE_S + out.spec.config.livekit_stop_timeout)
     converge_s = time.monotonic() - started

@@ -8,10 +8,14 @@ import secrets
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from infra import outputs
-from infra.local import host
+from infra.local import balancer, host
+from infra.local.names import EnvNames
 from infra.probes.roundtrip import CallSession, round_trips
+from infra.spec import drain_flag_command
 from tests.e2e import network
 
 #: The second caller starts this many seconds after the first: with two, a new call every few
@@ -65,7 +69,7 @@ def drift_livekit_config(env: str, nodes: list[str]) -> None:
         network.ssh(env, node, "echo '# drift (a test or benchmark of the rolling deploy)' >> /etc/livekit/livekit.yaml")
 
 
-#: Tries to get a long call's agent job onto the node that hosts its room: LiveKit gives a job to
+#: Tries to get a long call's agent job onto a chosen node's worker: LiveKit gives a job to
 #: any node's worker (about one chance in three per try on three nodes; 20 tries miss 0.03%).
 COLOCATE_TRIES = 20
 
@@ -84,10 +88,37 @@ def agent_node(env: str, nodes: list[str], room: str, deadline_s: float = 30) ->
     return found[0]
 
 
-def colocated_call(env: str, out: outputs.Outputs, session: CallSession, node: str) -> tuple[str, list[str]]:
-    """Join a long call whose room and agent both live on `node` (the room created there, then
-    new tries until a job lands on that node's worker). Returns (room, where earlier tries' agents went)."""
-    node_id = network.node_id(env, node, out.spec.port("livekit-prometheus").start)
+#: Seconds the balancer may take to change its view of a node.
+BALANCER_S = 60
+
+
+@contextmanager
+def only_through(env: str, out: outputs.Outputs, node: str) -> Iterator[None]:
+    """While inside, the balancer sends new connections to `node` only (the others' drain flags on);
+    a client that connects meanwhile keeps its signalling there."""
+    names, others = EnvNames(env), [n for n in out.spec.balancer.targets if n != node]
+    for other in others:
+        network.ssh(env, other, drain_flag_command(on=True))
+    try:
+        for other in others:
+            balancer.wait_for(names, other, up=False, deadline_s=BALANCER_S)
+        yield
+    finally:
+        for other in others:
+            network.ssh(env, other, drain_flag_command(on=False))
+        for other in others:
+            balancer.wait_for(names, other, up=True, deadline_s=BALANCER_S)
+
+
+def placed_call(env: str, out: outputs.Outputs, session: CallSession, room_on: str, agent_on: str,
+                through: str | None = None) -> tuple[str, list[str]]:
+    """Join a long call whose room lives on `room_on`, whose agent job runs on `agent_on` and, with
+    `through`, whose signalling goes through that node (the room created there, then new tries until a
+    job lands on that node's worker). Returns (room, where earlier tries' agents went)."""
+    if through is not None:
+        with only_through(env, out, through):
+            return placed_call(env, out, session, room_on, agent_on)
+    node_id = network.node_id(env, room_on, out.spec.port("livekit-prometheus").start)
     nodes = [n.name for n in out.nodes]
     missed: list[str] = []
     for _ in range(COLOCATE_TRIES):
@@ -96,11 +127,17 @@ def colocated_call(env: str, out: outputs.Outputs, session: CallSession, node: s
         joined = session.call(room=room)
         assert joined["ok"], f"the long call did not start: {joined}"
         where = agent_node(env, nodes, room)
-        if where == node:
+        if where == agent_on:
             return room, missed
         missed.append(where)
         session.hangup()
-    raise AssertionError(f"no agent job of {COLOCATE_TRIES} calls landed on {node}: {missed}")
+    raise AssertionError(f"no agent job of {COLOCATE_TRIES} calls landed on {agent_on}: {missed}")
+
+
+def colocated_call(env: str, out: outputs.Outputs, session: CallSession, node: str) -> tuple[str, list[str]]:
+    """A long call wholly on `node`: its room, its agent job and its signalling (so that draining
+    another node does not wait for it)."""
+    return placed_call(env, out, session, room_on=node, agent_on=node, through=node)
 
 
 class Streamed:

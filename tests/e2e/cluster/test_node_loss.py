@@ -8,16 +8,18 @@ order of the package), and leaves every node running.
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
+from deploy import rolling
 from infra import outputs
 from infra.local import balancer, host, power
 from infra.local.names import EnvNames
-from infra.probes.roundtrip import round_trips
+from infra.probes.roundtrip import CallSession, round_trips
 from infra.spec import drain_flag_command
-from tests.e2e import envs, network
+from tests.e2e import callers, envs, network
 
 ENV = envs.CLUSTER_ENV
 #: Seconds a state change of a target may take to show: the health check's detection time
@@ -84,6 +86,63 @@ def test_02_a_draining_node_leaves_the_balancer_and_calls_go_elsewhere(env) -> N
         network.ssh(ENV, node.name, drain_flag_command(on=False))
     took = wait_state(names, node.name, up=True, deadline_s=SETTLE_S)
     print(f"drain flag off: {node.name} back in the balancer after {took:.1f}s")
+
+
+#: Seconds the drain of a node may take once its last call has hung up.
+DRAINED_S = 180
+
+
+def unit_state(node: str, unit: str) -> str:
+    return network.ssh(ENV, node, f"systemctl show -p ActiveState --value {unit}").strip()
+
+
+def test_02b_a_drain_keeps_the_calls_it_carries_for_rooms_on_other_nodes(env) -> None:
+    """node-2 drains (deploy.rolling.drain_services, as the rolling deploy does) while it carries two
+    calls whose rooms live on node-1, which LiveKit's own drain does not wait for:
+    - call A's agent job runs on node-2's worker and signals through node-2's LiveKit (the
+      worker's LIVEKIT_URL is local), which relays it to node-1: LiveKit must stay up while the
+      worker drains, and A gets its answer then;
+    - call B's client joined through node-2 (the only node in the balancer then), its WebSocket
+      relayed to node-1, its agent on node-3: when node-2's LiveKit stops, B reconnects through
+      another node and still gets its answer."""
+    out, names = outputs.read(ENV), EnvNames(ENV)
+    draining = "node-2"
+    steps: list[tuple[str, float]] = []
+    with CallSession(out) as call_a, CallSession(out) as call_b:
+        room_b, _ = callers.placed_call(ENV, out, call_b, room_on="node-1", agent_on="node-3", through=draining)
+        room_a, _ = callers.placed_call(ENV, out, call_a, room_on="node-1", agent_on=draining)
+        print(f"call A {room_a}: room on node-1, agent on {draining}; call B {room_b}: room on node-1, "
+              f"signalling through {draining}, agent on node-3")
+        network.ssh(ENV, draining, drain_flag_command(on=True))
+        try:
+            wait_state(names, draining, up=False, deadline_s=SETTLE_S)
+            drain = threading.Thread(target=lambda: steps.extend(rolling.drain_services(out, draining)), daemon=True)
+            t0 = time.monotonic()
+            drain.start()
+            host.wait_until(f"{draining}'s agent worker to be draining (systemd: deactivating)",
+                            lambda: unit_state(draining, "voicestack-agent") == "deactivating", 60, interval=0.5)
+            assert unit_state(draining, "livekit") == "active", "LiveKit stopped while the agent worker drained"
+            heard_lights(call_a.speak(), f"call A, whose agent is on {draining}")
+            assert drain.is_alive(), f"the drain of {draining} ended while its worker still had a call: {steps}"
+            call_a.hangup()
+            drain.join(timeout=DRAINED_S)
+            assert not drain.is_alive(), f"{draining} did not finish draining {DRAINED_S}s after call A hung up"
+            print(f"{draining} drained in {time.monotonic() - t0:.1f}s with call A: {steps}")
+            assert [what for what, _s in steps] == ["agent services", "livekit"], steps
+            assert unit_state(draining, "livekit") == "inactive"
+            heard_lights(call_b.speak(), f"call B, which signalled through {draining}")
+            call_b.hangup()
+        finally:
+            network.ssh(ENV, draining, "systemctl start livekit voicestack-agent", timeout=120)
+            network.ssh(ENV, draining, drain_flag_command(on=False))
+    wait_state(names, draining, up=True, deadline_s=REJOIN_S)
+    result = one_call(out)
+    assert result["ok"], result.get("error")
+
+
+def heard_lights(answer: dict, which: str) -> None:
+    words = set(answer.get("answer", "").lower().replace(",", " ").replace(".", " ").split())
+    assert answer["ok"] and {"turned", "lights"} <= words, f"{which} lost its agent during the drain: {answer}"
 
 
 #: node-3 holds nothing special; node-1 is the first Redis primary (Sentinel must promote a replica

@@ -2,8 +2,8 @@
 LiveKit must restart (its config drifted on every node, which the converge repairs with a
 restart, as an upgrade does), one node at a time out of the balancer, while a client keeps
 opening new calls through the balancer: none may be refused. Meanwhile a long call lives on the
-node rolled last (its room and its agent job there): while the other nodes are upgraded it keeps
-its audio (the agent answers it after each of them is back), then it hangs up before its own
+node rolled last (its room, its agent job and its signalling there): while the other nodes are
+upgraded it keeps its audio (the agent answers it after each of them is back), then it hangs up before its own
 node drains.
 
 Runs after test_node_loss (the package's module order) and leaves every node in the balancer.
