@@ -356,6 +356,9 @@ class _Call:
     agent_join_s: float
     #: Tasks of the caller's that must stop before the room is left (e.g. a mic feeding silence).
     tasks: list[asyncio.Future[None]]
+    #: (seconds from the connect, "reconnecting" | "reconnected") for each change of the client's
+    #: signalling: a failed call's report says whether its signalling was cut on the way.
+    signalling: list[tuple[float, str]] = field(default_factory=list)
 
 
 @contextlib.asynccontextmanager
@@ -370,12 +373,19 @@ async def _agent_call(url: str, token: str, *, ca_bundle: str | None, rtc_config
             await asyncio.to_thread(held.enter_context, gate)
         room, rec, options = _agent_room(timeout, rtc_config)
         call = _Call(room, rec, time.monotonic(), 0.0, [])
+        for event in ("reconnecting", "reconnected"):
+            room.on(event, lambda e=event: call.signalling.append((round(time.monotonic() - call.t_connect, 1), e)))
         with _trusting(ca_bundle):
             await room.connect(url, token, options)
         try:
             await asyncio.wait_for(rec.track_ready.wait(), max(0.1, deadline - time.monotonic()))
             call.agent_join_s = time.monotonic() - call.t_connect
             yield call
+        except Exception as exc:
+            if call.signalling:
+                exc.add_note("signalling during the call: "
+                             + ", ".join(f"{what} at +{at:.1f} s" for at, what in call.signalling))
+            raise
         finally:
             for task in (*call.tasks, rec.task):
                 if task is not None:

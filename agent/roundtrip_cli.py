@@ -131,7 +131,8 @@ async def _trips(args: dict[str, Any], config: rtc.RtcConfiguration | None) -> d
             results.append({"ok": True, "greeting": r.greeting, "answer": r.answer, "latency_s": r.latency_s,
                             "agent_join_s": r.agent_join_s, "ice": r.ice})
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the caller as text
-            results.append({"ok": False, "error": f"{type(exc).__name__}: {exc}",
+            notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
+            results.append({"ok": False, "error": f"{type(exc).__name__}: {exc}{notes}",
                             "elapsed": time.monotonic() - started})
     return {"results": results}
 

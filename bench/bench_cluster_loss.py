@@ -122,8 +122,8 @@ def rolling(env: str, out: outputs.Outputs) -> str:
     nodes = list(out.spec.balancer.targets)
     callers.drift_livekit_config(env, nodes)
     stop = threading.Event()
-    running = callers.start_callers(out, stop)
     t0 = time.monotonic()
+    running = callers.start_callers(out, stop, epoch=t0)
     try:
         result = envs.deploy(env, 2400, "--rolling")
     finally:
@@ -134,9 +134,10 @@ def rolling(env: str, out: outputs.Outputs) -> str:
     lines = result.stdout.splitlines()
     summary = next((line for line in lines if " rolled in " in line), "(no summary line)")
     drains = [line for line in lines if " drained in " in line]
-    failed = [c for c in calls if not c[1]]
+    failed = [f"failed: +{c.at_s:.1f} s from the start, {callers.placement(env, nodes, c.room)}: {c.error}"
+              for c in calls if not c.ok]
     return (f"rolling deploy {seconds:.1f} s, {len(calls)} new calls meanwhile, {len(failed)} failed"
-            f"{' ' + str(failed) if failed else ''}\n  {summary}" + "".join(f"\n  {line}" for line in drains))
+            + "".join(f"\n  {line}" for line in [summary, *drains, *failed]))
 
 
 def main() -> int:

@@ -6,16 +6,20 @@ For each of the balancer's targets with something to do (the one-SSH check, depl
 1. the drain flag (spec.DRAIN_FLAG) goes on: the node's health check answers 503 at once;
 2. the balancer takes the node out (locally HAProxy says so; a cloud balancer's view is the
    provider's, so its detection window, interval x retries + timeout, is waited out);
-3. the node drains, the agent services first, LiveKit last (SIGTERM each). The agent worker (and
+3. the node drains in three steps. First its clients: a client that joined through this node
+   keeps its signalling WebSocket here (through Caddy to this LiveKit) whichever node hosts its
+   room; the balancer sends no new ones, and the drain waits until the open ones have ended (up
+   to `livekitStopTimeout` seconds), with everything still running, so that no call has its
+   signalling cut. Then the agent services, LiveKit last (SIGTERM each). The agent worker (and
    the recorder) take no new job and finish their running ones (AGENT_DRAIN_TIMEOUT), signalling
    through this node's LiveKit until they are done: their LIVEKIT_URL is local, and LiveKit relays
    a job's signalling to whichever node hosts its room, so LiveKit must outlive them (systemd's
    After= gives that order in one transaction too; two steps also time each). Then LiveKit marks
    itself shutting down in Redis, so the other nodes place no new room on it, and waits until its
    rooms are empty, up to `livekitStopTimeout` seconds (the drain deadline). LiveKit's drain waits
-   only for the rooms it hosts: a client that joined through this node for a room elsewhere loses
-   its signalling WebSocket here and reconnects through another node (its media goes on). The
-   balancer alone is not enough: rooms are placed, and agent jobs dispatched, across nodes
+   only for the rooms it hosts, hence the first step: a client still signalling through this
+   node when LiveKit stops (the first step's deadline passed) reconnects through another node.
+   The balancer alone is not enough: rooms are placed, and agent jobs dispatched, across nodes
    through Redis;
 4. the node converges alone (`deploy.full --limit <node>`), which starts both again;
 5. LiveKit answers again, the flag comes off, and the balancer takes the node back before the
@@ -115,10 +119,39 @@ def stop_units(out: outputsmod.Outputs, node: str, units: list[str], deadline_s:
     return time.monotonic() - started
 
 
+#: The process that holds each client's connection to LiveKit on a node (its reverse proxy,
+#: which keeps no idle one: deploy/templates/caddy/Caddyfile.j2).
+CLIENTS_VIA = "caddy"
+#: Seconds between two counts of a node's clients.
+CLIENTS_POLL_S = 2.0
+
+
+def clients_signalling(out: outputsmod.Outputs, node: str) -> int:
+    """How many connections the node's reverse proxy holds open to its LiveKit: the clients that
+    joined through this node (their signalling WebSockets) and requests in flight."""
+    port = out.spec.port("livekit-http").start
+    proc = ssh(out, node, f"ss -Htnp state established '( dport = :{port} )'")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{node}: could not count the clients signalling through it: "
+                           f"{proc.stderr.strip()[-400:]}; the node stays out of the balancer")
+    return sum(f'(("{CLIENTS_VIA}"' in line for line in proc.stdout.splitlines())
+
+
+def wait_for_clients(out: outputsmod.Outputs, node: str, deadline_s: float) -> float:
+    """Seconds until no client signals through the node, or the deadline (then LiveKit's stop
+    cuts the rest, which reconnect through another node)."""
+    started = time.monotonic()
+    while clients_signalling(out, node) and time.monotonic() - started < deadline_s:
+        time.sleep(CLIENTS_POLL_S)
+    return time.monotonic() - started
+
+
 def drain_services(out: outputsmod.Outputs, node: str) -> list[tuple[str, float]]:
     """Drains the node (the module docstring, step 3): (what, seconds) for each step done."""
     roles = out.node(node).roles
     took = []
+    if Role.LIVEKIT.value in roles:
+        took.append(("clients", wait_for_clients(out, node, out.spec.config.livekit_stop_timeout)))
     clients = [unit for role, unit in CLIENT_UNITS if role.value in roles
                and (unit != "voicestack-recorder.service" or out.spec.recording)]
     if clients:

@@ -4,12 +4,13 @@ bench/bench_cluster_loss.py --rolling count what failed), and a long call held o
 from __future__ import annotations
 
 import queue
+import re
 import secrets
 import subprocess
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from infra import outputs
 from infra.local import balancer, host
@@ -18,45 +19,74 @@ from infra.probes.roundtrip import CallSession, round_trips
 from infra.spec import drain_flag_command
 from tests.e2e import network
 
+#: The agent's answer to "turn on the lights" as the client's speech model transcribes it: tiny.en
+#: once heard "Okay, I turned on the light." in a call whose audio was whole (answered in 2.1 s).
+LIGHTS_ANSWER = re.compile(r"\bturned on the lights?\b")
+
+
+def answered_lights(answer: dict) -> bool:
+    """Whether a round trip's result holds the agent's spoken answer to the lights phrase."""
+    return bool(answer.get("ok")) and LIGHTS_ANSWER.search(answer.get("answer", "").lower()) is not None
+
+
 #: The second caller starts this many seconds after the first: with two, a new call every few
 #: seconds (a call with the agent's greeting and answer takes about 14 s).
 STAGGER_S = 6
 
 
-class Caller(threading.Thread):
-    """One call after another until `stop` is set; `calls` holds (seconds from its start, ok, error)."""
+class Call(NamedTuple):
+    at_s: float          # seconds from the callers' epoch to the call's start
+    ok: bool
+    error: str | None
+    room: str            # its room's name: where the room and its agent job were (placement())
 
-    def __init__(self, out: outputs.Outputs, start_after: float, stop: threading.Event) -> None:
+
+class Caller(threading.Thread):
+    """One call after another until `stop` is set; `calls` holds each one's Call."""
+
+    def __init__(self, out: outputs.Outputs, start_after: float, stop: threading.Event, epoch: float) -> None:
         super().__init__(daemon=True)
-        self.out, self.start_after, self.stop = out, start_after, stop
-        self.calls: list[tuple[float, bool, str | None]] = []
+        self.out, self.start_after, self.stop, self.epoch = out, start_after, stop, epoch
+        self.calls: list[Call] = []
 
     def run(self) -> None:
         if self.stop.wait(self.start_after):
             return
-        t0 = time.monotonic()
         while not self.stop.is_set():
+            room, started = f"caller-{secrets.token_hex(4)}", time.monotonic()
             try:
-                (result,) = round_trips(self.out, 1, timeout=60)
+                (result,) = round_trips(self.out, 1, timeout=60, rooms=[room])
                 ok, error = bool(result["ok"]), result.get("error")
             except AssertionError as exc:  # the client itself crashed: a failed call too
                 ok, error = False, str(exc)[-500:]
-            self.calls.append((round(time.monotonic() - t0, 1), ok, error))
+            self.calls.append(Call(round(started - self.epoch, 1), ok, error, room))
 
 
-def start_callers(out: outputs.Outputs, stop: threading.Event, count: int = 2) -> list[Caller]:
-    callers = [Caller(out, i * STAGGER_S, stop) for i in range(count)]
+def start_callers(out: outputs.Outputs, stop: threading.Event, count: int = 2,
+                  epoch: float | None = None) -> list[Caller]:
+    """`count` callers, staggered; their calls' times count from `epoch` (a time.monotonic(),
+    e.g. a rolling deploy's start; default now)."""
+    epoch = time.monotonic() if epoch is None else epoch
+    callers = [Caller(out, i * STAGGER_S, stop, epoch) for i in range(count)]
     for caller in callers:
         caller.start()
     return callers
 
 
-def stop_callers(callers: list[Caller], stop: threading.Event) -> list[tuple[float, bool, str | None]]:
+def stop_callers(callers: list[Caller], stop: threading.Event) -> list[Call]:
     """Stops them (each finishes its call) and returns every call, in time order."""
     stop.set()
     for caller in callers:
         caller.join(timeout=180)
     return sorted(c for caller in callers for c in caller.calls)
+
+
+def placement(env: str, nodes: list[str], room: str) -> str:
+    """Where a call's room and agent job were, from the nodes' journals (LiveKit's room_started
+    webhook at the room's node, the worker's job line at the agent's): what a failed call's report needs."""
+    hosted = [n for n in nodes if room in network.rooms_started(env, n)]
+    agents = agent_nodes(env, nodes, room)
+    return f"room {room} on {', '.join(hosted) or 'no node'}, agent job on {', '.join(agents) or 'no node'}"
 
 
 def livekit_pids(env: str, nodes: list[str]) -> dict[str, str]:
@@ -74,14 +104,19 @@ def drift_livekit_config(env: str, nodes: list[str]) -> None:
 COLOCATE_TRIES = 20
 
 
+def agent_nodes(env: str, nodes: list[str], room: str) -> list[str]:
+    """The nodes whose agent worker logged a job for `room` (agent/worker.py logs each job's room)."""
+    return [n for n in nodes if network.ssh(
+        env, n, f"journalctl -u voicestack-agent --no-pager -o cat --since -1h | grep -qF 'for room {room}' "
+                "&& echo found || true").strip() == "found"]
+
+
 def agent_node(env: str, nodes: list[str], room: str, deadline_s: float = 30) -> str:
     """The node whose agent worker runs the job of `room` (agent/worker.py logs each job's room)."""
     found: list[str] = []
 
     def probe() -> bool:
-        found[:] = [n for n in nodes if network.ssh(
-            env, n, f"journalctl -u voicestack-agent --no-pager -o cat --since -15min | grep -qF 'for room {room}' "
-                    "&& echo found || true").strip() == "found"]
+        found[:] = agent_nodes(env, nodes, room)
         return bool(found)
 
     host.wait_until(f"the agent job of room {room} in a node's journal", probe, deadline_s, interval=1.0)
@@ -144,15 +179,18 @@ class Streamed:
     """A command whose output lines the test reads while it runs (a rolling deploy's progress)."""
 
     def __init__(self, argv: list[str], cwd: str) -> None:
+        self.t0 = time.monotonic()
         self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      bufsize=1)
         self.lines: list[str] = []
+        self.at: list[float] = []   # each line's seconds from the start
         self._new: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            self.at.append(round(time.monotonic() - self.t0, 1))
             self.lines.append(line)
             self._new.put(line)
         self._new.put(None)
@@ -170,6 +208,10 @@ class Streamed:
                                      + "".join(self.lines[-40:]))
             if needle in line:
                 return line
+
+    def timeline(self, needle: str) -> str:
+        """The lines with `needle`, each after its seconds from the start (to set calls beside)."""
+        return "".join(f"+{at:.1f} s {line}" for at, line in zip(self.at, self.lines) if needle in line)
 
     def finish(self, timeout_s: float) -> tuple[int, str]:
         try:

@@ -69,7 +69,7 @@ def test_01b_the_health_check_is_answered_with_a_proxy_v1_header_and_without_one
             assert proc.stdout.strip() == "200", (name, header, proc.stdout, proc.stderr)
 
 
-def test_02_a_draining_node_leaves_the_balancer_and_calls_go_elsewhere(env) -> None:
+def test_02_a_draining_node_leaves_the_balancer_and_calls_go_elsewhere(env, figure) -> None:
     out, names = outputs.read(ENV), EnvNames(ENV)
     health = out.spec.balancer.health
     node = out.node("node-2")
@@ -79,13 +79,13 @@ def test_02_a_draining_node_leaves_the_balancer_and_calls_go_elsewhere(env) -> N
                                            f"http://{node.private_ip}:{health.port}{health.path}")
         assert code.strip() == "503", code
         took = wait_state(names, node.name, up=False, deadline_s=SETTLE_S)
-        print(f"drain flag on {node.name}: out of the balancer after {took:.1f}s")
+        figure(f"drain flag on {node.name}: out of the balancer after {took:.1f}s")
         result = one_call(out)
         assert result["ok"], result.get("error")
     finally:
         network.ssh(ENV, node.name, drain_flag_command(on=False))
     took = wait_state(names, node.name, up=True, deadline_s=SETTLE_S)
-    print(f"drain flag off: {node.name} back in the balancer after {took:.1f}s")
+    figure(f"drain flag off: {node.name} back in the balancer after {took:.1f}s")
 
 
 #: Seconds the drain of a node may take once its last call has hung up.
@@ -96,30 +96,36 @@ def unit_state(node: str, unit: str) -> str:
     return network.ssh(ENV, node, f"systemctl show -p ActiveState --value {unit}").strip()
 
 
-def test_02b_a_drain_keeps_the_calls_it_carries_for_rooms_on_other_nodes(env) -> None:
+def test_02b_a_drain_keeps_the_calls_it_carries_for_rooms_on_other_nodes(env, figure) -> None:
     """node-2 drains (deploy.rolling.drain_services, as the rolling deploy does) while it carries two
     calls whose rooms live on node-1, which LiveKit's own drain does not wait for:
-    - call A's agent job runs on node-2's worker and signals through node-2's LiveKit (the
-      worker's LIVEKIT_URL is local), which relays it to node-1: LiveKit must stay up while the
-      worker drains, and A gets its answer then;
     - call B's client joined through node-2 (the only node in the balancer then), its WebSocket
-      relayed to node-1, its agent on node-3: when node-2's LiveKit stops, B reconnects through
-      another node and still gets its answer."""
+      relayed to node-1, its agent on node-3: the drain waits for it with everything running
+      (B gets its answer meanwhile) and goes on once B has hung up;
+    - call A's agent job runs on node-2's worker and signals through node-2's LiveKit (the
+      worker's LIVEKIT_URL is local), which relays it to node-1; A's client joined through
+      node-3: LiveKit must stay up while the worker drains, and A gets its answer then."""
     out, names = outputs.read(ENV), EnvNames(ENV)
     draining = "node-2"
     steps: list[tuple[str, float]] = []
     with CallSession(out) as call_a, CallSession(out) as call_b:
         room_b, _ = callers.placed_call(ENV, out, call_b, room_on="node-1", agent_on="node-3", through=draining)
-        room_a, _ = callers.placed_call(ENV, out, call_a, room_on="node-1", agent_on=draining)
-        print(f"call A {room_a}: room on node-1, agent on {draining}; call B {room_b}: room on node-1, "
-              f"signalling through {draining}, agent on node-3")
+        room_a, _ = callers.placed_call(ENV, out, call_a, room_on="node-1", agent_on=draining, through="node-3")
+        print(f"call A {room_a}: room on node-1, agent on {draining}, signalling through node-3; call B "
+              f"{room_b}: room on node-1, signalling through {draining}, agent on node-3")
         network.ssh(ENV, draining, drain_flag_command(on=True))
         try:
             wait_state(names, draining, up=False, deadline_s=SETTLE_S)
+            assert rolling.clients_signalling(out, draining) == 1, "call B's WebSocket is not seen on its node"
             drain = threading.Thread(target=lambda: steps.extend(rolling.drain_services(out, draining)), daemon=True)
             t0 = time.monotonic()
             drain.start()
-            host.wait_until(f"{draining}'s agent worker to be draining (systemd: deactivating)",
+            heard_lights(call_b.speak(), f"call B, which signals through {draining}")
+            assert drain.is_alive(), f"the drain of {draining} ended while call B signalled through it: {steps}"
+            assert {unit_state(draining, u) for u in ("voicestack-agent", "livekit")} == {"active"}, (
+                f"{draining}'s services stopped while a client still signalled through it")
+            call_b.hangup()
+            host.wait_until(f"{draining}'s agent worker to be draining (systemd: deactivating) after B hung up",
                             lambda: unit_state(draining, "voicestack-agent") == "deactivating", 60, interval=0.5)
             assert unit_state(draining, "livekit") == "active", "LiveKit stopped while the agent worker drained"
             heard_lights(call_a.speak(), f"call A, whose agent is on {draining}")
@@ -127,11 +133,10 @@ def test_02b_a_drain_keeps_the_calls_it_carries_for_rooms_on_other_nodes(env) ->
             call_a.hangup()
             drain.join(timeout=DRAINED_S)
             assert not drain.is_alive(), f"{draining} did not finish draining {DRAINED_S}s after call A hung up"
-            print(f"{draining} drained in {time.monotonic() - t0:.1f}s with call A: {steps}")
-            assert [what for what, _s in steps] == ["agent services", "livekit"], steps
+            figure(f"{draining} drained in {time.monotonic() - t0:.1f}s with calls B and A: "
+                   + ", then ".join(f"{what} {seconds:.1f}s" for what, seconds in steps))
+            assert [what for what, _s in steps] == ["clients", "agent services", "livekit"], steps
             assert unit_state(draining, "livekit") == "inactive"
-            heard_lights(call_b.speak(), f"call B, which signalled through {draining}")
-            call_b.hangup()
         finally:
             network.ssh(ENV, draining, "systemctl start livekit voicestack-agent", timeout=120)
             network.ssh(ENV, draining, drain_flag_command(on=False))
@@ -141,14 +146,13 @@ def test_02b_a_drain_keeps_the_calls_it_carries_for_rooms_on_other_nodes(env) ->
 
 
 def heard_lights(answer: dict, which: str) -> None:
-    words = set(answer.get("answer", "").lower().replace(",", " ").replace(".", " ").split())
-    assert answer["ok"] and {"turned", "lights"} <= words, f"{which} lost its agent during the drain: {answer}"
+    assert callers.answered_lights(answer), f"{which} lost its agent during the drain: {answer}"
 
 
 #: node-3 holds nothing special; node-1 is the first Redis primary (Sentinel must promote a replica
 #: before LiveKit routes again), the node that obtains the certificates and the TURN name's node.
 @pytest.mark.parametrize("victim", ["node-3", "node-1"])
-def test_03_after_a_power_cut_new_calls_succeed_again_and_the_node_rejoins_by_itself(env, victim) -> None:
+def test_03_after_a_power_cut_new_calls_succeed_again_and_the_node_rejoins_by_itself(env, victim, figure) -> None:
     """A node loses power: new calls through the balancer succeed again within RECOVER_S (the
     time until they do is printed: the balancer's detection and LiveKit's own view of the node),
     and from the first success on every new call succeeds; powered on, the node rejoins."""
@@ -168,12 +172,12 @@ def test_03_after_a_power_cut_new_calls_succeed_again_and_the_node_rejoins_by_it
         for _ in range(2):
             result = one_call(out)
             assert result["ok"], f"a new call failed after calls had recovered: {result.get('error')} ({calls})"
-        print(f"{victim} powered off: first new call to succeed ended {recovered}s after the cut "
+        figure(f"{victim} powered off: first new call to succeed ended {recovered}s after the cut "
               f"({len(calls) - 1} failed before it), the next two succeeded too")
     finally:
         t1 = time.monotonic()
         power.power(ENV, victim, "on")
     wait_state(names, victim, up=True, deadline_s=REJOIN_S)
-    print(f"{victim}: back in the balancer {time.monotonic() - t1:.1f}s after power on")
+    figure(f"{victim}: back in the balancer {time.monotonic() - t1:.1f}s after power on")
     result = one_call(out)
     assert result["ok"], result.get("error")

@@ -33,7 +33,7 @@ def env(nat_cluster):
     return nat_cluster
 
 
-def test_a_rolling_deploy_restarts_every_node_and_refuses_no_new_call(env) -> None:
+def test_a_rolling_deploy_restarts_every_node_and_refuses_no_new_call(env, figure) -> None:
     out, names = outputs.read(ENV), EnvNames(ENV)
     nodes = list(out.spec.balancer.targets)
     for node in nodes:
@@ -46,8 +46,8 @@ def test_a_rolling_deploy_restarts_every_node_and_refuses_no_new_call(env) -> No
         room, missed = callers.colocated_call(ENV, out, session, last)
         print(f"long call in room {room}: room and agent on {last} (earlier tries' agents on {missed or 'none'})")
         stop = threading.Event()
-        running = callers.start_callers(out, stop)
         roll = callers.Streamed([sys.executable, "-m", "deploy", "--env", ENV, "--rolling"], str(envs.ROOT))
+        running = callers.start_callers(out, stop, epoch=roll.t0)
         try:
             for node in nodes[:-1]:
                 roll.wait_line(f"rolling {ENV}: {node} converged", ROLL_TIMEOUT_S)
@@ -64,14 +64,20 @@ def test_a_rolling_deploy_restarts_every_node_and_refuses_no_new_call(env) -> No
         assert f"rolling {ENV}: {node} out of the balancer" in text, text[-3000:]
     after = callers.livekit_pids(ENV, nodes)
     assert all(after[n] not in ("", "0", before[n]) for n in nodes), (before, after)
-    refused = [c for c in calls if not c[1]]
-    print(f"rolling deploy of {len(nodes)} nodes: {len(calls)} new calls meanwhile, {len(refused)} refused; "
-          f"the long call on {last}: " + ", ".join(f"after {a['after']} answered {a.get('answer')!r} "
-                                                  f"in {a.get('latency_s')} s" for a in answers))
+    refused = [c for c in calls if not c.ok]
+    figure(f"rolling deploy of {len(nodes)} nodes: {len(calls)} new calls meanwhile, {len(refused)} refused; "
+           f"the long call on {last}: " + ", ".join(f"after {a['after']} answered {a.get('answer')!r} "
+                                                   f"in {a.get('latency_s')} s" for a in answers))
+    for line in text.splitlines():
+        if " drained in " in line or " rolled in " in line:
+            figure(line)
     assert len(calls) >= len(nodes), f"too few calls to prove anything: {calls}"
-    assert not refused, f"calls failed during the rolling deploy: {refused}"
+    if refused:   # where each was, beside the roll's steps in time (a call's time: its start)
+        where = "\n".join(f"+{c.at_s:.1f} s {callers.placement(ENV, nodes, c.room)}: {c.error}" for c in refused)
+        pytest.fail(f"{len(refused)} of {len(calls)} calls failed during the rolling deploy:\n{where}\n"
+                    f"the roll:\n{roll.timeline(f'rolling {ENV}: ')}")
     for a in answers:
-        assert a["ok"] and "turned on the lights" in a["answer"].lower(), (
+        assert callers.answered_lights(a), (
             f"the long call on {last} lost its audio while {a['after']} was upgraded: {a}")
     for node in nodes:
         balancer.wait_for(names, node, up=True, deadline_s=60)
