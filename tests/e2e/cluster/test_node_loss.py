@@ -1,7 +1,8 @@
 """The cluster's health-checked entry: the LiveKit name is the load balancer (infra/local/balancer.py,
 HAProxy in TCP mode with PROXY v2 and HTTP health checks, as the cloud programs declare on Hetzner
 and DigitalOcean). A node that drains or loses power leaves the balancer, new calls keep
-succeeding through the others, and a node that comes back rejoins with no operator action.
+succeeding through the others, a call wholly on another node keeps its audio, and a node that
+comes back rejoins with no operator action.
 
 Runs on the package's three-node cluster (conftest.py), after the cross-node call (the module
 order of the package), and leaves every node running.
@@ -153,30 +154,40 @@ def heard_lights(answer: dict, which: str) -> None:
 #: before LiveKit routes again), the node that obtains the certificates and the TURN name's node.
 @pytest.mark.parametrize("victim", ["node-3", "node-1"])
 def test_03_after_a_power_cut_new_calls_succeed_again_and_the_node_rejoins_by_itself(env, victim, figure) -> None:
-    """A node loses power: new calls through the balancer succeed again within RECOVER_S (the
-    time until they do is printed: the balancer's detection and LiveKit's own view of the node),
-    and from the first success on every new call succeeds; powered on, the node rejoins."""
+    """A node loses power: a call wholly on a surviving node (room, agent, signalling) keeps its
+    audio (the agent answers it right after the cut and again once new calls succeed); new calls
+    through the balancer succeed again within RECOVER_S (the time until they do is printed: the
+    balancer's detection and LiveKit's own view of the node), and from the first success on every
+    new call succeeds; powered on, the node rejoins."""
     out, names = outputs.read(ENV), EnvNames(ENV)
-    t0 = time.monotonic()
-    power.power(ENV, victim, "off")
-    try:
-        calls: list[tuple[float, bool, str | None]] = []
-        while not any(ok for _t, ok, _e in calls):
-            assert time.monotonic() - t0 < RECOVER_S, f"no new call succeeded with {victim} powered off: {calls}"
-            result = one_call(out)
-            calls.append((round(time.monotonic() - t0, 1), result["ok"], result.get("error")))
-            print(f"call ended +{calls[-1][0]}s after the power cut: ok={result['ok']} {result.get('error') or ''}",
-                  flush=True)
-        recovered = calls[-1][0]
-        wait_state(names, victim, up=False, deadline_s=SETTLE_S)
-        for _ in range(2):
-            result = one_call(out)
-            assert result["ok"], f"a new call failed after calls had recovered: {result.get('error')} ({calls})"
-        figure(f"{victim} powered off: first new call to succeed ended {recovered}s after the cut "
-              f"({len(calls) - 1} failed before it), the next two succeeded too")
-    finally:
-        t1 = time.monotonic()
-        power.power(ENV, victim, "on")
+    survivor = "node-2"
+    with CallSession(out) as session:
+        room, _ = callers.colocated_call(ENV, out, session, survivor)
+        t0 = time.monotonic()
+        power.power(ENV, victim, "off")
+        try:
+            heard_lights(session.speak(), f"the call wholly on {survivor} ({room}), right after {victim}'s power cut")
+            kept_s = time.monotonic() - t0
+            calls: list[tuple[float, bool, str | None]] = []
+            while not any(ok for _t, ok, _e in calls):
+                assert time.monotonic() - t0 < RECOVER_S, f"no new call succeeded with {victim} powered off: {calls}"
+                result = one_call(out)
+                calls.append((round(time.monotonic() - t0, 1), result["ok"], result.get("error")))
+                print(f"call ended +{calls[-1][0]}s after the power cut: ok={result['ok']} {result.get('error') or ''}",
+                      flush=True)
+            recovered = calls[-1][0]
+            wait_state(names, victim, up=False, deadline_s=SETTLE_S)
+            for _ in range(2):
+                result = one_call(out)
+                assert result["ok"], f"a new call failed after calls had recovered: {result.get('error')} ({calls})"
+            heard_lights(session.speak(), f"the call wholly on {survivor} ({room}), once new calls succeeded again")
+            session.hangup()
+            figure(f"{victim} powered off: the call on {survivor} answered {kept_s:.1f}s after the cut; first new "
+                   f"call to succeed ended {recovered}s after the cut ({len(calls) - 1} failed before it), "
+                   "the next two succeeded too")
+        finally:
+            t1 = time.monotonic()
+            power.power(ENV, victim, "on")
     wait_state(names, victim, up=True, deadline_s=REJOIN_S)
     figure(f"{victim}: back in the balancer {time.monotonic() - t1:.1f}s after power on")
     result = one_call(out)
