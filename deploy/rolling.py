@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import fastpath
-from deploy.tasks.agent import DRAIN_SECONDS, STOP_GRACE_SECONDS
+from deploy.tasks.agent import DRAIN_SECONDS, DRAIN_VARS, STOP_GRACE_SECONDS
 from infra import outputs as outputsmod
 from infra.local.host import LocalEnvError
 from infra.local.host import wait_until as wait
@@ -101,9 +101,6 @@ def set_flag(out: outputsmod.Outputs, node: str, on: bool) -> None:
         raise RuntimeError(f"{node}: could not {'set' if on else 'remove'} the drain flag: {proc.stderr.strip()[-400:]}")
 
 
-#: The units a node stops first when it drains, by role: LiveKit's own clients on the node (the
-#: recorder only when recording is on). LiveKit itself stops last.
-CLIENT_UNITS = ((Role.AGENT, "voicestack-agent.service"), (Role.AGENT, "voicestack-recorder.service"))
 LIVEKIT_UNIT = "livekit.service"
 #: Seconds beyond a stop's own drain deadline it may take.
 DRAIN_MARGIN_S = 120
@@ -152,8 +149,9 @@ def drain_services(out: outputsmod.Outputs, node: str) -> list[tuple[str, float]
     took = []
     if Role.LIVEKIT.value in roles:
         took.append(("clients", wait_for_clients(out, node, out.spec.config.livekit_stop_timeout)))
-    clients = [unit for role, unit in CLIENT_UNITS if role.value in roles
-               and (unit != "voicestack-recorder.service" or out.spec.recording)]
+    # LiveKit's own clients on the node, stopped before it: those of its units that drain their
+    # jobs on SIGTERM (the worker; the recorder where recording is on).
+    clients = [f"{unit}.service" for unit in fastpath.units_for(out, node) if unit in DRAIN_VARS]
     if clients:
         took.append(("agent services", stop_units(out, node, clients, DRAIN_SECONDS + STOP_GRACE_SECONDS)))
     if Role.LIVEKIT.value in roles:
